@@ -1,0 +1,336 @@
+//! One topic-partition of the embedded log: its segment files, its index and
+//! its writer thread.
+//!
+//! Layout: `<topic dir>/<partition>/<base offset, 20 digits>.log`, one file per
+//! segment, frames as in [`super::frame`]. A new segment starts once the current
+//! one passes [`super::Options::segment_bytes`].
+//!
+//! Invariants:
+//! - only the writer thread writes; readers see a record only once its fsync
+//!   returned (`durable_end`), so nothing unacknowledged or torn is ever served;
+//! - the in-memory index holds the file position of every durable record;
+//! - after a failed write or fsync the partition is *poisoned*: it refuses
+//!   appends until reopened, because the kernel may have dropped the dirty pages
+//!   and a later successful fsync would not mean the earlier data is on disk.
+//!
+//! Group commit: appenders send their records to the writer thread through a
+//! bounded channel ([`WRITER_QUEUE`] requests; when full, appenders wait). The
+//! writer takes everything queued, writes it with one `write`, makes it durable
+//! with one `fdatasync`, then acknowledges every request of the batch.
+
+use std::fs::{self, File, OpenOptions};
+
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::frame::{self, FrameError};
+use crate::log::{LogError, Position, Record};
+
+/// Capacity of a partition's append queue. Appenders past it wait (backpressure).
+pub const WRITER_QUEUE: usize = 4096;
+/// Largest number of records one write + fsync covers.
+const MAX_BATCH: usize = 1024;
+
+/// An append waiting for the writer thread.
+struct AppendRequest {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    reply: oneshot::Sender<Result<u64, LogError>>,
+}
+
+/// One segment file and the positions of its durable records.
+#[derive(Debug)]
+struct Segment {
+    base: u64,
+    file: File,
+    /// File position of record `base + i`.
+    positions: Vec<u64>,
+    /// Bytes of durable records in the file.
+    len: u64,
+}
+
+impl Segment {
+    fn end(&self) -> u64 {
+        self.base + self.positions.len() as u64
+    }
+}
+
+/// State shared between the writer thread and readers.
+#[derive(Debug)]
+pub struct Partition {
+    topic: String,
+    id: u32,
+    dir: PathBuf,
+    segment_bytes: u64,
+    segments: RwLock<Vec<Segment>>,
+    /// Offset of the next record; records below it are durable.
+    durable_end: AtomicU64,
+    appends: mpsc::Sender<AppendRequest>,
+}
+
+impl Partition {
+    /// Opens (or creates) the partition in `dir`, truncating a torn tail of the
+    /// last segment, and starts its writer thread. `notify` is bumped after
+    /// every durable batch so that tail-following readers wake up.
+    pub fn open(
+        topic: &str,
+        id: u32,
+        dir: PathBuf,
+        segment_bytes: u64,
+        notify: watch::Sender<u64>,
+    ) -> Result<Arc<Self>, LogError> {
+        fs::create_dir_all(&dir).map_err(LogError::from_io)?;
+        let mut bases: Vec<u64> = fs::read_dir(&dir)
+            .map_err(LogError::from_io)?
+            .filter_map(|entry| entry.ok())
+            .filter_map(|entry| entry.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+            .collect();
+        bases.sort_unstable();
+        if bases.is_empty() {
+            bases.push(0);
+        }
+        let mut segments = Vec::with_capacity(bases.len());
+        let last = bases.len() - 1;
+        for (i, base) in bases.into_iter().enumerate() {
+            let expected = segments.last().map_or(base, Segment::end);
+            let segment = load_segment(&dir, base, expected, i == last)?;
+            segments.push(segment);
+        }
+        sync_dir(&dir)?;
+        let end = segments.last().map_or(0, Segment::end);
+        let (appends, requests) = mpsc::channel(WRITER_QUEUE);
+        let partition = Arc::new(Partition {
+            topic: topic.to_string(),
+            id,
+            dir,
+            segment_bytes,
+            segments: RwLock::new(segments),
+            durable_end: AtomicU64::new(end),
+            appends,
+        });
+        // The writer holds the partition weakly: once the log is dropped, the
+        // channel's sender goes with the partition and the thread ends.
+        let writer = Arc::downgrade(&partition);
+        std::thread::Builder::new()
+            .name(format!("log-{topic}-{id}"))
+            .spawn(move || run_writer(writer, requests, notify))
+            .map_err(LogError::from_io)?;
+        Ok(partition)
+    }
+
+    /// Offset the next record will get; every record below it is durable.
+    pub fn end_offset(&self) -> u64 {
+        self.durable_end.load(Ordering::Acquire)
+    }
+
+    /// Appends one record; resolves once it is durable.
+    pub async fn append(&self, key: &[u8], value: &[u8]) -> Result<Position, LogError> {
+        let size = frame::encoded_len(key, value);
+        if size > crate::log::MAX_RECORD_SIZE + 64 * 1024 {
+            return Err(LogError::RecordTooLarge { size });
+        }
+        let (reply, acknowledged) = oneshot::channel();
+        let request = AppendRequest { key: key.to_vec(), value: value.to_vec(), reply };
+        self.appends.send(request).await.map_err(|_| LogError::Closed)?;
+        let offset = acknowledged.await.map_err(|_| LogError::Closed)??;
+        Ok(Position { partition: self.id, offset })
+    }
+
+    /// Reads up to `max` durable records from `offset`.
+    pub fn read(&self, offset: u64, max: usize) -> Result<Vec<Record>, LogError> {
+        let end = self.end_offset().min(offset.saturating_add(max as u64));
+        let mut records = Vec::new();
+        let segments = self.segments.read().map_err(|_| LogError::Closed)?;
+        let mut next = offset;
+        while next < end {
+            let index = segments.partition_point(|s| s.base <= next).saturating_sub(1);
+            let Some(segment) = segments.get(index) else { break };
+            if next < segment.base || next >= segment.end() {
+                break;
+            }
+            let last = end.min(segment.end());
+            let from = segment.positions[(next - segment.base) as usize];
+            let to = match segment.positions.get((last - segment.base) as usize) {
+                Some(&position) => position,
+                None => segment.len,
+            };
+            let mut buf = vec![0; (to - from) as usize];
+            segment.file.read_exact_at(&mut buf, from).map_err(LogError::from_io)?;
+            let mut at = 0;
+            while next < last {
+                let (frame, len) = frame::decode(&buf[at..]).map_err(|_| self.corrupt(segment.base, from + at as u64))?;
+                if frame.offset != next {
+                    return Err(self.corrupt(segment.base, from + at as u64));
+                }
+                records.push(Record {
+                    topic: self.topic.clone(),
+                    position: Position { partition: self.id, offset: next },
+                    timestamp_ms: frame.timestamp_ms,
+                    key: frame.key.to_vec(),
+                    value: frame.value.to_vec(),
+                });
+                at += len;
+                next += 1;
+            }
+        }
+        Ok(records)
+    }
+
+    fn corrupt(&self, base: u64, at: u64) -> LogError {
+        LogError::Corrupt { path: segment_path(&self.dir, base).display().to_string(), at }
+    }
+
+    /// Takes every queued request (up to [`MAX_BATCH`]) after `first`, writes
+    /// them with one write and one fsync, and answers each.
+    fn commit_batch(
+        &self,
+        requests: &mut mpsc::Receiver<AppendRequest>,
+        notify: &watch::Sender<u64>,
+        first: AppendRequest,
+        state: &mut WriterState,
+    ) {
+        let WriterState { poisoned, buf, batch } = state;
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        if let Some(reason) = poisoned.as_ref() {
+            for request in batch.drain(..) {
+                let _ = request.reply.send(Err(LogError::Io(std::io::Error::other(reason.clone()))));
+            }
+            return;
+        }
+        match self.write_batch(buf, batch) {
+            Ok(first_offset) => {
+                for (i, request) in batch.drain(..).enumerate() {
+                    // A dropped receiver means the appender gave up; the record is durable anyway.
+                    let _ = request.reply.send(Ok(first_offset + i as u64));
+                }
+                notify.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            Err(err) => {
+                tracing::error!(topic = %self.topic, partition = self.id, error = %err, "event log write failed; partition refuses appends until reopened");
+                *poisoned = Some(err.to_string());
+                for request in batch.drain(..) {
+                    let copy = match err.raw_os_error() {
+                        Some(code) => std::io::Error::from_raw_os_error(code),
+                        None => std::io::Error::other(err.to_string()),
+                    };
+                    let _ = request.reply.send(Err(LogError::from_io(copy)));
+                }
+            }
+        }
+    }
+
+    /// Writes and syncs one batch; returns the offset of its first record.
+    fn write_batch(&self, buf: &mut Vec<u8>, batch: &[AppendRequest]) -> std::io::Result<u64> {
+        let first = self.end_offset();
+        self.roll_if_full()?;
+        let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        buf.clear();
+        let mut relative = Vec::with_capacity(batch.len());
+        for (i, request) in batch.iter().enumerate() {
+            relative.push(buf.len() as u64);
+            frame::encode(buf, first + i as u64, timestamp_ms, &request.key, &request.value);
+        }
+        let (file, start) = {
+            let segments = self.segments.read().map_err(|_| std::io::Error::other("index lock poisoned"))?;
+            let segment = segments.last().ok_or_else(|| std::io::Error::other("no segment"))?;
+            (segment.file.try_clone()?, segment.len)
+        };
+        file.write_all_at(buf, start)?;
+        file.sync_data()?;
+        let mut segments = self.segments.write().map_err(|_| std::io::Error::other("index lock poisoned"))?;
+        let segment = segments.last_mut().ok_or_else(|| std::io::Error::other("no segment"))?;
+        segment.positions.extend(relative.iter().map(|r| start + r));
+        segment.len = start + buf.len() as u64;
+        self.durable_end.store(first + batch.len() as u64, Ordering::Release);
+        Ok(first)
+    }
+
+    /// Starts a new segment when the current one is full.
+    fn roll_if_full(&self) -> std::io::Result<()> {
+        let full = {
+            let segments = self.segments.read().map_err(|_| std::io::Error::other("index lock poisoned"))?;
+            segments.last().is_some_and(|s| s.len >= self.segment_bytes)
+        };
+        if full {
+            let base = self.end_offset();
+            let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(segment_path(&self.dir, base))?;
+            sync_dir(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let mut segments = self.segments.write().map_err(|_| std::io::Error::other("index lock poisoned"))?;
+            segments.push(Segment { base, file, positions: Vec::new(), len: 0 });
+        }
+        Ok(())
+    }
+}
+
+/// What the writer thread keeps between batches.
+#[derive(Default)]
+struct WriterState {
+    /// Set after a failed write or fsync: the reason every later append gets.
+    poisoned: Option<String>,
+    buf: Vec<u8>,
+    batch: Vec<AppendRequest>,
+}
+
+/// The writer thread's loop: one batch per wake-up, until the partition is gone.
+fn run_writer(partition: Weak<Partition>, mut requests: mpsc::Receiver<AppendRequest>, notify: watch::Sender<u64>) {
+    let mut state = WriterState::default();
+    while let Some(first) = requests.blocking_recv() {
+        let Some(partition) = partition.upgrade() else { break };
+        partition.commit_batch(&mut requests, &notify, first, &mut state);
+    }
+}
+
+fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+/// Opens one segment and indexes its valid frames. A torn or corrupt tail of
+/// the last segment is truncated (it was never acknowledged); anywhere else it
+/// is an error, since acknowledged records would be lost.
+fn load_segment(dir: &Path, base: u64, expected_base: u64, is_last: bool) -> Result<Segment, LogError> {
+    let path = segment_path(dir, base);
+    if base != expected_base {
+        return Err(LogError::Corrupt { path: path.display().to_string(), at: 0 });
+    }
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(LogError::from_io)?;
+    let size = file.metadata().map_err(LogError::from_io)?.len();
+    let mut data = vec![0; size as usize];
+    file.read_exact_at(&mut data, 0).map_err(LogError::from_io)?;
+    let mut positions = Vec::new();
+    let mut at = 0usize;
+    while at < data.len() {
+        match frame::decode(&data[at..]) {
+            Ok((frame, len)) if frame.offset == base + positions.len() as u64 => {
+                positions.push(at as u64);
+                at += len;
+            }
+            Ok(_) | Err(FrameError::Invalid) | Err(FrameError::Incomplete) => break,
+        }
+    }
+    if at < data.len() {
+        if !is_last {
+            return Err(LogError::Corrupt { path: path.display().to_string(), at: at as u64 });
+        }
+        tracing::warn!(path = %path.display(), at, dropped = data.len() - at, "truncating torn tail of the event log");
+        file.set_len(at as u64).map_err(LogError::from_io)?;
+        file.sync_all().map_err(LogError::from_io)?;
+    }
+    Ok(Segment { base, file, positions, len: at as u64 })
+}
+
+/// Makes a directory's entries (new files) durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(LogError::from_io)
+}
+

@@ -1,0 +1,89 @@
+//! A Kafka-protocol broker on loopback, started by the test itself.
+//!
+//! The broker is noida-db (PyPI `noida-db==0.2.3`), whose wheel bundles a
+//! native broker binary. It is found through `MAILFLOW_KAFKA_BROKER` (path of
+//! the binary) or the installed Python package. If it is missing the test
+//! fails and says how to install it: Kafka tests never skip silently.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// How to get the broker, printed when it is missing.
+pub const INSTALL_HINT: &str = "the Kafka-protocol broker is not installed: run `python3 -m pip install noida-db==0.2.3` \
+     (README's test command does this), or set MAILFLOW_KAFKA_BROKER to the broker binary";
+
+/// A running broker; killed when dropped.
+#[derive(Debug)]
+pub struct Broker {
+    child: Child,
+    /// `host:port` for `bootstrap.servers`.
+    pub bootstrap: String,
+    _data: tempfile::TempDir,
+}
+
+/// Path of the broker binary.
+pub fn binary() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("MAILFLOW_KAFKA_BROKER") {
+        return Ok(PathBuf::from(path));
+    }
+    let output = Command::new("python3")
+        .args(["-c", "import noida_db, pathlib; print(pathlib.Path(noida_db.__file__).with_name('noida-db'))"])
+        .output()
+        .context(INSTALL_HINT)?;
+    if !output.status.success() {
+        bail!("{INSTALL_HINT}");
+    }
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    if !path.exists() {
+        bail!("{INSTALL_HINT} ({} does not exist)", path.display());
+    }
+    Ok(path)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Broker {
+    /// Starts a broker with an empty data directory on a free loopback port
+    /// and waits until it accepts connections.
+    pub fn start() -> anyhow::Result<Self> {
+        let binary = binary()?;
+        let data = tempfile::tempdir()?;
+        let port = free_port()?;
+        let log = std::fs::File::create(data.path().join("broker.log"))?;
+        let child = Command::new(&binary)
+            .args(["start", "--only", "kafka", "--host", "127.0.0.1", "--kafka-port", &port.to_string(), "--data-dir"])
+            .arg(data.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}; {INSTALL_HINT}", binary.display()))?;
+        let mut broker = Broker { child, bootstrap: format!("127.0.0.1:{port}"), _data: data };
+        let address: SocketAddr = broker.bootstrap.parse()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+            if let Some(status) = broker.child.try_wait()? {
+                let log = std::fs::read_to_string(broker._data.path().join("broker.log")).unwrap_or_default();
+                bail!("broker exited with {status}: {log}");
+            }
+            if Instant::now() > deadline {
+                bail!("broker did not listen on {} within 20 s", broker.bootstrap);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(broker)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,7 @@
+//! The integration-test harness: what the tests in `tests/tests/` start and
+//! drive. Everything runs on loopback with real parts: the event log backends,
+//! a Kafka-protocol broker, and (in later suites) the router and its peers.
+
+pub mod broker;
+pub mod conformance;
+pub mod logs;
