@@ -91,9 +91,7 @@ pub async fn store(
     for (index, data) in chunks.into_iter().enumerate() {
         let event = ContentEvent::ChunkStored { index: index as u32, count, data: data.to_vec() };
         let envelope = Envelope::new(message_id, producer, Utc::now(), event);
-        let position = log
-            .append_to(topic::CONTENT, partition, message_id.as_bytes(), &envelope.to_json())
-            .await?;
+        let position = log.append_to(topic::CONTENT, partition, message_id.as_bytes(), &envelope.to_json()).await?;
         first.get_or_insert(position);
     }
     let first = first.expect("at least one chunk is stored");
@@ -159,4 +157,3 @@ mod base64_bytes {
         BASE64.decode(text.as_bytes()).map_err(serde::de::Error::custom)
     }
 }
-

@@ -70,7 +70,7 @@ impl DeliveryEvent {
 }
 
 /// Kind of next hop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum DestinationKind {
     /// Our mailbox store (Maildir or LMTP); `name` is the store's name.
     #[serde(rename = "mailbox_store")]
@@ -333,4 +333,35 @@ pub struct OperatorDeleted {
     /// Whether the senders get an NDR (like `Remove-Message -WithNDR`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub with_ndr: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_partition_key_is_kind_and_lower_case_name_without_the_next_hop() {
+        let destination = Destination {
+            kind: DestinationKind::Internet,
+            name: "Example.COM".to_string(),
+            next_hop: Some("mx1.example.com".to_string()),
+        };
+        assert_eq!(destination.key(), "internet:example.com");
+        let store = Destination { kind: DestinationKind::MailboxStore, name: "maildir".to_string(), next_hop: None };
+        assert_eq!(store.key(), "mailbox_store:maildir");
+    }
+
+    #[test]
+    fn the_key_uses_the_wire_name_of_the_kind() {
+        for kind in [
+            DestinationKind::MailboxStore,
+            DestinationKind::OnPremises,
+            DestinationKind::Partner,
+            DestinationKind::Internet,
+            DestinationKind::SmartHost,
+        ] {
+            let wire = serde_json::to_value(kind).expect("kinds serialise");
+            assert_eq!(wire.as_str(), Some(kind.as_str()));
+        }
+    }
 }

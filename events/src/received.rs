@@ -25,6 +25,10 @@ use crate::verdicts::Authentication;
 /// Events of `mailflow.received` (key: message id).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "events are decoded, handled and dropped one at a time; boxing would burden every producer"
+)]
 pub enum ReceivedEvent {
     /// A message was accepted: its content is durable and `250` was (about to be) answered.
     #[serde(rename = "MessageReceived")]
@@ -383,4 +387,19 @@ pub struct ConnectionRefused {
     pub reply: SmtpReply,
     /// Why.
     pub reason: RejectReason,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_displays_as_one_transcript_line() {
+        let reply = SmtpReply::new(550, "5.4.1", "Recipient address rejected: Access denied");
+        assert_eq!(reply.to_string(), "550 5.4.1 Recipient address rejected: Access denied");
+        assert!(reply.is_permanent());
+        let bare = SmtpReply { code: 421, enhanced: None, text: "Service not available".to_string() };
+        assert_eq!(bare.to_string(), "421 Service not available");
+        assert!(!bare.is_permanent());
+    }
 }

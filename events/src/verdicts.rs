@@ -23,6 +23,10 @@ use crate::received::SmtpReply;
 /// Events of `mailflow.verdicts` (key: message id).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "events are decoded, handled and dropped one at a time; boxing would burden every producer"
+)]
 pub enum VerdictEvent {
     /// Filtering decided what to do with the message for some of its recipients.
     #[serde(rename = "VerdictReached")]

@@ -74,7 +74,12 @@ pub async fn per_partition_order_is_kept_under_concurrent_appends(t: TestLog) ->
     for partition in 0..4 {
         for record in read_all(&*t.log, &topic, partition, 0).await? {
             let value = String::from_utf8(record.value.clone())?;
-            ensure!(acked.get(&record.position) == Some(&value), "{:?} holds {value}, acked {:?}", record.position, acked.get(&record.position));
+            ensure!(
+                acked.get(&record.position) == Some(&value),
+                "{:?} holds {value}, acked {:?}",
+                record.position,
+                acked.get(&record.position)
+            );
             let (writer, seq) = value.split_once(':').context("value format")?;
             let seq: i64 = seq.parse()?;
             let previous = last_seq.insert(writer.to_string(), seq).unwrap_or(-1);
@@ -139,12 +144,19 @@ pub async fn uncommitted_records_are_redelivered_after_a_member_dies(t: TestLog)
     let mut third = t.log.join(&group, &[&topic]).await?;
     t.log.append_to(&topic, 0, b"k", b"r20").await?;
     let next = poll_n(&mut *third, 1).await?;
-    ensure!(next[0].position.offset == 20, "after a full commit only new records come: got {}", next[0].position.offset);
+    ensure!(
+        next[0].position.offset == 20,
+        "after a full commit only new records come: got {}",
+        next[0].position.offset
+    );
     Ok(())
 }
 
 /// Polls every member until their assignments are disjoint and cover `all`.
-async fn settle(members: &mut [&mut Box<dyn GroupMember>], all: &BTreeSet<(String, u32)>) -> anyhow::Result<Vec<Record>> {
+async fn settle(
+    members: &mut [&mut Box<dyn GroupMember>],
+    all: &BTreeSet<(String, u32)>,
+) -> anyhow::Result<Vec<Record>> {
     let deadline = Instant::now() + DEADLINE;
     let mut early = Vec::new();
     loop {

@@ -4,4 +4,5 @@
 
 pub mod broker;
 pub mod conformance;
+pub mod crash;
 pub mod logs;

@@ -112,7 +112,13 @@ impl KafkaLog {
             .set("enable.partition.eof", "false")
             .create()
             .map_err(kafka_error)?;
-        Ok(Self { options, producer, admin, reader: Arc::new(Mutex::new(reader)), partitions: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            options,
+            producer,
+            admin,
+            reader: Arc::new(Mutex::new(reader)),
+            partitions: Mutex::new(HashMap::new()),
+        })
     }
 
     fn full_name(&self, topic: &str) -> String {
@@ -158,7 +164,9 @@ impl EventLog for KafkaLog {
         let topic = NewTopic::new(&full, partitions as i32, TopicReplication::Fixed(self.options.replication_factor))
             .set("max.message.bytes", &max_bytes);
         let topic = match kind {
-            TopicKind::Events => topic.set("cleanup.policy", "delete").set("retention.ms", "-1").set("retention.bytes", "-1"),
+            TopicKind::Events => {
+                topic.set("cleanup.policy", "delete").set("retention.ms", "-1").set("retention.bytes", "-1")
+            }
             TopicKind::Snapshots => topic.set("cleanup.policy", "compact"),
         };
         let options = AdminOptions::new().operation_timeout(Some(self.options.request_timeout));
@@ -211,7 +219,9 @@ impl EventLog for KafkaLog {
                 return Ok(records);
             }
             let mut assignment = TopicPartitionList::new();
-            assignment.add_partition_offset(&name, partition as i32, Offset::Offset(offset as i64)).map_err(kafka_error)?;
+            assignment
+                .add_partition_offset(&name, partition as i32, Offset::Offset(offset as i64))
+                .map_err(kafka_error)?;
             reader.assign(&assignment).map_err(kafka_error)?;
             let deadline = std::time::Instant::now() + timeout;
             let mut next = offset;
@@ -225,7 +235,10 @@ impl EventLog for KafkaLog {
                     Some(Err(err)) => return Err(kafka_error(err)),
                     Some(Ok(message)) => {
                         // Fetches of an earlier assignment may still be queued.
-                        if message.topic() != name || message.partition() != partition as i32 || message.offset() as u64 != next {
+                        if message.topic() != name
+                            || message.partition() != partition as i32
+                            || message.offset() as u64 != next
+                        {
                             continue;
                         }
                         records.push(to_record(&topic, &message));
@@ -275,10 +288,7 @@ impl EventLog for KafkaLog {
         let names: Vec<String> = topics.iter().map(|t| self.full_name(t)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer.subscribe(&refs).map_err(kafka_error)?;
-        Ok(Box::new(KafkaMember {
-            consumer: Arc::new(consumer),
-            prefix: self.options.topic_prefix.clone(),
-        }))
+        Ok(Box::new(KafkaMember { consumer: Arc::new(consumer), prefix: self.options.topic_prefix.clone() }))
     }
 }
 
@@ -313,7 +323,11 @@ impl GroupMember for KafkaMember {
         }
         let mut offsets = TopicPartitionList::new();
         offsets
-            .add_partition_offset(&format!("{}{topic}", self.prefix), partition as i32, Offset::Offset(next_offset as i64))
+            .add_partition_offset(
+                &format!("{}{topic}", self.prefix),
+                partition as i32,
+                Offset::Offset(next_offset as i64),
+            )
             .map_err(kafka_error)?;
         let consumer = Arc::clone(&self.consumer);
         tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
@@ -327,7 +341,9 @@ impl GroupMember for KafkaMember {
         let mut assigned: Vec<(String, u32)> = list
             .elements()
             .iter()
-            .map(|e| (e.topic().strip_prefix(self.prefix.as_str()).unwrap_or(e.topic()).to_string(), e.partition() as u32))
+            .map(|e| {
+                (e.topic().strip_prefix(self.prefix.as_str()).unwrap_or(e.topic()).to_string(), e.partition() as u32)
+            })
             .collect();
         assigned.sort();
         assigned

@@ -25,9 +25,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use super::Inner;
 use super::frame;
 use super::partition::sync_dir;
-use super::Inner;
 use crate::log::{GroupMember, LogError, Record, range_assign};
 
 /// Number of commit frames after which the offsets file is rewritten compactly.
@@ -48,7 +48,13 @@ pub struct OffsetStore {
 impl OffsetStore {
     /// Opens the group's offsets file, ignoring a torn last frame.
     pub fn open(path: PathBuf) -> Result<Self, LogError> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(LogError::from_io)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(LogError::from_io)?;
         let data = fs::read(&path).map_err(LogError::from_io)?;
         let mut offsets = HashMap::new();
         let mut at = 0;
@@ -151,7 +157,8 @@ impl Group {
         let mut assigned = Vec::new();
         let Some(topics) = state.members.get(&member) else { return assigned };
         for topic in topics {
-            let subscribers: Vec<u64> = state.members.iter().filter(|(_, t)| t.contains(topic)).map(|(id, _)| *id).collect();
+            let subscribers: Vec<u64> =
+                state.members.iter().filter(|(_, t)| t.contains(topic)).map(|(id, _)| *id).collect();
             let index = subscribers.iter().position(|id| *id == member).unwrap_or(0);
             for partition in range_assign(partitions(topic), subscribers.len(), index) {
                 assigned.push((topic.clone(), partition));

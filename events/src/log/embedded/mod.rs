@@ -184,7 +184,10 @@ impl EventLog for EmbeddedLog {
         fs::rename(&temp, dir.join("partitions")).map_err(LogError::from_io)?;
         sync_dir(&dir)?;
         sync_dir(&self.inner.root.join("topics"))?;
-        topics.insert(name.to_string(), Arc::new(Topic { partitions: (0..partitions).map(|_| OnceLock::new()).collect() }));
+        topics.insert(
+            name.to_string(),
+            Arc::new(Topic { partitions: (0..partitions).map(|_| OnceLock::new()).collect() }),
+        );
         Ok(partitions)
     }
 

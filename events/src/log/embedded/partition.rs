@@ -2,8 +2,11 @@
 //! its writer thread.
 //!
 //! Layout: `<topic dir>/<partition>/<base offset, 20 digits>.log`, one file per
-//! segment, frames as in [`super::frame`]. A new segment starts once the current
-//! one passes [`super::Options::segment_bytes`].
+//! segment, frames as in [`super::frame`], followed by up to
+//! [`ZERO_FILL_AHEAD`] zero bytes written ahead of the data (a zero length
+//! never decodes as a frame, so zeros end the scan like a torn tail does). A
+//! new segment starts once the current one passes
+//! [`super::Options::segment_bytes`].
 //!
 //! Invariants:
 //! - only the writer thread writes; readers see a record only once its fsync
@@ -33,6 +36,8 @@ use crate::log::{LogError, Position, Record};
 
 /// Capacity of a partition's append queue. Appenders past it wait (backpressure).
 pub const WRITER_QUEUE: usize = 4096;
+/// Zeros written past the end of the data when it reaches the file's end.
+const ZERO_FILL_AHEAD: u64 = 1024 * 1024;
 /// Largest number of records one write + fsync covers.
 const MAX_BATCH: usize = 1024;
 
@@ -52,6 +57,8 @@ struct Segment {
     positions: Vec<u64>,
     /// Bytes of durable records in the file.
     len: u64,
+    /// Size of the file: zeros past `len`, written ahead (see [`ZERO_FILL_AHEAD`]).
+    allocated: u64,
 }
 
 impl Segment {
@@ -163,7 +170,8 @@ impl Partition {
             segment.file.read_exact_at(&mut buf, from).map_err(LogError::from_io)?;
             let mut at = 0;
             while next < last {
-                let (frame, len) = frame::decode(&buf[at..]).map_err(|_| self.corrupt(segment.base, from + at as u64))?;
+                let (frame, len) =
+                    frame::decode(&buf[at..]).map_err(|_| self.corrupt(segment.base, from + at as u64))?;
                 if frame.offset != next {
                     return Err(self.corrupt(segment.base, from + at as u64));
                 }
@@ -241,17 +249,30 @@ impl Partition {
             relative.push(buf.len() as u64);
             frame::encode(buf, first + i as u64, timestamp_ms, &request.key, &request.value);
         }
-        let (file, start) = {
+        let (start, allocated) = {
+            // Only this thread writes; the read lock keeps readers going meanwhile.
             let segments = self.segments.read().map_err(|_| std::io::Error::other("index lock poisoned"))?;
             let segment = segments.last().ok_or_else(|| std::io::Error::other("no segment"))?;
-            (segment.file.try_clone()?, segment.len)
+            let start = segment.len;
+            let end = start + buf.len() as u64;
+            let mut allocated = segment.allocated;
+            if end > allocated {
+                // Zero-fill ahead: later batches then overwrite allocated blocks,
+                // and their fdatasync flushes data only, with no journal commit
+                // for a size or extent change.
+                let target = end + ZERO_FILL_AHEAD;
+                segment.file.write_all_at(&vec![0; (target - end) as usize], end)?;
+                allocated = target;
+            }
+            segment.file.write_all_at(buf, start)?;
+            segment.file.sync_data()?;
+            (start, allocated)
         };
-        file.write_all_at(buf, start)?;
-        file.sync_data()?;
         let mut segments = self.segments.write().map_err(|_| std::io::Error::other("index lock poisoned"))?;
         let segment = segments.last_mut().ok_or_else(|| std::io::Error::other("no segment"))?;
         segment.positions.extend(relative.iter().map(|r| start + r));
         segment.len = start + buf.len() as u64;
+        segment.allocated = allocated;
         self.durable_end.store(first + batch.len() as u64, Ordering::Release);
         Ok(first)
     }
@@ -264,10 +285,15 @@ impl Partition {
         };
         if full {
             let base = self.end_offset();
-            let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(segment_path(&self.dir, base))?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(segment_path(&self.dir, base))?;
             sync_dir(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
             let mut segments = self.segments.write().map_err(|_| std::io::Error::other("index lock poisoned"))?;
-            segments.push(Segment { base, file, positions: Vec::new(), len: 0 });
+            segments.push(Segment { base, file, positions: Vec::new(), len: 0, allocated: 0 });
         }
         Ok(())
     }
@@ -303,7 +329,13 @@ fn load_segment(dir: &Path, base: u64, expected_base: u64, is_last: bool) -> Res
     if base != expected_base {
         return Err(LogError::Corrupt { path: path.display().to_string(), at: 0 });
     }
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(LogError::from_io)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(LogError::from_io)?;
     let size = file.metadata().map_err(LogError::from_io)?.len();
     let mut data = vec![0; size as usize];
     file.read_exact_at(&mut data, 0).map_err(LogError::from_io)?;
@@ -319,18 +351,21 @@ fn load_segment(dir: &Path, base: u64, expected_base: u64, is_last: bool) -> Res
         }
     }
     if at < data.len() {
-        if !is_last {
+        let torn = data[at..].iter().any(|&b| b != 0);
+        if torn && !is_last {
             return Err(LogError::Corrupt { path: path.display().to_string(), at: at as u64 });
         }
-        tracing::warn!(path = %path.display(), at, dropped = data.len() - at, "truncating torn tail of the event log");
+        if torn {
+            tracing::warn!(path = %path.display(), at, "truncating torn tail of the event log");
+        }
+        // Zeros written ahead, or a torn tail that was never acknowledged.
         file.set_len(at as u64).map_err(LogError::from_io)?;
         file.sync_all().map_err(LogError::from_io)?;
     }
-    Ok(Segment { base, file, positions, len: at as u64 })
+    Ok(Segment { base, file, positions, len: at as u64, allocated: at as u64 })
 }
 
 /// Makes a directory's entries (new files) durable.
 pub(super) fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(LogError::from_io)
 }
-

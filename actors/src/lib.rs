@@ -1,0 +1,5 @@
+//! mailflow's runtime: the roles (connection, verdict, routing, delivery) as
+//! actors, the configuration, and what `main.rs` wires together.
+
+pub mod config;
+pub mod event_log;
