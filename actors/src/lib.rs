@@ -2,4 +2,6 @@
 //! actors, the configuration, and what `main.rs` wires together.
 
 pub mod config;
+pub mod connection;
 pub mod event_log;
+pub mod policy;

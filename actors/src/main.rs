@@ -43,7 +43,7 @@ enum Command {
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     match path {
         Some(path) => Ok(Config::load(path)?),
-        None => Ok(Config::default()),
+        None => Ok(Config::builtin()),
     }
 }
 

@@ -124,5 +124,22 @@ fn replay(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, embedded_append, replay, kafka_append);
+/// Decoding alone, one core: what the replay target leaves per event.
+fn decode(c: &mut Criterion) {
+    let events = delivery_envelopes(10_000);
+    let mut group = c.benchmark_group("decode_delivery_event");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("10k", |b| {
+        b.iter(|| {
+            for (_, json) in &events {
+                let envelope: mailflow_events::Envelope<mailflow_events::delivery::DeliveryEvent> =
+                    mailflow_events::Envelope::from_json(json).expect("decodes");
+                std::hint::black_box(envelope);
+            }
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, embedded_append, replay, decode, kafka_append);
 criterion_main!(benches);

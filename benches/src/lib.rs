@@ -17,7 +17,7 @@ pub fn delivery_envelopes(count: usize) -> Vec<(String, Vec<u8>)> {
     let mut templates: Vec<Envelope<DeliveryEvent>> = std::fs::read_dir(&dir)
         .expect("fixtures directory")
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("mailflow.delivery."))
+        .filter(|e| e.file_name().to_string_lossy().starts_with("delivery."))
         .map(|e| Envelope::from_json(&std::fs::read(e.path()).expect("fixture")).expect("fixture decodes"))
         .collect();
     templates.sort_by_key(|e| e.event_id);

@@ -1,0 +1,314 @@
+//! The router's configuration: one typed TOML tree, validated once at start-up.
+//!
+//! Unknown keys are errors, durations are humane (`"15m"`), and every field has
+//! a documented default. `mailflow serve` with no file runs [`Config::builtin`],
+//! a complete single-machine router with an example domain and mailboxes.
+
+mod policy;
+mod server;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use policy::{
+    AcceptedDomainConfig, DirectoryConfig, DomainType, InboundConnectorConfig, InboundConnectorKind, IpNet,
+    RecipientConfig,
+};
+pub use server::{ListenerConfig, ListenerKind, ServerConfig, TlsConfig};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// SMTP listeners, TLS and limits.
+    pub server: ServerConfig,
+    /// Where events are kept.
+    pub event_log: EventLogConfig,
+    /// Domains the organisation receives mail for (default none).
+    pub accepted_domains: Vec<AcceptedDomainConfig>,
+    /// Mail-enabled recipients and their proxy addresses.
+    pub directory: DirectoryConfig,
+    /// Inbound connectors from partners and on-premises servers (default none).
+    pub inbound_connectors: Vec<InboundConnectorConfig>,
+}
+
+/// `[event_log]`: which backend holds the events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum EventLogConfig {
+    /// The embedded log on local disk (the default).
+    Embedded {
+        /// Directory of the log (default `./var/log`).
+        #[serde(default = "default_log_path")]
+        path: PathBuf,
+        /// Partitions per topic, fixed when a topic is created (default 12).
+        #[serde(default = "default_partitions")]
+        partitions: u32,
+    },
+    /// Kafka (or any Kafka-protocol broker).
+    Kafka {
+        /// `bootstrap.servers` (e.g. `"kafka-0:9092,kafka-1:9092"`).
+        brokers: String,
+        /// Prefix of every topic name (default empty).
+        #[serde(default)]
+        topic_prefix: String,
+        /// Partitions per topic, fixed when a topic is created (default 12).
+        #[serde(default = "default_partitions")]
+        partitions: u32,
+        /// Replication factor of created topics (default 3).
+        #[serde(default = "default_replication")]
+        replication_factor: i32,
+        /// How long an append may wait for the brokers before SMTP answers 4xx (default 10m).
+        #[serde(default = "default_message_timeout", with = "humane")]
+        message_timeout: Duration,
+    },
+}
+
+impl Default for EventLogConfig {
+    fn default() -> Self {
+        EventLogConfig::Embedded { path: default_log_path(), partitions: default_partitions() }
+    }
+}
+
+fn default_log_path() -> PathBuf {
+    PathBuf::from("var/log")
+}
+fn default_partitions() -> u32 {
+    mailflow_events::log::DEFAULT_PARTITIONS
+}
+fn default_replication() -> i32 {
+    3
+}
+fn default_message_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// Humane durations (`"90s"`, `"15m"`, `"24h"`) in the TOML tree.
+pub mod humane {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// File asked for.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a wrongly typed value.
+    #[error("{path}: {source}")]
+    Parse {
+        /// File read.
+        path: PathBuf,
+        /// Cause, with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// Values that parse but cannot work together; every problem is listed.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// The built-in single-machine configuration: embedded log under `./var`,
+    /// SMTP on 127.0.0.1:2525, the authoritative domain `example.com` with the
+    /// mailboxes alice (alias `a.liddell`), bob and postmaster.
+    pub fn builtin() -> Self {
+        let mailbox = |address: &str, aliases: &[&str]| RecipientConfig {
+            address: address.to_string(),
+            proxy_addresses: aliases.iter().map(|a| a.to_string()).collect(),
+            password_hash: None,
+        };
+        Config {
+            accepted_domains: vec![AcceptedDomainConfig {
+                name: "example.com".to_string(),
+                r#type: DomainType::Authoritative,
+                match_subdomains: false,
+                default: true,
+                allow_anonymous_ipv6: false,
+            }],
+            directory: DirectoryConfig {
+                recipients: vec![
+                    mailbox("alice@example.com", &["a.liddell@example.com"]),
+                    mailbox("bob@example.com", &[]),
+                    mailbox("postmaster@example.com", &[]),
+                ],
+            },
+            ..Config::default()
+        }
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types cannot; reports every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        match &self.event_log {
+            EventLogConfig::Embedded { partitions, .. } | EventLogConfig::Kafka { partitions, .. } => {
+                if !(1..=1024).contains(partitions) {
+                    problems.push(format!("event_log.partitions must be 1..=1024, not {partitions}"));
+                }
+            }
+        }
+        if let EventLogConfig::Kafka { brokers, replication_factor, .. } = &self.event_log {
+            if brokers.trim().is_empty() {
+                problems.push("event_log.brokers must name at least one broker".to_string());
+            }
+            if *replication_factor < 1 {
+                problems.push(format!("event_log.replication_factor must be at least 1, not {replication_factor}"));
+            }
+        }
+        self.validate_server(&mut problems);
+        self.validate_domains(&mut problems);
+        for connector in &self.inbound_connectors {
+            let name = &connector.name;
+            if connector.kind == InboundConnectorKind::OnPremises && connector.sender_ip_addresses.is_empty() {
+                problems.push(format!("inbound connector {name}: an on_premises connector needs sender_ip_addresses"));
+            }
+            if connector.restrict_domains_to_ip_addresses && connector.sender_ip_addresses.is_empty() {
+                problems.push(format!(
+                    "inbound connector {name}: restrict_domains_to_ip_addresses needs sender_ip_addresses"
+                ));
+            }
+            if connector.kind == InboundConnectorKind::Partner && connector.sender_domains.is_empty() {
+                problems
+                    .push(format!("inbound connector {name}: a partner connector needs sender_domains (`*` for all)"));
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    fn validate_server(&self, problems: &mut Vec<String>) {
+        let server = &self.server;
+        if server.listeners.is_empty() {
+            problems.push("server.listeners must name at least one listener".to_string());
+        }
+        if !(1024..=150 * 1024 * 1024).contains(&server.max_message_size) {
+            problems.push(format!("server.max_message_size must be 1 KiB..=150 MiB, not {}", server.max_message_size));
+        }
+        if server.max_recipients == 0 || server.max_recipients > 1000 {
+            problems.push(format!("server.max_recipients must be 1..=1000, not {}", server.max_recipients));
+        }
+        if server.max_line_length < 512 {
+            problems.push(format!(
+                "server.max_line_length must be at least 512 (RFC 5321), not {}",
+                server.max_line_length
+            ));
+        }
+        if server.max_connections_per_ip > server.max_connections {
+            problems.push("server.max_connections_per_ip exceeds server.max_connections".to_string());
+        }
+        let mut names = HashSet::new();
+        for listener in &server.listeners {
+            if !names.insert(&listener.name) {
+                problems.push(format!("server.listeners: the name {} is used twice", listener.name));
+            }
+            if listener.kind == ListenerKind::Submission && server.tls.is_none() {
+                problems.push(format!(
+                    "listener {}: submission needs [server.tls] (AUTH only after STARTTLS)",
+                    listener.name
+                ));
+            }
+        }
+    }
+
+    fn validate_domains(&self, problems: &mut Vec<String>) {
+        let mut seen = HashSet::new();
+        for domain in &self.accepted_domains {
+            let name = domain.name.to_ascii_lowercase();
+            let bare = name.strip_prefix("*.").unwrap_or(&name);
+            if bare.is_empty() || bare.contains('*') || !bare.contains('.') && bare != "localhost" {
+                problems.push(format!("accepted domain `{}` is not a domain or `*.domain`", domain.name));
+            }
+            if domain.match_subdomains && domain.r#type != DomainType::InternalRelay {
+                problems
+                    .push(format!("accepted domain {}: match_subdomains needs type = \"internal_relay\"", domain.name));
+            }
+            if !seen.insert(name.clone()) {
+                problems.push(format!("accepted domain {} is listed twice", domain.name));
+            }
+        }
+        if self.accepted_domains.iter().filter(|d| d.default).count() > 1 {
+            problems.push("more than one accepted domain has default = true".to_string());
+        }
+        let mut addresses = HashSet::new();
+        for recipient in &self.directory.recipients {
+            for address in std::iter::once(&recipient.address).chain(&recipient.proxy_addresses) {
+                if !address.contains('@') {
+                    problems.push(format!("directory: `{address}` is not an address"));
+                }
+                if !addresses.insert(address.to_ascii_lowercase()) {
+                    problems.push(format!("directory: `{address}` belongs to two recipients"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err =
+            toml::from_str::<Config>("[event_log]\nkind = \"embedded\"\npaht = \"x\"\n").expect_err("typo refused");
+        assert!(err.to_string().contains("paht"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let config: Config = toml::from_str(
+            "[event_log]\nkind = \"kafka\"\nbrokers = \" \"\npartitions = 0\nreplication_factor = 0\nmessage_timeout = \"10m\"\n",
+        )
+        .expect("parses");
+        let Err(ConfigError::Invalid(problems)) = config.validate() else { panic!("must be invalid") };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn the_builtin_config_is_valid() {
+        Config::builtin().validate().expect("builtin config validates");
+    }
+
+    #[test]
+    fn accepted_domain_rules_of_spec_0_1_are_enforced() {
+        // Spec 0.1 T: reject `a.*.b`; reject MatchSubdomains on an Authoritative domain.
+        let config: Config = toml::from_str(
+            "[[accepted_domains]]\nname = \"a.*.b\"\n[[accepted_domains]]\nname = \"contoso.com\"\nmatch_subdomains = true\n",
+        )
+        .expect("parses");
+        let Err(ConfigError::Invalid(problems)) = config.validate() else { panic!("must be invalid") };
+        assert!(problems.iter().any(|p| p.contains("a.*.b")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("match_subdomains")), "{problems:?}");
+    }
+
+    #[test]
+    fn the_default_is_the_embedded_log_under_var() {
+        let config: Config = toml::from_str("").expect("empty file is the default");
+        assert!(
+            matches!(config.event_log, EventLogConfig::Embedded { ref path, partitions: 12 } if path.ends_with("var/log"))
+        );
+    }
+}

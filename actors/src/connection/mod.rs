@@ -1,0 +1,5 @@
+//! The SMTP front door: one connection actor per session.
+//!
+//! - [`reply`]: every reply, rendered in one place.
+
+pub mod reply;
