@@ -2,4 +2,7 @@
 //!
 //! - [`reply`]: every reply, rendered in one place.
 
+pub mod auth;
+pub mod body;
 pub mod reply;
+pub mod session;

@@ -83,6 +83,8 @@ pub enum Reply {
     AuthRequired,
     /// `535 5.7.3 Authentication unsuccessful` (spec 5.1).
     AuthFailed,
+    /// `550 5.7.60`: the authenticated user may not send as this sender (spec 5.1).
+    SendAsDenied,
     /// `550 5.2.1`: the domain does not accept anonymous mail over IPv6 (spec 3.2).
     Ipv6NotAccepted { domain: String },
     /// `550 5.4.1 Recipient address rejected: Access denied` (DBEB, spec 2.4).
@@ -128,6 +130,7 @@ impl Reply {
             UnsupportedParameter(_) => 504,
             TlsRequired | AuthRequired => 530,
             AuthFailed => 535,
+            SendAsDenied => 550,
             Ipv6NotAccepted { .. }
             | AccessDenied
             | RelayDenied
@@ -165,6 +168,7 @@ impl Reply {
             TlsRequired => "5.7.0",
             AuthRequired => "5.7.57",
             AuthFailed => "5.7.3",
+            SendAsDenied => "5.7.60",
             Ipv6NotAccepted { .. } => "5.2.1",
             AccessDenied | RelayDenied => "5.4.1",
             PartnerRestricted => "5.7.51",
@@ -217,6 +221,7 @@ impl Reply {
             TlsRequired => "Must issue a STARTTLS command first".into(),
             AuthRequired => "Client was not authenticated to send anonymous mail during MAIL FROM".into(),
             AuthFailed => "Authentication unsuccessful".into(),
+            SendAsDenied => "SMTP; Client does not have permissions to send as this sender".into(),
             Ipv6NotAccepted { domain } => format!("Service unavailable, [{domain}] does not accept email over IPv6."),
             AccessDenied => "Recipient address rejected: Access denied".into(),
             RelayDenied => "Relay Access Denied".into(),

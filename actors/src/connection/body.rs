@@ -1,0 +1,223 @@
+//! Receiving message content: DATA (dot-stuffed, ended by `<CRLF>.<CRLF>`)
+//! and BDAT chunks (counted bytes), with the checks that keep SMTP smuggling
+//! out (reliability notes §2.1).
+//!
+//! Only `\r\n.\r\n` ends DATA. Every other would-be terminator (`\n.\n`,
+//! `\r.\r`, `\n.\r\n`, NUL around the dot, …) is content, and content holding
+//! a bare CR, a bare LF or a NUL is refused as a whole with
+//! `550 5.6.11` once the real terminator arrives: the client sees exactly one
+//! final reply and no part of the bytes becomes a message.
+
+use memchr::memmem;
+
+/// Why received content cannot be accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyProblem {
+    /// Larger than the configured maximum.
+    TooLarge,
+    /// A bare CR, a bare LF or a NUL.
+    InvalidCharacters,
+}
+
+/// Collects a DATA body until `<CRLF>.<CRLF>`.
+#[derive(Debug)]
+pub struct DataReceiver {
+    raw: Vec<u8>,
+    /// Where the terminator search resumes.
+    searched: usize,
+    limit: usize,
+    /// Bytes seen in all, also those dropped once over the limit.
+    total: usize,
+    overflowed: bool,
+}
+
+impl DataReceiver {
+    /// A receiver that keeps at most `limit` bytes of content.
+    pub fn new(limit: usize) -> Self {
+        // The message starts at a line start, as if a CRLF preceded it.
+        Self { raw: b"\r\n".to_vec(), searched: 0, limit: limit.saturating_add(2), total: 0, overflowed: false }
+    }
+
+    /// Takes bytes from `input`; returns true once the terminator was read.
+    /// Bytes after the terminator stay in `input` (the next commands).
+    pub fn ingest(&mut self, input: &mut Vec<u8>) -> bool {
+        let start = self.raw.len();
+        self.raw.extend_from_slice(input);
+        let from = self.searched.min(start);
+        if let Some(at) = memmem::find(&self.raw[from..], b"\r\n.\r\n") {
+            let end = from + at;
+            let consumed = end + 5 - start;
+            input.drain(..consumed);
+            self.total += consumed;
+            // Keep the content and its final CRLF, drop the dot line.
+            self.raw.truncate(end + 2);
+            return true;
+        }
+        self.total += input.len();
+        input.clear();
+        self.searched = self.raw.len().saturating_sub(4);
+        if self.raw.len() > self.limit {
+            // Over the limit: keep only the tail the terminator search needs.
+            self.overflowed = true;
+            let keep = self.raw.len() - 4;
+            self.raw.drain(..keep);
+            self.searched = 0;
+        }
+        false
+    }
+
+    /// The content, dot-unstuffed and checked, once [`Self::ingest`] returned true.
+    pub fn finish(self) -> Result<Vec<u8>, BodyProblem> {
+        if self.overflowed || self.raw.len() > self.limit {
+            return Err(BodyProblem::TooLarge);
+        }
+        let raw = &self.raw[2..];
+        check_line_endings(raw)?;
+        Ok(unstuff(raw))
+    }
+
+    /// Bytes received so far, for the size check of the reply.
+    pub fn received(&self) -> usize {
+        self.total
+    }
+}
+
+/// Refuses bare CR, bare LF and NUL.
+pub fn check_line_endings(content: &[u8]) -> Result<(), BodyProblem> {
+    let mut previous = 0u8;
+    for (i, &byte) in content.iter().enumerate() {
+        match byte {
+            0 => return Err(BodyProblem::InvalidCharacters),
+            b'\n' if previous != b'\r' => return Err(BodyProblem::InvalidCharacters),
+            b'\r' if content.get(i + 1) != Some(&b'\n') => return Err(BodyProblem::InvalidCharacters),
+            _ => {}
+        }
+        previous = byte;
+    }
+    Ok(())
+}
+
+/// Removes the first dot of every line that starts with one (RFC 5321
+/// §4.5.2: the sender doubled it; a lone single dot is deleted the same way).
+fn unstuff(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut line_start = true;
+    for &byte in raw {
+        if line_start && byte == b'.' {
+            line_start = false;
+            continue;
+        }
+        out.push(byte);
+        line_start = byte == b'\n';
+    }
+    out
+}
+
+/// Number of `Received:` headers in the header section (hop count).
+pub fn received_headers(content: &[u8]) -> usize {
+    let mut count = 0;
+    for line in content.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            count += 1;
+        }
+    }
+    count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receive(chunks: &[&[u8]]) -> (bool, Vec<u8>, DataReceiver) {
+        let mut receiver = DataReceiver::new(1 << 20);
+        let mut leftover = Vec::new();
+        for chunk in chunks {
+            let mut input = chunk.to_vec();
+            if receiver.ingest(&mut input) {
+                leftover = input;
+                return (true, leftover, receiver);
+            }
+        }
+        (false, leftover, receiver)
+    }
+
+    #[test]
+    fn only_crlf_dot_crlf_ends_data_even_across_reads() {
+        let (done, rest, receiver) = receive(&[b"Subject: x\r\n\r\nbody\r", b"\n.", b"\r\nQUIT\r\n"]);
+        assert!(done);
+        assert_eq!(rest, b"QUIT\r\n");
+        assert_eq!(receiver.finish().expect("valid"), b"Subject: x\r\n\r\nbody\r\n");
+    }
+
+    #[test]
+    fn an_empty_message_ends_at_the_first_dot_line() {
+        let (done, rest, receiver) = receive(&[b".\r\n"]);
+        assert!(done && rest.is_empty());
+        assert_eq!(receiver.finish().expect("valid"), b"");
+    }
+
+    #[test]
+    fn dot_stuffing_is_removed() {
+        let (done, _, receiver) = receive(&[b"..leading dot\r\n...two\r\nmid.dle\r\n.single\r\n.\r\n"]);
+        assert!(done);
+        assert_eq!(receiver.finish().expect("valid"), b".leading dot\r\n..two\r\nmid.dle\r\nsingle\r\n");
+    }
+
+    #[test]
+    fn every_smuggling_terminator_is_content_and_refused() {
+        // reliability.md §2.1 vectors: none may end the message; all are refused.
+        let vectors: [&[u8]; 15] = [
+            b"\n.\n",
+            b"\n.\r\n",
+            b"\r\n.\n",
+            b"\r.\r",
+            b"\r.\n",
+            b"\n.\r",
+            b"\r.\r\n",
+            b"\r\n.\r",
+            b"\r\n\x00.\r\n",
+            b"\r\n.\x00\r\n",
+            b"\r\n.\r\r\n",
+            b"\r\r\n.\r\r\n",
+            b"\n\n.\r\n",
+            b"\r\n\x00.\r",
+            b"\r\n\x00.\n",
+        ];
+        for vector in vectors {
+            let mut first = b"From: a@b\r\n\r\nline".to_vec();
+            first.extend_from_slice(vector);
+            first.extend_from_slice(b"MAIL FROM:<smuggled@x>\r\nRCPT TO:<v@local>\r\nDATA\r\nSMUGGLED");
+            let (done, _, receiver) = receive(&[&first]);
+            assert!(!done, "{vector:?} must not end the message");
+            let (done, rest, receiver) = {
+                let mut receiver = receiver;
+                let mut input = b"\r\n.\r\nQUIT\r\n".to_vec();
+                let done = receiver.ingest(&mut input);
+                (done, input, receiver)
+            };
+            assert!(done, "the real terminator ends it");
+            assert_eq!(rest, b"QUIT\r\n");
+            assert_eq!(receiver.finish(), Err(BodyProblem::InvalidCharacters), "{vector:?}");
+        }
+    }
+
+    #[test]
+    fn content_over_the_limit_is_refused_but_the_terminator_is_still_found() {
+        let mut receiver = DataReceiver::new(10);
+        let mut input = vec![b'a'; 100];
+        assert!(!receiver.ingest(&mut input));
+        let mut input = b"\r\n.\r\n".to_vec();
+        assert!(receiver.ingest(&mut input));
+        assert_eq!(receiver.finish(), Err(BodyProblem::TooLarge));
+    }
+
+    #[test]
+    fn received_headers_are_counted_in_the_header_section_only() {
+        let content = b"Received: a\r\nreceived: b\r\nSubject: x\r\n\r\nReceived: in body\r\n";
+        assert_eq!(received_headers(content), 2);
+    }
+}

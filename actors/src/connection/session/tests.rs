@@ -1,0 +1,360 @@
+//! Session transcripts: the protocol core driven with byte strings, no
+//! sockets. Each assertion checks the reply code and the enhanced status.
+
+use std::sync::Arc;
+
+use mailflow_events::received::{ReceivedEvent, RejectReason, TlsInfo};
+
+use super::*;
+use crate::config::{Config, ListenerKind};
+
+/// A session plus what it asked the driver to do.
+struct Transcript {
+    session: Session,
+    replies: Vec<String>,
+    stored: Vec<Incoming>,
+    records: Vec<ReceivedEvent>,
+    tls_requested: bool,
+    closed: bool,
+    store_outcome: StoreOutcome,
+}
+
+fn config(kind: ListenerKind, tls: bool) -> (Arc<SessionConfig>, Arc<InboundPolicy>) {
+    let mut config = Config::builtin();
+    config.server.max_recipients = 3;
+    config.server.max_message_size = 4096;
+    config.server.max_errors = 10;
+    config.server.max_received_headers = 3;
+    // alice's password is "secret" (argon2id PHC string).
+    config.directory.recipients[0].password_hash = Some(crate::connection::auth::hash_password("secret"));
+    let mut session = SessionConfig::new(&config.server, "test", kind);
+    session.tls_available = tls;
+    (Arc::new(session), Arc::new(InboundPolicy::new(&config)))
+}
+
+impl Transcript {
+    fn new(kind: ListenerKind, tls: bool, ip: &str) -> Self {
+        let (config, policy) = config(kind, tls);
+        let peer = Peer { addr: format!("{ip}:40000").parse().expect("addr"), local: None, ptr: None };
+        let (session, steps) = Session::new(config, policy, peer);
+        let mut transcript = Self {
+            session,
+            replies: Vec::new(),
+            stored: Vec::new(),
+            records: Vec::new(),
+            tls_requested: false,
+            closed: false,
+            store_outcome: StoreOutcome::Stored,
+        };
+        transcript.run(steps);
+        transcript
+    }
+
+    fn smtp() -> Self {
+        Self::new(ListenerKind::Smtp, false, "198.51.100.7")
+    }
+
+    fn run(&mut self, steps: Vec<Step>) {
+        for step in steps {
+            match step {
+                Step::Reply(reply) => self.replies.push(reply.render()),
+                Step::StartTls => self.tls_requested = true,
+                Step::Store(incoming) => {
+                    self.stored.push(*incoming);
+                    let next = self.session.stored(self.store_outcome);
+                    self.run(next);
+                }
+                Step::Record(event) => self.records.push(*event),
+                Step::CheckPassword { login, password } => {
+                    let primary = crate::connection::auth::verify(&self.session.policy, &login, &password);
+                    let next = self.session.password_checked(primary);
+                    self.run(next);
+                }
+                Step::Close => self.closed = true,
+            }
+        }
+    }
+
+    /// Sends raw bytes; returns the replies they produced.
+    fn send(&mut self, bytes: &[u8]) -> Vec<String> {
+        let before = self.replies.len();
+        let mut input = bytes.to_vec();
+        let steps = self.session.feed(&mut input);
+        self.run(steps);
+        self.replies[before..].to_vec()
+    }
+
+    /// Sends one command and expects one reply starting with `expected`.
+    fn cmd(&mut self, command: &str, expected: &str) -> String {
+        let replies = self.send(format!("{command}\r\n").as_bytes());
+        let all = replies.concat();
+        assert!(all.starts_with(expected), "{command:?}: expected {expected:?}, got {all:?}");
+        all
+    }
+}
+
+#[test]
+fn a_whole_transaction_is_queued_with_its_id_and_a_received_header() {
+    let mut t = Transcript::smtp();
+    assert!(t.replies[0].starts_with("220 mailflow.localhost "), "{:?}", t.replies);
+    let ehlo = t.cmd("EHLO client.example", "250-mailflow.localhost Hello [198.51.100.7]");
+    for keyword in ["PIPELINING", "SIZE 4096", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"] {
+        assert!(ehlo.contains(keyword), "EHLO lacks {keyword}: {ehlo}");
+    }
+    assert!(!ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"), "no TLS configured, no AUTH on port 25: {ehlo}");
+    t.cmd("MAIL FROM:<sender@example.net> BODY=8BITMIME RET=HDRS ENVID=abc", "250 2.1.0 ");
+    t.cmd("RCPT TO:<alice@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;alice@example.com", "250 2.1.5 ");
+    t.cmd("DATA", "354 ");
+    let replies = t.send(b"Subject: hi\r\n\r\n..dot\r\nbody\r\n.\r\n");
+    assert_eq!(replies.len(), 1);
+    assert!(replies[0].starts_with("250 2.0.0 OK <"), "{replies:?}");
+    let stored = &t.stored[0];
+    assert!(replies[0].contains(&stored.id));
+    let content = String::from_utf8(stored.content.clone()).expect("utf-8");
+    assert!(
+        content.starts_with("Received: from client.example (unknown [198.51.100.7])\r\n\tby mailflow.localhost"),
+        "{content}"
+    );
+    assert!(content.contains("with ESMTP\r\n\tid ") && content.contains("for <alice@example.com>"), "{content}");
+    assert!(content.ends_with("Subject: hi\r\n\r\n.dot\r\nbody\r\n"), "dot-unstuffed: {content:?}");
+    assert_eq!(stored.envelope.mail_from, "sender@example.net");
+    assert_eq!(stored.envelope.dsn_envid.as_deref(), Some("abc"));
+    assert_eq!(stored.recipients[0].notify.len(), 2);
+    assert_eq!(stored.recipients[0].accepted_domain.as_deref(), Some("example.com"));
+    t.cmd("QUIT", "221 2.0.0 ");
+    assert!(t.closed);
+}
+
+#[test]
+fn unknown_recipients_of_an_authoritative_domain_are_refused_at_rcpt_and_recorded() {
+    // Spec 2.4 (DBEB), 1.1 T: refused at RCPT, before any filtering.
+    let mut t = Transcript::smtp();
+    t.cmd("EHLO c", "250");
+    t.cmd("MAIL FROM:<s@example.net>", "250 2.1.0");
+    t.cmd("RCPT TO:<nobody@example.com>", "550 5.4.1 Recipient address rejected: Access denied");
+    t.cmd("RCPT TO:<victim@example.org>", "550 5.4.1 Relay Access Denied");
+    t.cmd("DATA", "503 5.5.1 ");
+    let reasons: Vec<_> = t
+        .records
+        .iter()
+        .map(|r| match r {
+            ReceivedEvent::RecipientRejected(r) => (r.address.clone(), r.reason, r.reply.code),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("nobody@example.com".into(), RejectReason::UnknownRecipient, 550),
+            ("victim@example.org".into(), RejectReason::RelayDenied, 550)
+        ]
+    );
+}
+
+#[test]
+fn limits_answer_with_their_replies() {
+    let mut t = Transcript::smtp();
+    t.cmd("EHLO c", "250");
+    t.cmd("MAIL FROM:<s@example.net> SIZE=999999", "552 5.3.4 ");
+    t.cmd("MAIL FROM:<s@example.net>", "250 2.1.0");
+    for _ in 0..3 {
+        t.cmd("RCPT TO:<bob@example.com>", "250 2.1.5");
+    }
+    t.cmd("RCPT TO:<bob@example.com>", "452 4.5.3 Too many recipients");
+    t.cmd("DATA", "354");
+    let mut big = vec![b'x'; 5000];
+    big.extend_from_slice(b"\r\n.\r\n");
+    assert!(t.send(&big)[0].starts_with("552 5.3.4 "));
+    assert!(t.stored.is_empty());
+    // A command line over max_line_length, then the session goes on.
+    let long = format!("NOOP {}\r\n", "x".repeat(3000));
+    assert!(t.send(long.as_bytes())[0].starts_with("500 5.5.2 "));
+    t.cmd("NOOP", "250 2.0.0");
+}
+
+#[test]
+fn a_message_with_too_many_received_headers_is_a_loop() {
+    let mut t = Transcript::smtp();
+    t.cmd("EHLO c", "250");
+    t.cmd("MAIL FROM:<s@example.net>", "250");
+    t.cmd("RCPT TO:<bob@example.com>", "250");
+    t.cmd("DATA", "354");
+    let replies = t.send(b"Received: a\r\nReceived: b\r\nReceived: c\r\nReceived: d\r\n\r\nx\r\n.\r\n");
+    assert!(replies[0].starts_with("554 5.4.14 "), "{replies:?}");
+}
+
+#[test]
+fn every_smuggling_vector_gets_one_550_5_6_11_and_stores_nothing() {
+    // reliability.md §2.1: a test per vector, through the whole session.
+    let vectors: [(&str, &[u8]); 16] = [
+        ("lflf", b"\n.\n"),
+        ("lfcrlf", b"\n.\r\n"),
+        ("crlflf", b"\r\n.\n"),
+        ("crcr", b"\r.\r"),
+        ("crlf", b"\r.\n"),
+        ("lfcr", b"\n.\r"),
+        ("crcrlf", b"\r.\r\n"),
+        ("crlfcr", b"\r\n.\r"),
+        ("null-before", b"\r\n\x00.\r\n"),
+        ("null-after", b"\r\n.\x00\r\n"),
+        ("crlf-crcrlf", b"\r\n.\r\r\n"),
+        ("crcrlf2", b"\r\r\n.\r\r\n"),
+        ("lflf-dot", b"\n\n.\r\n"),
+        ("null-cr", b"\r\n\x00.\r"),
+        ("null-lf", b"\r\n\x00.\n"),
+        ("bare-lf-line", b"\nplain bare lf\r\n"),
+    ];
+    for (name, vector) in vectors {
+        let mut t = Transcript::smtp();
+        t.cmd("EHLO c", "250");
+        t.cmd("MAIL FROM:<s@example.net>", "250");
+        t.cmd("RCPT TO:<bob@example.com>", "250");
+        t.cmd("DATA", "354");
+        let mut bytes = b"From: s@example.net\r\n\r\nline".to_vec();
+        bytes.extend_from_slice(vector);
+        bytes.extend_from_slice(b"MAIL FROM:<smuggled@x>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\nSMUGGLED\r\n.\r\n");
+        let replies = t.send(&bytes);
+        assert_eq!(replies.len(), 1, "{name}: exactly one reply, got {replies:?}");
+        assert!(replies[0].starts_with("550 5.6.11 "), "{name}: {replies:?}");
+        assert!(t.stored.is_empty(), "{name}: nothing stored");
+        assert!(matches!(&t.records[..], [ReceivedEvent::MessageRejected(_)]), "{name}: the refusal is recorded");
+    }
+}
+
+#[test]
+fn a_dot_without_its_line_end_is_content_of_one_message() {
+    // reliability.md §2.1 "no-term" (`\r\n.` then more): the dot starts a content
+    // line (and is removed as a stuffed dot); the commands after it are content.
+    let mut t = Transcript::smtp();
+    t.cmd("EHLO c", "250");
+    t.cmd("MAIL FROM:<s@example.net>", "250");
+    t.cmd("RCPT TO:<bob@example.com>", "250");
+    t.cmd("DATA", "354");
+    let replies =
+        t.send(b"From: s@example.net\r\n\r\nline\r\n.MAIL FROM:<smuggled@x>\r\nRCPT TO:<bob@example.com>\r\n.\r\n");
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(replies[0].starts_with("250 2.0.0 "), "{replies:?}");
+    assert_eq!(t.stored.len(), 1);
+    assert_eq!(t.stored[0].envelope.mail_from, "s@example.net");
+    assert!(t.stored[0].content.ends_with(b"line\r\nMAIL FROM:<smuggled@x>\r\nRCPT TO:<bob@example.com>\r\n"));
+}
+
+#[test]
+fn legal_pipelining_gets_one_reply_per_command_in_order() {
+    let mut t = Transcript::smtp();
+    t.cmd("EHLO c", "250");
+    let replies =
+        t.send(b"MAIL FROM:<s@example.net>\r\nRCPT TO:<bob@example.com>\r\nRCPT TO:<nobody@example.com>\r\nDATA\r\n");
+    let codes: Vec<&str> = replies.iter().map(|r| &r[..3]).collect();
+    assert_eq!(codes, ["250", "250", "550", "354"]);
+}
+
+#[test]
+fn content_sent_before_the_354_is_a_synchronization_error() {
+    // reliability.md §2.2: 554 5.5.0 and disconnect.
+    let mut t = Transcript::smtp();
+    t.cmd("EHLO c", "250");
+    let replies =
+        t.send(b"MAIL FROM:<s@example.net>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n");
+    assert!(replies.last().expect("reply").starts_with("554 5.5.0 "), "{replies:?}");
+    assert!(t.closed && t.stored.is_empty());
+}
+
+#[test]
+fn commands_pipelined_after_starttls_are_discarded() {
+    // CVE-2011-0411: the RSET and MAIL sent in the clear are never answered.
+    let mut t = Transcript::new(ListenerKind::Smtp, true, "198.51.100.7");
+    assert!(t.cmd("EHLO c", "250").contains("STARTTLS"));
+    let replies = t.send(b"STARTTLS\r\nRSET\r\nMAIL FROM:<evil@example.net>\r\n");
+    assert!(replies.is_empty() && t.tls_requested, "{replies:?}");
+    let steps = t.session.tls_started(Some(TlsInfo {
+        protocol: "TLSv1.3".into(),
+        cipher: "TLS13_AES_256_GCM_SHA384".into(),
+        client_certificate_subject: None,
+        client_certificate_names: Vec::new(),
+    }));
+    t.run(steps);
+    assert_eq!(t.send(b"").len(), 0, "nothing pending after the handshake");
+    t.cmd("MAIL FROM:<s@example.net>", "503 5.5.1 "); // RFC 3207: EHLO again first
+    let ehlo = t.cmd("EHLO c", "250");
+    assert!(!ehlo.contains("STARTTLS"), "no STARTTLS inside TLS");
+    t.cmd("STARTTLS", "503 5.5.1 ");
+}
+
+#[test]
+fn bare_line_endings_in_commands_are_refused() {
+    let mut t = Transcript::smtp();
+    assert!(t.send(b"EHLO c\n")[0].starts_with("501 5.5.4 "));
+}
+
+#[test]
+fn too_many_errors_close_the_session() {
+    let mut t = Transcript::smtp();
+    for _ in 0..9 {
+        t.cmd("BOGUS", "500 5.5.1");
+    }
+    let last = t.send(b"BOGUS\r\n");
+    assert!(last[1].starts_with("421 4.7.0 "), "{last:?}");
+    assert!(t.closed);
+}
+
+#[test]
+fn bdat_chunks_make_one_message_and_orphan_chunks_are_consumed() {
+    let mut t = Transcript::smtp();
+    t.cmd("EHLO c", "250");
+    // BDAT without a transaction: the chunk is read, then refused.
+    let replies = t.send(b"BDAT 4\r\nabcd");
+    assert!(replies[0].starts_with("503 5.5.1 "), "{replies:?}");
+    t.cmd("MAIL FROM:<s@example.net>", "250");
+    t.cmd("RCPT TO:<bob@example.com>", "250");
+    let replies = t.send(b"BDAT 14\r\nSubject: x\r\n\r\nBDAT 4 LAST\r\nhi\r\n");
+    assert!(replies[0].starts_with("250 2.6.0 "), "{replies:?}");
+    assert!(replies[1].starts_with("250 2.0.0 OK <"), "{replies:?}");
+    assert!(t.stored[0].content.ends_with(b"Subject: x\r\n\r\nhi\r\n"));
+}
+
+#[test]
+fn store_failures_answer_4xx_never_250() {
+    for (outcome, expected) in [
+        (StoreOutcome::Failed, "451 4.3.0 "),
+        (StoreOutcome::NoSpace, "452 4.3.1 "),
+        (StoreOutcome::Ipv6AuthenticationFailed, "450 4.7.26 "),
+    ] {
+        let mut t = Transcript::smtp();
+        t.store_outcome = outcome;
+        t.cmd("EHLO c", "250");
+        t.cmd("MAIL FROM:<s@example.net>", "250");
+        t.cmd("RCPT TO:<bob@example.com>", "250");
+        t.cmd("DATA", "354");
+        let replies = t.send(b"x\r\n.\r\n");
+        assert!(replies[0].starts_with(expected), "{outcome:?}: {replies:?}");
+    }
+}
+
+#[test]
+fn submission_requires_tls_then_auth_and_checks_send_as() {
+    // Spec 5.1: AUTH only after STARTTLS; anonymous MAIL gets 530 5.7.57.
+    let mut t = Transcript::new(ListenerKind::Submission, true, "198.51.100.7");
+    let ehlo = t.cmd("EHLO printer", "250");
+    assert!(!ehlo.contains("AUTH"), "no AUTH before TLS: {ehlo}");
+    t.cmd("AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAHNlY3JldA==", "530 5.7.0 ");
+    t.cmd("MAIL FROM:<alice@example.com>", "530 5.7.0 ");
+    t.send(b"STARTTLS\r\n");
+    let steps = t.session.tls_started(Some(TlsInfo {
+        protocol: "TLSv1.3".into(),
+        cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        client_certificate_subject: None,
+        client_certificate_names: Vec::new(),
+    }));
+    t.run(steps);
+    assert!(t.cmd("EHLO printer", "250").contains("AUTH PLAIN LOGIN"));
+    t.cmd("MAIL FROM:<alice@example.com>", "530 5.7.57 ");
+    // "\0alice@example.com\0wrong"
+    t.cmd("AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAHdyb25n", "535 5.7.3 ");
+    t.cmd("AUTH LOGIN", "334 VXNlcm5hbWU6");
+    t.cmd("YS5saWRkZWxsQGV4YW1wbGUuY29t", "334 UGFzc3dvcmQ6"); // the alias a.liddell@example.com
+    t.cmd("c2VjcmV0", "235 2.7.0 ");
+    t.cmd("MAIL FROM:<bob@example.com>", "550 5.7.60 ");
+    t.cmd("MAIL FROM:<a.liddell@example.com>", "250 2.1.0 ");
+    t.cmd("RCPT TO:<friend@example.org>", "250 2.1.5 "); // authenticated: may relay
+}
