@@ -3,5 +3,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod dns;
 pub mod event_log;
+pub mod front_door;
 pub mod policy;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mailflow_actors::config::Config;
-use mailflow_actors::event_log;
+use mailflow_actors::{event_log, front_door};
 
 /// An event-sourced mail router.
 #[derive(Debug, Parser)]
@@ -32,6 +32,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prints an argon2id hash of a password read from standard input, for `password_hash`.
+    HashPassword,
     /// Prints the JSON Schemas of the published events (or writes them to a directory).
     Schemas {
         /// Directory to write `<name>.json` files into.
@@ -76,6 +78,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).context("reading the password from standard input")?;
+            println!("{}", mailflow_actors::connection::auth::hash_password(password.trim_end_matches(['\r', '\n'])));
+            Ok(())
+        }
         Command::Schemas { out } => {
             for (name, schema) in mailflow_events::schema::all() {
                 let text = mailflow_events::schema::render(&schema);
@@ -92,8 +100,15 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let log = event_log::open(&config.event_log, "mailflow").await.context("opening the event log")?;
-    tracing::info!(?log, "event log ready");
+    let front_door =
+        front_door::start(&config, log, "mailflow/connection").await.context("starting the SMTP listeners")?;
+    // One line per listener, then `ready`: scripts and the test harness read these.
+    for (name, address) in &front_door.listeners {
+        println!("listening {name} {address}");
+    }
+    println!("ready");
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     tracing::info!("shutting down");
+    drop(front_door);
     Ok(())
 }

@@ -27,6 +27,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Where events are kept.
     pub event_log: EventLogConfig,
+    /// DNS resolver settings.
+    pub dns: crate::dns::DnsConfig,
     /// Domains the organisation receives mail for (default none).
     pub accepted_domains: Vec<AcceptedDomainConfig>,
     /// Mail-enabled recipients and their proxy addresses.

@@ -2,7 +2,12 @@
 //!
 //! - [`reply`]: every reply, rendered in one place.
 
+pub mod accept;
+pub mod actor;
 pub mod auth;
 pub mod body;
+pub mod driver;
+pub mod limits;
 pub mod reply;
 pub mod session;
+pub mod tls;

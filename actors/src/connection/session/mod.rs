@@ -227,6 +227,11 @@ impl Session {
         (session, vec![Step::Reply(greeting)])
     }
 
+    /// The session's id (the key of its refusal events).
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
     /// Whether the session is receiving message content (the driver applies
     /// the data timeout instead of the command timeout).
     pub fn in_data(&self) -> bool {

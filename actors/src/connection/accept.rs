@@ -1,0 +1,63 @@
+//! Durable acceptance: content chunks, then `MessageReceived`, both acknowledged
+//! by the log before the session may answer `250`.
+
+use chrono::Utc;
+use mailflow_events::Envelope;
+use mailflow_events::log::{EventLog, LogError};
+use mailflow_events::received::{MessageReceived, ReceivedEvent};
+use mailflow_events::{content, topic};
+
+use super::session::{Incoming, StoreOutcome};
+
+/// Stores `incoming` durably; the outcome decides the reply.
+pub async fn store(log: &dyn EventLog, producer: &str, incoming: Incoming) -> StoreOutcome {
+    match try_store(log, producer, incoming).await {
+        Ok(()) => StoreOutcome::Stored,
+        Err(err) => {
+            tracing::error!(error = %err, "could not store an incoming message; answering 4xx");
+            match err {
+                content::ContentError::Log(LogError::NoSpace(_)) => StoreOutcome::NoSpace,
+                _ => StoreOutcome::Failed,
+            }
+        }
+    }
+}
+
+async fn try_store(log: &dyn EventLog, producer: &str, incoming: Incoming) -> Result<(), content::ContentError> {
+    let reference = content::store(log, &incoming.id, producer, &incoming.content).await?;
+    let (internet_message_id, subject, header_from) = summary(&incoming.content);
+    let event = ReceivedEvent::MessageReceived(MessageReceived {
+        session: incoming.session,
+        envelope: incoming.envelope,
+        recipients: incoming.recipients,
+        connector: incoming.connector,
+        directionality: incoming.directionality,
+        content: reference,
+        received_at: Utc::now(),
+        internet_message_id,
+        subject,
+        header_from,
+        inline_checks: None,
+    });
+    let envelope = Envelope::new(&incoming.id, producer, Utc::now(), event);
+    log.append(topic::RECEIVED, incoming.id.as_bytes(), &envelope.to_json()).await?;
+    Ok(())
+}
+
+/// Appends a refusal (RCPT or message) so that the message trace shows it.
+/// A failure is logged, not answered: the refusal's reply does not depend on it.
+pub async fn record(log: &dyn EventLog, producer: &str, key: &str, event: ReceivedEvent) {
+    let envelope = Envelope::new(key, producer, Utc::now(), event);
+    if let Err(err) = log.append(topic::RECEIVED, key.as_bytes(), &envelope.to_json()).await {
+        tracing::warn!(error = %err, "could not record a refusal");
+    }
+}
+
+/// `Message-ID`, `Subject` and `From` of the header, for the trace without loading content.
+fn summary(content: &[u8]) -> (Option<String>, Option<String>, Option<String>) {
+    let Some(message) = mail_parser::MessageParser::default().parse_headers(content) else {
+        return (None, None, None);
+    };
+    let from = message.from().and_then(|from| from.first()).and_then(|addr| addr.address()).map(str::to_string);
+    (message.message_id().map(|id| format!("<{id}>")), message.subject().map(|s| s.chars().take(256).collect()), from)
+}

@@ -1,0 +1,63 @@
+//! STARTTLS: the rustls server configuration and what a handshake tells the session.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use mailflow_events::received::TlsInfo;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+/// Why TLS could not be set up from the configured files.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// A PEM file could not be read or parsed (permanent: fix the configuration).
+    #[error("reading {path}: {reason}")]
+    Pem {
+        /// File.
+        path: String,
+        /// Cause.
+        reason: String,
+    },
+    /// rustls refused the certificate or key (permanent).
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Builds the acceptor from a PEM certificate chain and key (TLS 1.2 and 1.3, ring).
+pub fn acceptor(certificate: &Path, key: &Path) -> Result<TlsAcceptor, TlsSetupError> {
+    let pem_error = |path: &Path, err: &dyn std::fmt::Display| TlsSetupError::Pem {
+        path: path.display().to_string(),
+        reason: err.to_string(),
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
+        .map_err(|e| pem_error(certificate, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_error(certificate, &e))?;
+    if certs.is_empty() {
+        return Err(pem_error(certificate, &"no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// What the session records of an established TLS connection.
+pub fn info(connection: &rustls::ServerConnection) -> TlsInfo {
+    let protocol = match connection.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(other) => format!("{other:?}"),
+        None => "unknown".to_string(),
+    };
+    let cipher = connection
+        .negotiated_cipher_suite()
+        .map(|suite| format!("{:?}", suite.suite()))
+        .unwrap_or_else(|| "unknown".to_string());
+    TlsInfo { protocol, cipher, client_certificate_subject: None, client_certificate_names: Vec::new() }
+}

@@ -1,0 +1,52 @@
+//! The DNS resolver every role uses (hickory), pointed at the configured
+//! nameservers or the system's.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use serde::Deserialize;
+
+/// `[dns]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Nameservers as `ip:port` (UDP and TCP); default: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// Why the resolver could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("DNS resolver: {0}")]
+pub struct DnsSetupError(String);
+
+/// Builds the resolver.
+pub fn resolver(config: &DnsConfig) -> Result<TokioResolver, DnsSetupError> {
+    let builder = if config.nameservers.is_empty() {
+        TokioResolver::builder_tokio().map_err(|e| DnsSetupError(e.to_string()))?
+    } else {
+        let servers = config
+            .nameservers
+            .iter()
+            .map(|address| {
+                let mut server = NameServerConfig::udp_and_tcp(address.ip());
+                for connection in &mut server.connections {
+                    connection.port = address.port();
+                }
+                server
+            })
+            .collect();
+        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default())
+    };
+    builder.build().map_err(|e| DnsSetupError(e.to_string()))
+}
+
+/// The PTR name of `ip`: `Some(name)`, or `None` when there is none (or DNS failed).
+pub async fn ptr(resolver: &TokioResolver, ip: IpAddr) -> Option<String> {
+    let lookup = resolver.reverse_lookup(ip).await.ok()?;
+    lookup.answers().iter().find_map(|record| match &record.data {
+        hickory_resolver::proto::rr::RData::PTR(name) => Some(name.to_string().trim_end_matches('.').to_string()),
+        _ => None,
+    })
+}
