@@ -1,6 +1,7 @@
 //! mailflow's runtime: the roles (connection, verdict, routing, delivery) as
 //! actors, the configuration, and what `main.rs` wires together.
 
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod dns;

@@ -3,6 +3,8 @@
 //! a Kafka-protocol broker, and (in later suites) the router and its peers.
 
 pub mod broker;
+pub mod clients;
 pub mod conformance;
 pub mod crash;
 pub mod logs;
+pub mod router;

@@ -1,0 +1,38 @@
+//! Real SMTP clients for the tests: Python's smtplib and swaks.
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// Runs a Python 3 script with `ADDR` (host) and `PORT` bound, and parses the
+/// JSON it prints on its last line.
+pub fn python(address: SocketAddr, script: &str) -> anyhow::Result<serde_json::Value> {
+    let prelude = format!(
+        "import json, smtplib, ssl, socket, sys\nADDR = {:?}\nPORT = {}\n",
+        address.ip().to_string(),
+        address.port()
+    );
+    let output =
+        Command::new("python3").arg("-c").arg(format!("{prelude}{script}")).output().context("running python3")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("python failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    }
+    let last = stdout.lines().last().context("python printed nothing")?;
+    Ok(serde_json::from_str(last)?)
+}
+
+/// Runs swaks against `address`; returns (exit code, transcript).
+pub fn swaks(address: SocketAddr, args: &[&str]) -> anyhow::Result<(i32, String)> {
+    let output = Command::new("swaks")
+        .arg("--server")
+        .arg(address.ip().to_string())
+        .arg("--port")
+        .arg(address.port().to_string())
+        .args(args)
+        .output()
+        .context("running swaks (installed by scripts/install-test-deps)")?;
+    let transcript = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    Ok((output.status.code().unwrap_or(-1), transcript))
+}

@@ -1,0 +1,168 @@
+//! The real `mailflow` daemon as a child process, on loopback ports it picks
+//! itself (`:0`), with its embedded log in a temporary directory.
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use mailflow_events::Envelope;
+use mailflow_events::log::EventLog as _;
+use mailflow_events::log::embedded::{EmbeddedLog, Options};
+use mailflow_events::received::ReceivedEvent;
+
+/// A running router.
+#[derive(Debug)]
+pub struct Router {
+    child: Child,
+    /// Listener name → bound address.
+    pub listeners: HashMap<String, SocketAddr>,
+    /// Holds `config.toml`, `log/` and anything a test puts there.
+    pub dir: tempfile::TempDir,
+}
+
+/// Configuration shared by the front-door tests: one anonymous listener, the
+/// accepted domains `contoso.com` (authoritative) and `fabrikam.com`
+/// (internal relay), and a small directory. Tests append their own sections.
+pub const BASE_CONFIG: &str = r#"
+[server]
+hostname = "mx.contoso.test"
+
+[[server.listeners]]
+name = "smtp"
+address = "127.0.0.1:0"
+
+[[accepted_domains]]
+name = "contoso.com"
+default = true
+
+[[accepted_domains]]
+name = "fabrikam.com"
+type = "internal_relay"
+
+[[directory.recipients]]
+address = "alice@contoso.com"
+proxy_addresses = ["a.liddell@contoso.com"]
+
+[[directory.recipients]]
+address = "bob@contoso.com"
+"#;
+
+impl Router {
+    /// Starts the router with `config` (TOML; the event log is added here) and
+    /// waits until every listener is bound.
+    pub fn start(config: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        Self::start_in(dir, config)
+    }
+
+    /// Like [`Router::start`], in an existing directory (to restart on the same log).
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> anyhow::Result<Self> {
+        let log = dir.path().join("log");
+        let full = format!("{config}\n[event_log]\nkind = \"embedded\"\npath = {:?}\n", log.display().to_string());
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, full)?;
+        let mut child = Command::new(binary()?)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting mailflow")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut listeners = HashMap::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match received.recv_timeout(left) {
+                Ok(line) if line == "ready" => break,
+                Ok(line) => {
+                    if let Some(["listening", name, address]) = line.split(' ').collect::<Vec<_>>().get(..3) {
+                        listeners.insert(name.to_string(), address.parse()?);
+                    }
+                }
+                Err(_) => {
+                    let status = child.try_wait()?;
+                    let _ = child.kill();
+                    bail!("mailflow did not become ready (exit status {status:?})");
+                }
+            }
+        }
+        Ok(Self { child, listeners, dir })
+    }
+
+    /// Address of the listener named `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.listeners[name]
+    }
+
+    /// Address of the `smtp` listener.
+    pub fn smtp(&self) -> SocketAddr {
+        self.listener("smtp")
+    }
+
+    /// Kills the router with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the router and hands back its directory (to restart on the same log).
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        self.kill();
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// Path of the event log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    /// Every event of `mailflow.received`, read after killing the router
+    /// (the embedded log admits one process at a time).
+    pub async fn received_events(&mut self) -> anyhow::Result<Vec<Envelope<ReceivedEvent>>> {
+        self.kill();
+        let log = EmbeddedLog::open(self.log_path(), Options::default())?;
+        let topic = mailflow_events::topic::RECEIVED;
+        let mut events = Vec::new();
+        for partition in 0..log.partitions(topic)? {
+            for record in crate::conformance::read_all(&log, topic, partition, 0).await? {
+                events.push(Envelope::from_json(&record.value)?);
+            }
+        }
+        Ok(events)
+    }
+}
+
+/// The `mailflow-under-test` binary: cargo builds a package's binaries next to
+/// its integration tests (`target/<profile>/`, the tests being in `deps/`).
+fn binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).context("test binary location")?;
+    let binary = profile_dir.join("mailflow-under-test");
+    if !binary.exists() {
+        bail!("{} is missing: run the tests with `cargo test -p mailflow-tests`", binary.display());
+    }
+    Ok(binary)
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

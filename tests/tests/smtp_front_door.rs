@@ -1,0 +1,141 @@
+//! The SMTP front door end to end: the real daemon on loopback, driven by
+//! Python's smtplib and swaks. Spec references are to `spec/eop-mailflow.md`.
+
+use mailflow_events::content;
+use mailflow_events::log::embedded::{EmbeddedLog, Options};
+use mailflow_events::received::{ReceivedEvent, RejectReason};
+use mailflow_tests::clients::{python, swaks};
+use mailflow_tests::router::{BASE_CONFIG, Router};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_is_durable_when_250_arrives_even_if_the_router_is_killed_at_once() -> anyhow::Result<()> {
+    let mut router = Router::start(BASE_CONFIG)?;
+    let reply = python(
+        router.smtp(),
+        r#"
+s = smtplib.SMTP(ADDR, PORT)
+s.ehlo("client.example")
+s.mail("sender@example.net")
+s.rcpt("a.liddell@contoso.com")
+code, msg = s.data(b"Subject: durable\r\nMessage-ID: <m1@example.net>\r\n\r\nHello Alice\r\n")
+print(json.dumps({"code": code, "msg": msg.decode()}))
+"#,
+    )?;
+    assert_eq!(reply["code"], 250, "{reply}");
+    let text = reply["msg"].as_str().unwrap_or_default();
+    assert!(text.starts_with("2.0.0 OK <"), "{text}");
+    let id = text.trim_start_matches("2.0.0 OK <").split('>').next().unwrap_or_default().to_string();
+    // SIGKILL right after the 250: nothing that was acknowledged may be missing.
+    let events = router.received_events().await?;
+    let received = events
+        .iter()
+        .find_map(|e| match &e.event {
+            ReceivedEvent::MessageReceived(m) if e.message_id == id => Some(m.clone()),
+            _ => None,
+        })
+        .expect("MessageReceived for the queued id");
+    assert_eq!(received.envelope.mail_from, "sender@example.net");
+    assert_eq!(received.recipients[0].address, "a.liddell@contoso.com");
+    assert_eq!(received.subject.as_deref(), Some("durable"));
+    assert_eq!(received.internet_message_id.as_deref(), Some("<m1@example.net>"));
+    let log = EmbeddedLog::open(router.log_path(), Options::default())?;
+    let body = content::load(&log, &id, &received.content).await?;
+    let body = String::from_utf8(body)?;
+    assert!(body.starts_with("Received: from client.example (unknown [127.0.0.1])\r\n\tby mx.contoso.test"), "{body}");
+    assert!(body.ends_with("Subject: durable\r\nMessage-ID: <m1@example.net>\r\n\r\nHello Alice\r\n"), "{body}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaks_pipelines_a_message_and_dbeb_refuses_unknown_recipients() -> anyhow::Result<()> {
+    let mut router = Router::start(BASE_CONFIG)?;
+    let (code, transcript) =
+        swaks(router.smtp(), &["--pipeline", "--from", "s@example.net", "--to", "bob@contoso.com", "--body", "hi"])?;
+    assert_eq!(code, 0, "{transcript}");
+    assert!(transcript.contains("<-  250 2.0.0 OK <"), "{transcript}");
+    // Spec 2.4: DBEB at RCPT, 550 5.4.1.
+    let (code, transcript) = swaks(router.smtp(), &["--from", "s@example.net", "--to", "nobody@contoso.com"])?;
+    assert_ne!(code, 0);
+    assert!(transcript.contains("<** 550 5.4.1 Recipient address rejected: Access denied"), "{transcript}");
+    // Spec 2.2: an internal-relay domain accepts unknown recipients.
+    let (code, transcript) = swaks(router.smtp(), &["--from", "s@example.net", "--to", "onprem@fabrikam.com"])?;
+    assert_eq!(code, 0, "{transcript}");
+    // Spec 3.8: no open relay.
+    let (_, transcript) = swaks(router.smtp(), &["--from", "s@contoso.com", "--to", "victim@example.org"])?;
+    assert!(transcript.contains("<** 550 5.4.1 Relay Access Denied"), "{transcript}");
+    let events = router.received_events().await?;
+    let refusals: Vec<(String, RejectReason)> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            ReceivedEvent::RecipientRejected(r) => Some((r.address.clone(), r.reason)),
+            _ => None,
+        })
+        .collect();
+    assert!(refusals.contains(&("nobody@contoso.com".into(), RejectReason::UnknownRecipient)), "{refusals:?}");
+    assert!(refusals.contains(&("victim@example.org".into(), RejectReason::RelayDenied)), "{refusals:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_per_address_answers_421_and_frees_on_close() -> anyhow::Result<()> {
+    let config = BASE_CONFIG
+        .replace("hostname = \"mx.contoso.test\"", "hostname = \"mx.contoso.test\"\nmax_connections_per_ip = 2");
+    let router = Router::start(&config)?;
+    let reply = python(
+        router.smtp(),
+        r#"
+def banner():
+    c = socket.create_connection((ADDR, PORT)); c.settimeout(10)
+    return c, c.recv(512).decode()
+a, first = banner(); b, second = banner(); c, third = banner()
+c.close(); a.close()
+import time
+for _ in range(100):
+    d, again = banner(); d.close()
+    if again.startswith("220"): break
+    time.sleep(0.05)
+print(json.dumps([first, second, third, again]))
+"#,
+    )?;
+    assert!(reply[0].as_str().unwrap_or_default().starts_with("220 "), "{reply}");
+    assert!(reply[1].as_str().unwrap_or_default().starts_with("220 "), "{reply}");
+    assert!(reply[2].as_str().unwrap_or_default().starts_with("421 4.7.0 "), "{reply}");
+    assert!(reply[3].as_str().unwrap_or_default().starts_with("220 "), "a closed session frees its slot: {reply}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_at_the_command_timeout() -> anyhow::Result<()> {
+    let config = BASE_CONFIG
+        .replace("hostname = \"mx.contoso.test\"", "hostname = \"mx.contoso.test\"\ncommand_timeout = \"1s\"");
+    let router = Router::start(&config)?;
+    let reply = python(
+        router.smtp(),
+        r#"
+c = socket.create_connection((ADDR, PORT)); c.settimeout(20)
+banner = c.recv(512).decode()
+timeout = c.recv(512).decode()
+closed = c.recv(512) == b""
+print(json.dumps([banner, timeout, closed]))
+"#,
+    )?;
+    assert!(reply[1].as_str().unwrap_or_default().starts_with("421 4.4.2 "), "{reply}");
+    assert_eq!(reply[2], true, "closed after the 421");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nmap_finds_no_open_relay() -> anyhow::Result<()> {
+    // reliability.md §2.4: every relay form nmap tries must be refused.
+    let router = Router::start(BASE_CONFIG)?;
+    let output = std::process::Command::new("nmap")
+        // -sV: the script runs on ports identified as SMTP, ours is not 25.
+        .args(["-Pn", "-n", "-sV", "--version-light", "-p", &router.smtp().port().to_string()])
+        .args(["--script", "smtp-open-relay"])
+        .args(["--script-args", "smtp-open-relay.domain=example.org,smtp-open-relay.ip=127.0.0.1", "127.0.0.1"])
+        .output()?;
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(report.contains("smtp-open-relay"), "nmap ran the script: {report}");
+    assert!(report.contains("Server doesn't seem to be an open relay"), "{report}");
+    Ok(())
+}
