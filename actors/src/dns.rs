@@ -12,7 +12,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
-    /// Nameservers as `ip:port` (UDP and TCP); default: the system's (`/etc/resolv.conf`).
+    /// Nameservers as `ip:port` (UDP and TCP); default: the system's
+    /// (`/etc/resolv.conf` and `/etc/hosts`). When set, `/etc/hosts` is not used.
     pub nameservers: Vec<SocketAddr>,
 }
 
@@ -37,7 +38,14 @@ pub fn resolver(config: &DnsConfig) -> Result<TokioResolver, DnsSetupError> {
                 server
             })
             .collect();
-        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default())
+        let mut builder = TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        );
+        // Configured nameservers are the whole truth: `/etc/hosts` would answer
+        // PTR queries for loopback addresses and mask what DNS says.
+        builder.options_mut().use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+        builder
     };
     builder.build().map_err(|e| DnsSetupError(e.to_string()))
 }

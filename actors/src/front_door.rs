@@ -58,7 +58,9 @@ pub async fn start(config: &Config, log: Arc<dyn EventLog>, producer: &str) -> R
         Some(tls) => Some(crate::connection::tls::acceptor(&tls.certificate, &tls.key)?),
         None => None,
     };
-    let resolver = Some(Arc::new(crate::dns::resolver(&config.dns)?));
+    let dns = crate::dns::resolver(&config.dns)?;
+    let authenticator = Arc::new(mail_auth::MessageAuthenticator(dns.clone()));
+    let resolver = Some(Arc::new(dns));
     let shared = Shared {
         log,
         policy: Arc::new(InboundPolicy::new(config)),
@@ -67,6 +69,8 @@ pub async fn start(config: &Config, log: Arc<dyn EventLog>, producer: &str) -> R
         command_timeout: server.command_timeout,
         data_timeout: server.data_timeout,
         session_timeout: server.session_timeout,
+        authenticator,
+        hostname: server.hostname.clone(),
     };
     let limits = ConnectionLimits::new(server.max_connections, server.max_connections_per_ip);
     let cores = std::thread::available_parallelism().map_or(2, usize::from);

@@ -6,5 +6,6 @@ pub mod broker;
 pub mod clients;
 pub mod conformance;
 pub mod crash;
+pub mod dns;
 pub mod logs;
 pub mod router;

@@ -5,13 +5,19 @@ use chrono::Utc;
 use mailflow_events::Envelope;
 use mailflow_events::log::{EventLog, LogError};
 use mailflow_events::received::{MessageReceived, ReceivedEvent};
+use mailflow_events::verdicts::Authentication;
 use mailflow_events::{content, topic};
 
 use super::session::{Incoming, StoreOutcome};
 
 /// Stores `incoming` durably; the outcome decides the reply.
-pub async fn store(log: &dyn EventLog, producer: &str, incoming: Incoming) -> StoreOutcome {
-    match try_store(log, producer, incoming).await {
+pub async fn store(
+    log: &dyn EventLog,
+    producer: &str,
+    incoming: Incoming,
+    inline_checks: Option<Authentication>,
+) -> StoreOutcome {
+    match try_store(log, producer, incoming, inline_checks).await {
         Ok(()) => StoreOutcome::Stored,
         Err(err) => {
             tracing::error!(error = %err, "could not store an incoming message; answering 4xx");
@@ -23,7 +29,12 @@ pub async fn store(log: &dyn EventLog, producer: &str, incoming: Incoming) -> St
     }
 }
 
-async fn try_store(log: &dyn EventLog, producer: &str, incoming: Incoming) -> Result<(), content::ContentError> {
+async fn try_store(
+    log: &dyn EventLog,
+    producer: &str,
+    incoming: Incoming,
+    inline_checks: Option<Authentication>,
+) -> Result<(), content::ContentError> {
     let reference = content::store(log, &incoming.id, producer, &incoming.content).await?;
     let (internet_message_id, subject, header_from) = summary(&incoming.content);
     let event = ReceivedEvent::MessageReceived(MessageReceived {
@@ -37,7 +48,7 @@ async fn try_store(log: &dyn EventLog, producer: &str, incoming: Incoming) -> Re
         internet_message_id,
         subject,
         header_from,
-        inline_checks: None,
+        inline_checks,
     });
     let envelope = Envelope::new(&incoming.id, producer, Utc::now(), event);
     log.append(topic::RECEIVED, incoming.id.as_bytes(), &envelope.to_json()).await?;

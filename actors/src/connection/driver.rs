@@ -35,6 +35,10 @@ pub struct Shared {
     pub data_timeout: Duration,
     /// Limit on a whole session.
     pub session_timeout: Duration,
+    /// SPF and DKIM for the checks answered inside the session.
+    pub authenticator: Arc<mail_auth::MessageAuthenticator>,
+    /// Our hostname, for SPF.
+    pub hostname: String,
 }
 
 impl std::fmt::Debug for Shared {
@@ -142,14 +146,7 @@ async fn carry_out(
                     // Replies to earlier pipelined commands go out first.
                     stream.write_all(out.as_bytes()).await?;
                     out.clear();
-                    let outcome = if incoming.requires_ipv6_authentication {
-                        // Anonymous IPv6 needs SPF or DKIM (spec 3.2b); the
-                        // verdict role that checks them is not wired in yet, so
-                        // nothing can pass: refuse temporarily rather than accept.
-                        super::session::StoreOutcome::Ipv6AuthenticationFailed
-                    } else {
-                        accept::store(shared.log.as_ref(), &shared.producer, *incoming).await
-                    };
+                    let outcome = accept_message(shared, *incoming).await;
                     next.extend(session.stored(outcome));
                 }
                 Step::CheckPassword { login, password } => {
@@ -174,6 +171,30 @@ async fn carry_out(
         stream.write_all(out.as_bytes()).await?;
     }
     Ok(!session.is_closed())
+}
+
+/// Runs the checks answered before the reply, then stores the message.
+async fn accept_message(shared: &Shared, incoming: super::session::Incoming) -> super::session::StoreOutcome {
+    let mut inline_checks = None;
+    if incoming.requires_ipv6_authentication {
+        // Spec 3.2b: anonymous IPv6 must pass SPF or DKIM, else 450 4.7.26.
+        let ip: std::net::IpAddr = incoming.session.client_ip.parse().unwrap_or(std::net::Ipv6Addr::UNSPECIFIED.into());
+        let helo = incoming.session.helo.clone().unwrap_or_default();
+        let checks = super::inline_checks::authenticate(
+            &shared.authenticator,
+            ip,
+            &helo,
+            &shared.hostname,
+            &incoming.envelope.mail_from,
+            &incoming.content,
+        )
+        .await;
+        if !super::inline_checks::passes_spf_or_dkim(&checks) {
+            return super::session::StoreOutcome::Ipv6AuthenticationFailed;
+        }
+        inline_checks = Some(checks);
+    }
+    accept::store(shared.log.as_ref(), &shared.producer, incoming, inline_checks).await
 }
 
 async fn start_tls(shared: &Shared, session: &mut Session, stream: &mut Stream) -> Vec<Step> {

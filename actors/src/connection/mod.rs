@@ -7,6 +7,7 @@ pub mod actor;
 pub mod auth;
 pub mod body;
 pub mod driver;
+pub mod inline_checks;
 pub mod limits;
 pub mod reply;
 pub mod session;
