@@ -17,6 +17,8 @@ mod data;
 mod hello;
 mod mail;
 mod misc;
+#[cfg(test)]
+mod properties;
 mod rcpt;
 #[cfg(test)]
 mod tests;
