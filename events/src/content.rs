@@ -157,3 +157,32 @@ mod base64_bytes {
         BASE64.decode(text.as_bytes()).map_err(serde::de::Error::custom)
     }
 }
+
+// `ChunkStored` keeps its fields inline (a newtype variant would change the
+// published schema), so `tagged_event!` does not fit and the impl is by hand.
+impl crate::envelope::TaggedEvent for ContentEvent {
+    fn decode<'de, D: serde::Deserializer<'de>>(tag: &str, fields: D) -> Result<Self, D::Error> {
+        match tag {
+            "ContentChunkStored" => {
+                let ChunkStoredFields { index, count, data } = ChunkStoredFields::deserialize(fields)?;
+                Ok(Self::ChunkStored { index, count, data })
+            }
+            other => Err(serde::de::Error::unknown_variant(other, &["ContentChunkStored"])),
+        }
+    }
+
+    fn tag(&self) -> &'static str {
+        match self {
+            Self::ChunkStored { .. } => "ContentChunkStored",
+        }
+    }
+}
+
+/// The fields of [`ContentEvent::ChunkStored`], read as its derived impls write them.
+#[derive(Deserialize)]
+struct ChunkStoredFields {
+    index: u32,
+    count: u32,
+    #[serde(deserialize_with = "base64_bytes::deserialize")]
+    data: Vec<u8>,
+}

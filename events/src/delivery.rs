@@ -335,6 +335,18 @@ pub struct OperatorDeleted {
     pub with_ndr: bool,
 }
 
+crate::envelope::tagged_event!(DeliveryEvent {
+    "Queued" => Queued(Queued),
+    "Deferred" => Deferred(Deferred),
+    "Delivered" => Delivered(Delivered),
+    "Failed" => Failed(Failed),
+    "Expired" => Expired(Expired),
+    "RetryRequested" => RetryRequested(OperatorAction),
+    "Suspended" => Suspended(OperatorAction),
+    "Resumed" => Resumed(OperatorAction),
+    "Deleted" => Deleted(OperatorDeleted),
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;

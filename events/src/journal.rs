@@ -262,3 +262,15 @@ pub struct DsnGenerated {
     /// Address the DSN is sent to (the original envelope sender).
     pub dsn_recipient: String,
 }
+
+crate::envelope::tagged_event!(JournalEvent {
+    "Received" => Received(Received),
+    "Deferred" => Deferred(Attempted),
+    "Sent" => Sent(Attempted),
+    "Delivered" => Delivered(Attempted),
+    "Failed" => Failed(Failed),
+    "Expanded" => Expanded(Expanded),
+    "Redirected" => Redirected(Redirected),
+    "Filtered" => Filtered(Filtered),
+    "DsnGenerated" => DsnGenerated(DsnGenerated),
+});

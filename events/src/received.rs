@@ -389,6 +389,13 @@ pub struct ConnectionRefused {
     pub reason: RejectReason,
 }
 
+crate::envelope::tagged_event!(ReceivedEvent {
+    "MessageReceived" => MessageReceived(MessageReceived),
+    "RecipientRejected" => RecipientRejected(RecipientRejected),
+    "MessageRejected" => MessageRejected(MessageRejected),
+    "ConnectionRefused" => ConnectionRefused(ConnectionRefused),
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;

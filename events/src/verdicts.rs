@@ -335,3 +335,9 @@ pub struct MessageDeleted {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
 }
+
+crate::envelope::tagged_event!(VerdictEvent {
+    "VerdictReached" => VerdictReached(VerdictReached),
+    "MessageQuarantined" => MessageQuarantined(MessageQuarantined),
+    "MessageDeleted" => MessageDeleted(MessageDeleted),
+});
