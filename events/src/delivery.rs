@@ -199,8 +199,10 @@ pub struct Queued {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prepend_headers: Vec<Header>,
     /// When the router accepted the message; orders the queue and starts expiry.
+    #[serde(deserialize_with = "crate::envelope::rfc3339")]
     pub received_at: DateTime<Utc>,
     /// When the message expires if not delivered (`received_at` + `message_expiration`).
+    #[serde(deserialize_with = "crate::envelope::rfc3339")]
     pub expires_at: DateTime<Utc>,
 }
 
@@ -240,6 +242,7 @@ pub struct Deferred {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_ip: Option<String>,
     /// When the next attempt is due, decided now from the retry schedule.
+    #[serde(deserialize_with = "crate::envelope::rfc3339")]
     pub next_attempt_at: DateTime<Utc>,
 }
 

@@ -148,7 +148,7 @@ impl KafkaLog {
 
 fn to_record(topic: &str, message: &BorrowedMessage<'_>) -> Record {
     Record {
-        topic: topic.to_string(),
+        topic: Arc::from(topic),
         position: Position { partition: message.partition() as u32, offset: message.offset() as u64 },
         timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
         key: message.key().unwrap_or_default().to_vec(),

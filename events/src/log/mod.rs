@@ -44,8 +44,8 @@ pub struct Position {
 /// A record read from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    /// Topic the record belongs to.
-    pub topic: String,
+    /// Topic the record belongs to (shared: replay reads millions of records).
+    pub topic: std::sync::Arc<str>,
     /// Partition and offset.
     pub position: Position,
     /// Milliseconds since the Unix epoch at append.

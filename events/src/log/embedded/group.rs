@@ -231,7 +231,7 @@ impl EmbeddedMember {
             };
             positions.insert(key, position);
         }
-        self.buffered.retain(|r| positions.contains_key(&(r.topic.clone(), r.position.partition)));
+        self.buffered.retain(|r| positions.contains_key(&(r.topic.to_string(), r.position.partition)));
         self.positions = positions;
         self.generation = state.generation;
         tracing::debug!(group = %self.group.name, member = self.id, generation = self.generation, assignment = ?self.positions.keys().collect::<Vec<_>>(), "rebalanced");

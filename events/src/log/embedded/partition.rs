@@ -70,7 +70,7 @@ impl Segment {
 /// State shared between the writer thread and readers.
 #[derive(Debug)]
 pub struct Partition {
-    topic: String,
+    topic: Arc<str>,
     id: u32,
     dir: PathBuf,
     segment_bytes: u64,
@@ -112,7 +112,7 @@ impl Partition {
         let end = segments.last().map_or(0, Segment::end);
         let (appends, requests) = mpsc::channel(WRITER_QUEUE);
         let partition = Arc::new(Partition {
-            topic: topic.to_string(),
+            topic: Arc::from(topic),
             id,
             dir,
             segment_bytes,
