@@ -295,6 +295,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_file_is_the_builtin_config() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mailflow.example.toml");
+        let example = Config::load(&path).expect("mailflow.example.toml is valid");
+        let builtin = Config::builtin();
+        assert_eq!(format!("{:?}", example.server), format!("{:?}", builtin.server));
+        assert_eq!(format!("{:?}", example.accepted_domains), format!("{:?}", builtin.accepted_domains));
+        assert_eq!(format!("{:?}", example.directory), format!("{:?}", builtin.directory));
+        assert_eq!(format!("{:?}", example.event_log), format!("{:?}", builtin.event_log));
+    }
+
+    #[test]
     fn accepted_domain_rules_of_spec_0_1_are_enforced() {
         // Spec 0.1 T: reject `a.*.b`; reject MatchSubdomains on an Authoritative domain.
         let config: Config = toml::from_str(
