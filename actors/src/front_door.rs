@@ -55,7 +55,7 @@ impl Drop for FrontDoor {
 pub async fn start(config: &Config, log: Arc<dyn EventLog>, producer: &str) -> Result<FrontDoor, StartError> {
     let server = &config.server;
     let tls = match &server.tls {
-        Some(tls) => Some(crate::connection::tls::acceptor(&tls.certificate, &tls.key)?),
+        Some(tls) => Some(crate::connection::tls::acceptor(&tls.certificate, &tls.key, tls.client_ca.as_deref())?),
         None => None,
     };
     let dns = crate::dns::resolver(&config.dns)?;

@@ -185,8 +185,24 @@ impl Config {
         self.validate_domains(&mut problems);
         for connector in &self.inbound_connectors {
             let name = &connector.name;
-            if connector.kind == InboundConnectorKind::OnPremises && connector.sender_ip_addresses.is_empty() {
-                problems.push(format!("inbound connector {name}: an on_premises connector needs sender_ip_addresses"));
+            let by_certificate = connector.tls_sender_certificate_name.is_some();
+            if connector.kind == InboundConnectorKind::OnPremises
+                && connector.sender_ip_addresses.is_empty()
+                && !by_certificate
+            {
+                problems.push(format!(
+                    "inbound connector {name}: an on_premises connector needs sender_ip_addresses or tls_sender_certificate_name"
+                ));
+            }
+            if connector.restrict_domains_to_certificate && !by_certificate {
+                problems.push(format!(
+                    "inbound connector {name}: restrict_domains_to_certificate needs tls_sender_certificate_name"
+                ));
+            }
+            if by_certificate && self.server.tls.as_ref().is_none_or(|tls| tls.client_ca.is_none()) {
+                problems.push(format!(
+                    "inbound connector {name}: tls_sender_certificate_name needs [server.tls] client_ca"
+                ));
             }
             if connector.restrict_domains_to_ip_addresses && connector.sender_ip_addresses.is_empty() {
                 problems.push(format!(

@@ -82,6 +82,15 @@ pub struct InboundConnectorConfig {
     /// Partner: refuse mail from `sender_domains` not sent over TLS.
     #[serde(default)]
     pub require_tls: bool,
+    /// Name the client certificate must carry (`*.contoso.com` allowed):
+    /// identifies an on-premises connector; restricts a partner one when
+    /// `restrict_domains_to_certificate`. Needs `[server.tls] client_ca`.
+    #[serde(default)]
+    pub tls_sender_certificate_name: Option<String>,
+    /// Partner: refuse mail from `sender_domains` whose TLS client certificate
+    /// does not carry `tls_sender_certificate_name`.
+    #[serde(default)]
+    pub restrict_domains_to_certificate: bool,
 }
 
 fn yes() -> bool {

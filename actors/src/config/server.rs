@@ -117,4 +117,10 @@ pub struct TlsConfig {
     pub certificate: PathBuf,
     /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// CA certificates (PEM) that sign the client certificates of on-premises
+    /// servers and partners. When set, clients are asked for a certificate
+    /// (optional: clients without one still get TLS); a certificate that does
+    /// not chain to these fails the handshake. Default: certificates not asked.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }

@@ -4,9 +4,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mailflow_events::received::TlsInfo;
-use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 /// Why TLS could not be set up from the configured files.
@@ -25,8 +26,9 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
 }
 
-/// Builds the acceptor from a PEM certificate chain and key (TLS 1.2 and 1.3, ring).
-pub fn acceptor(certificate: &Path, key: &Path) -> Result<TlsAcceptor, TlsSetupError> {
+/// Builds the acceptor from a PEM certificate chain and key (TLS 1.2 and 1.3,
+/// ring); with `client_ca`, client certificates are asked for and verified.
+pub fn acceptor(certificate: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor, TlsSetupError> {
     let pem_error = |path: &Path, err: &dyn std::fmt::Display| TlsSetupError::Pem {
         path: path.display().to_string(),
         reason: err.to_string(),
@@ -40,10 +42,22 @@ pub fn acceptor(certificate: &Path, key: &Path) -> Result<TlsAcceptor, TlsSetupE
     }
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider)).with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for ca in CertificateDer::pem_file_iter(path).map_err(|e| pem_error(path, &e))? {
+                roots.add(ca.map_err(|e| pem_error(path, &e))?)?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| pem_error(path, &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(certs, key)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -59,5 +73,20 @@ pub fn info(connection: &rustls::ServerConnection) -> TlsInfo {
         .negotiated_cipher_suite()
         .map(|suite| format!("{:?}", suite.suite()))
         .unwrap_or_else(|| "unknown".to_string());
-    TlsInfo { protocol, cipher, client_certificate_subject: None, client_certificate_names: Vec::new() }
+    // The chain was verified against `client_ca` during the handshake; only
+    // then are its names worth anything.
+    let client_certificate_names: Vec<String> = connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| {
+            webpki::EndEntityCert::try_from(leaf).ok().map(|cert| cert.valid_dns_names().map(str::to_string).collect())
+        })
+        .unwrap_or_default();
+    TlsInfo {
+        protocol,
+        cipher,
+        // Connectors match on the subject alternative names; the subject DN is not parsed.
+        client_certificate_subject: None,
+        client_certificate_names,
+    }
 }

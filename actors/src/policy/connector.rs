@@ -18,6 +18,8 @@ pub struct InboundConnector {
     sender_ips: Vec<IpNet>,
     restrict_to_ips: bool,
     require_tls: bool,
+    certificate_name: Option<String>,
+    restrict_to_certificate: bool,
 }
 
 impl From<&InboundConnectorConfig> for InboundConnector {
@@ -32,6 +34,8 @@ impl From<&InboundConnectorConfig> for InboundConnector {
             sender_ips: config.sender_ip_addresses.clone(),
             restrict_to_ips: config.restrict_domains_to_ip_addresses,
             require_tls: config.require_tls,
+            certificate_name: config.tls_sender_certificate_name.as_ref().map(|n| n.to_ascii_lowercase()),
+            restrict_to_certificate: config.restrict_domains_to_certificate,
         }
     }
 }
@@ -52,8 +56,27 @@ impl InboundConnector {
         })
     }
 
-    /// Whether mail from a governed domain may come from this source (spec 4.3).
-    pub fn admits(&self, ip: IpAddr, tls: bool) -> bool {
-        (!self.restrict_to_ips || self.matches_ip(ip)) && (!self.require_tls || tls)
+    /// Whether a client certificate carrying `names` identifies this connector.
+    pub fn matches_certificate(&self, names: &[String]) -> bool {
+        let Some(pattern) = &self.certificate_name else { return false };
+        names.iter().any(|name| name_matches(pattern, &name.to_ascii_lowercase()))
+    }
+
+    /// Whether mail from a governed domain may come from this source (spec 4.3):
+    /// its address, TLS and client certificate names.
+    pub fn admits(&self, ip: IpAddr, tls: bool, certificate_names: &[String]) -> bool {
+        (!self.restrict_to_ips || self.matches_ip(ip))
+            && (!self.require_tls || tls)
+            && (!self.restrict_to_certificate || self.matches_certificate(certificate_names))
+    }
+}
+
+/// `*.contoso.com` matches one or more labels before `contoso.com`; anything else matches exactly.
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(parent) => {
+            name.len() > parent.len() + 1 && name.ends_with(parent) && name[..name.len() - parent.len()].ends_with('.')
+        }
+        None => pattern == name,
     }
 }

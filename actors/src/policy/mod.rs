@@ -44,6 +44,8 @@ pub struct ClientContext<'a> {
     pub has_ptr: Option<bool>,
     /// The MAIL FROM domain (lowercase; empty for `<>`).
     pub sender_domain: &'a str,
+    /// Names of the verified TLS client certificate (SAN DNS names), if any.
+    pub certificate_names: &'a [String],
 }
 
 impl ClientContext<'_> {
@@ -103,9 +105,29 @@ impl InboundPolicy {
         self.connectors.iter().find(|c| c.kind == ConnectorKind::OnPremises && c.matches_ip(ip))
     }
 
+    /// The on-premises connector that identifies a client by its TLS certificate (spec 4.2).
+    pub fn on_premises_connector_by_certificate(&self, names: &[String]) -> Option<&InboundConnector> {
+        self.connectors.iter().find(|c| c.kind == ConnectorKind::OnPremises && c.matches_certificate(names))
+    }
+
     /// A partner connector scoped to `sender_domain`, restricting or not (spec 4.3, 4.5).
     pub fn partner_connector(&self, sender_domain: &str) -> Option<&InboundConnector> {
         self.connectors.iter().find(|c| c.kind == ConnectorKind::Partner && c.governs_sender(sender_domain))
+    }
+
+    /// Whether `name` is an accepted domain or a subdomain of one
+    /// (`mail.contoso.com` for `contoso.com`; a `*.` prefix is ignored).
+    pub fn within_accepted_domain(&self, name: &str) -> bool {
+        let mut rest = name.trim_start_matches("*.");
+        loop {
+            if self.accepted_domain(rest).is_some() {
+                return true;
+            }
+            match rest.split_once('.') {
+                Some((_, parent)) if parent.contains('.') => rest = parent,
+                _ => return false,
+            }
+        }
     }
 
     /// Directory lookup over every proxy address: the recipient's primary address.
@@ -126,7 +148,7 @@ impl InboundPolicy {
         if let Some(partner) = self.partner_connector(client.sender_domain)
             && client.connector.is_none()
             && client.authenticated_as.is_none()
-            && !partner.admits(client.ip, client.tls)
+            && !partner.admits(client.ip, client.tls, client.certificate_names)
         {
             return Reject(Reply::PartnerRestricted, RejectReason::TenantAttribution);
         }
@@ -158,9 +180,13 @@ impl InboundPolicy {
         }
         match client.connector {
             Some(connector) if connector.kind == ConnectorKind::OnPremises => {
-                // Spec 4.7 (b)(i): the sender domain must be one of ours. (b)(ii),
-                // certificate-identified connectors, needs client certificates.
-                if self.accepted_domain(client.sender_domain).is_some() {
+                // Spec 4.7 (b): (i) the sender domain is one of ours, or (ii) the
+                // connector is certificate-based and the certificate names one of
+                // our domains (NDRs from `<>`, sending as other domains, forwarding).
+                let sender_is_ours = self.accepted_domain(client.sender_domain).is_some();
+                let certificate_is_ours = connector.matches_certificate(client.certificate_names)
+                    && client.certificate_names.iter().any(|name| self.within_accepted_domain(name));
+                if sender_is_ours || certificate_is_ours {
                     Accept { accepted_domain: None }
                 } else {
                     Reject(Reply::TenantAttribution, RejectReason::TenantAttribution)

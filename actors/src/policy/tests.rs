@@ -35,6 +35,24 @@ fn policy() -> InboundPolicy {
         sender_ip_addresses = ["192.0.2.0/24"]
 
         [[inbound_connectors]]
+        name = "onprem-cert"
+        kind = "on_premises"
+        tls_sender_certificate_name = "*.contoso.com"
+
+        [[inbound_connectors]]
+        name = "partner-cert"
+        kind = "partner"
+        sender_domains = ["tailspin.example"]
+        tls_sender_certificate_name = "relay.tailspin.example"
+        restrict_domains_to_certificate = true
+        require_tls = true
+
+        [server.tls]
+        certificate = "unused.pem"
+        key = "unused.pem"
+        client_ca = "unused-ca.pem"
+
+        [[inbound_connectors]]
         name = "partner"
         kind = "partner"
         sender_domains = ["woodgrove.com"]
@@ -52,7 +70,15 @@ fn ip(text: &str) -> IpAddr {
 }
 
 fn anonymous(ip_text: &str, sender_domain: &'static str) -> ClientContext<'static> {
-    ClientContext { ip: ip(ip_text), tls: false, authenticated_as: None, connector: None, has_ptr: None, sender_domain }
+    ClientContext {
+        ip: ip(ip_text),
+        tls: false,
+        authenticated_as: None,
+        connector: None,
+        has_ptr: None,
+        sender_domain,
+        certificate_names: &[],
+    }
 }
 
 fn accepted(domain: &str) -> RecipientDecision {
@@ -167,4 +193,43 @@ fn anonymous_ipv6_follows_the_domain_opt_in_and_needs_a_ptr() {
     // IPv4-mapped addresses are IPv4.
     let mapped = anonymous("::ffff:198.51.100.7", "sender.example");
     assert_eq!(policy.check_recipient(&mapped, "x@fabrikam.com"), accepted("fabrikam.com"));
+}
+
+#[test]
+fn a_certificate_identified_on_premises_connector_may_relay_for_other_sender_domains() {
+    // Spec 4.7 (b)(ii): NDRs from <>, sending as other domains, forwarding.
+    let policy = policy();
+    let names = vec!["mail.contoso.com".to_string()];
+    let connector = policy.on_premises_connector_by_certificate(&names).expect("identified by certificate");
+    assert_eq!(connector.name, "onprem-cert");
+    let mut client = anonymous("198.51.100.9", "");
+    client.connector = Some(connector);
+    client.certificate_names = &names;
+    assert_eq!(
+        policy.check_recipient(&client, "someone@example.net"),
+        RecipientDecision::Accept { accepted_domain: None }
+    );
+    client.sender_domain = "fabrikam-partner.example";
+    assert_eq!(
+        policy.check_recipient(&client, "someone@example.net"),
+        RecipientDecision::Accept { accepted_domain: None }
+    );
+    // A certificate for a name outside the pattern identifies nothing.
+    assert!(policy.on_premises_connector_by_certificate(&["contoso.com.evil.example".to_string()]).is_none());
+    assert!(policy.on_premises_connector_by_certificate(&["contoso.com".to_string()]).is_none(), "*.x needs a label");
+}
+
+#[test]
+fn a_partner_restricted_to_a_certificate_refuses_mail_without_it() {
+    // Spec 4.4: lock-down by certificate and RequireTls.
+    let policy = policy();
+    let names = vec!["relay.tailspin.example".to_string()];
+    let mut client = anonymous("198.51.100.9", "tailspin.example");
+    assert_eq!(
+        policy.check_recipient(&client, "alice@contoso.com"),
+        RecipientDecision::Reject(Reply::PartnerRestricted, RejectReason::TenantAttribution)
+    );
+    client.tls = true;
+    client.certificate_names = &names;
+    assert_eq!(policy.check_recipient(&client, "alice@contoso.com"), accepted("contoso.com"));
 }

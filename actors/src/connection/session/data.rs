@@ -112,6 +112,7 @@ impl Session {
             connector: self.connector.as_ref(),
             has_ptr: None,
             sender_domain: &transaction.sender_domain,
+            certificate_names: self.certificate_names(),
         };
         let requires_ipv6_authentication = client.is_anonymous() && client.is_ipv6();
         let directionality = if self.authenticated_as.is_some() || self.connector.is_some() {
@@ -126,7 +127,7 @@ impl Session {
             session: self.session_event(),
             envelope: transaction.envelope,
             recipients: transaction.recipients,
-            connector: self.connector.as_ref().map(|c| c.to_event()),
+            connector: self.matched_connector(&transaction.sender_domain),
             directionality,
             content: stamped,
             requires_ipv6_authentication,
@@ -149,6 +150,19 @@ impl Session {
                 ]
             }
         }
+    }
+
+    /// The connector the message came through: the on-premises connector that
+    /// identified the client, else a partner connector governing the sender
+    /// domain that admitted this source (spec 4.5 order).
+    fn matched_connector(&self, sender_domain: &str) -> Option<mailflow_events::received::InboundConnectorMatch> {
+        if let Some(connector) = &self.connector {
+            return Some(connector.to_event());
+        }
+        self.policy
+            .partner_connector(sender_domain)
+            .filter(|partner| partner.admits(self.client_ip(), self.tls.is_some(), self.certificate_names()))
+            .map(|partner| partner.to_event())
     }
 
     /// Our trace header (RFC 5321 §4.4), with the protocol per RFC 3848 and the TLS details.

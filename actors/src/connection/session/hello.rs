@@ -75,6 +75,10 @@ impl Session {
         match tls {
             Some(info) => {
                 // RFC 3207 §4.2: forget everything learnt before TLS, EHLO again.
+                if self.connector.is_none() {
+                    self.connector =
+                        self.policy.on_premises_connector_by_certificate(&info.client_certificate_names).cloned();
+                }
                 self.tls = Some(info);
                 self.helo = None;
                 self.esmtp = false;

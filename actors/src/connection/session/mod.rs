@@ -384,6 +384,11 @@ impl Session {
         })))
     }
 
+    /// Names of the verified client certificate, empty without one.
+    fn certificate_names(&self) -> &[String] {
+        self.tls.as_ref().map_or(&[], |tls| tls.client_certificate_names.as_slice())
+    }
+
     fn client_ip(&self) -> IpAddr {
         self.peer.addr.ip()
     }

@@ -34,6 +34,7 @@ impl Session {
             connector: self.connector.as_ref(),
             has_ptr: self.peer.ptr.as_ref().map(Option::is_some),
             sender_domain: &transaction.sender_domain,
+            certificate_names: self.certificate_names(),
         };
         match self.policy.check_recipient(&client, &to.address) {
             RecipientDecision::Accept { accepted_domain } => {
