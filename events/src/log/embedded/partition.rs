@@ -12,9 +12,10 @@
 //! - only the writer thread writes; readers see a record only once its fsync
 //!   returned (`durable_end`), so nothing unacknowledged or torn is ever served;
 //! - the in-memory index holds the file position of every durable record;
-//! - after a failed write or fsync the partition is *poisoned*: it refuses
-//!   appends until reopened, because the kernel may have dropped the dirty pages
-//!   and a later successful fsync would not mean the earlier data is on disk.
+//! - after a failed fsync the partition is *poisoned*: it refuses appends until
+//!   reopened, because the kernel may have dropped the dirty pages and a later
+//!   successful fsync would not mean the earlier data is on disk. A failed
+//!   write (a full disk) fails its batch only: the next batch writes over it.
 //!
 //! Group commit: appenders send their records to the writer thread through a
 //! bounded channel ([`WRITER_QUEUE`] requests; when full, appenders wait). The
@@ -224,9 +225,18 @@ impl Partition {
                 }
                 notify.send_modify(|n| *n = n.wrapping_add(1));
             }
-            Err(err) => {
-                tracing::error!(topic = %self.topic, partition = self.id, error = %err, "event log write failed; partition refuses appends until reopened");
-                *poisoned = Some(err.to_string());
+            Err(failure) => {
+                let err = match failure {
+                    BatchError::Write(err) => {
+                        tracing::warn!(topic = %self.topic, partition = self.id, error = %err, "event log write failed");
+                        err
+                    }
+                    BatchError::Sync(err) => {
+                        tracing::error!(topic = %self.topic, partition = self.id, error = %err, "event log fsync failed; partition refuses appends until reopened");
+                        *poisoned = Some(err.to_string());
+                        err
+                    }
+                };
                 for request in batch.drain(..) {
                     let copy = match err.raw_os_error() {
                         Some(code) => std::io::Error::from_raw_os_error(code),
@@ -239,9 +249,9 @@ impl Partition {
     }
 
     /// Writes and syncs one batch; returns the offset of its first record.
-    fn write_batch(&self, buf: &mut Vec<u8>, batch: &[AppendRequest]) -> std::io::Result<u64> {
+    fn write_batch(&self, buf: &mut Vec<u8>, batch: &[AppendRequest]) -> Result<u64, BatchError> {
         let first = self.end_offset();
-        self.roll_if_full()?;
+        self.roll_if_full().map_err(BatchError::Write)?;
         let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         buf.clear();
         let mut relative = Vec::with_capacity(batch.len());
@@ -249,27 +259,32 @@ impl Partition {
             relative.push(buf.len() as u64);
             frame::encode(buf, first + i as u64, timestamp_ms, &request.key, &request.value);
         }
+        let lock_error = || BatchError::Write(std::io::Error::other("index lock poisoned"));
         let (start, allocated) = {
             // Only this thread writes; the read lock keeps readers going meanwhile.
-            let segments = self.segments.read().map_err(|_| std::io::Error::other("index lock poisoned"))?;
-            let segment = segments.last().ok_or_else(|| std::io::Error::other("no segment"))?;
+            let segments = self.segments.read().map_err(|_| lock_error())?;
+            let segment = segments.last().ok_or_else(lock_error)?;
             let start = segment.len;
             let end = start + buf.len() as u64;
-            let mut allocated = segment.allocated;
+            let mut allocated = segment.allocated.max(start);
             if end > allocated {
                 // Zero-fill ahead: later batches then overwrite allocated blocks,
                 // and their fdatasync flushes data only, with no journal commit
-                // for a size or extent change.
+                // for a size or extent change. On a nearly full disk the fill is
+                // skipped, so that the data itself may still fit.
                 let target = end + ZERO_FILL_AHEAD;
-                segment.file.write_all_at(&vec![0; (target - end) as usize], end)?;
-                allocated = target;
+                if segment.file.write_all_at(&vec![0; (target - end) as usize], end).is_ok() {
+                    allocated = target;
+                }
             }
-            segment.file.write_all_at(buf, start)?;
-            segment.file.sync_data()?;
-            (start, allocated)
+            // A failed write leaves at most junk past `len`, which the next batch
+            // overwrites and a reopen truncates: the partition stays usable.
+            segment.file.write_all_at(buf, start).map_err(BatchError::Write)?;
+            segment.file.sync_data().map_err(BatchError::Sync)?;
+            (start, allocated.max(end))
         };
-        let mut segments = self.segments.write().map_err(|_| std::io::Error::other("index lock poisoned"))?;
-        let segment = segments.last_mut().ok_or_else(|| std::io::Error::other("no segment"))?;
+        let mut segments = self.segments.write().map_err(|_| lock_error())?;
+        let segment = segments.last_mut().ok_or_else(lock_error)?;
         segment.positions.extend(relative.iter().map(|r| start + r));
         segment.len = start + buf.len() as u64;
         segment.allocated = allocated;
@@ -297,6 +312,13 @@ impl Partition {
         }
         Ok(())
     }
+}
+
+/// How a batch failed: a failed write can be retried over; a failed fsync
+/// cannot (the kernel may have dropped the dirty pages), so it poisons the partition.
+enum BatchError {
+    Write(std::io::Error),
+    Sync(std::io::Error),
 }
 
 /// What the writer thread keeps between batches.
