@@ -151,8 +151,8 @@ fn to_record(topic: &str, message: &BorrowedMessage<'_>) -> Record {
         topic: Arc::from(topic),
         position: Position { partition: message.partition() as u32, offset: message.offset() as u64 },
         timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
-        key: message.key().unwrap_or_default().to_vec(),
-        value: message.payload().unwrap_or_default().to_vec(),
+        key: bytes::Bytes::copy_from_slice(message.key().unwrap_or_default()),
+        value: bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default()),
     }
 }
 

@@ -51,9 +51,10 @@ pub struct Record {
     /// Milliseconds since the Unix epoch at append.
     pub timestamp_ms: i64,
     /// The partitioning key.
-    pub key: Vec<u8>,
+    pub key: bytes::Bytes,
     /// The payload (an event envelope in JSON, for the router's topics).
-    pub value: Vec<u8>,
+    /// Records read together share one buffer: no copy per record on replay.
+    pub value: bytes::Bytes,
 }
 
 /// Errors of the event log. Every variant says whether the caller may retry.

@@ -169,10 +169,17 @@ impl Partition {
             };
             let mut buf = vec![0; (to - from) as usize];
             segment.file.read_exact_at(&mut buf, from).map_err(LogError::from_io)?;
+            // Every record's key and value are slices of this one buffer.
+            let shared = bytes::Bytes::from(buf);
+            let base = shared.as_ptr() as usize;
+            let slice_of = |part: &[u8]| {
+                let start = part.as_ptr() as usize - base;
+                shared.slice(start..start + part.len())
+            };
             let mut at = 0;
             while next < last {
                 let (frame, len) =
-                    frame::decode(&buf[at..]).map_err(|_| self.corrupt(segment.base, from + at as u64))?;
+                    frame::decode(&shared[at..]).map_err(|_| self.corrupt(segment.base, from + at as u64))?;
                 if frame.offset != next {
                     return Err(self.corrupt(segment.base, from + at as u64));
                 }
@@ -180,8 +187,8 @@ impl Partition {
                     topic: self.topic.clone(),
                     position: Position { partition: self.id, offset: next },
                     timestamp_ms: frame.timestamp_ms,
-                    key: frame.key.to_vec(),
-                    value: frame.value.to_vec(),
+                    key: slice_of(frame.key),
+                    value: slice_of(frame.value),
                 });
                 at += len;
                 next += 1;
