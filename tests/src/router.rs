@@ -62,7 +62,12 @@ impl Router {
     /// Like [`Router::start`], in an existing directory (to restart on the same log).
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> anyhow::Result<Self> {
         let log = dir.path().join("log");
-        let full = format!("{config}\n[event_log]\nkind = \"embedded\"\npath = {:?}\n", log.display().to_string());
+        // The embedded log in the test's directory, unless the test brings its own.
+        let full = if config.contains("[event_log]") {
+            config.to_string()
+        } else {
+            format!("{config}\n[event_log]\nkind = \"embedded\"\npath = {:?}\n", log.display().to_string())
+        };
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, full)?;
         let mut child = Command::new(binary()?)

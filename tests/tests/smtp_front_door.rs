@@ -139,3 +139,79 @@ async fn nmap_finds_no_open_relay() -> anyhow::Result<()> {
     assert!(report.contains("Server doesn't seem to be an open relay"), "{report}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggled_end_of_data_sequences_over_tcp_yield_one_refusal_and_no_message() -> anyhow::Result<()> {
+    // reliability.md §2.1, over a real socket: each vector in one write, then the real end.
+    let mut router = Router::start(BASE_CONFIG)?;
+    let reply = python(
+        router.smtp(),
+        r#"
+vectors = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\r.\r\n", b"\r\n.\r",
+           b"\r\n\x00.\r\n", b"\r\n.\x00\r\n", b"\r\n.\r\r\n", b"\r\r\n.\r\r\n", b"\n\n.\r\n", b"\r\n\x00.\r", b"\r\n\x00.\n"]
+out = []
+for v in vectors:
+    c = socket.create_connection((ADDR, PORT)); c.settimeout(10)
+    f = c.makefile("rb")
+    f.readline()
+    c.sendall(b"EHLO x\r\n")
+    while f.readline()[3:4] != b" ": pass
+    c.sendall(b"MAIL FROM:<s@example.net>\r\nRCPT TO:<bob@contoso.com>\r\nDATA\r\n")
+    f.readline(); f.readline(); f.readline()
+    c.sendall(b"From: s@example.net\r\n\r\nline" + v + b"MAIL FROM:<smuggled@x>\r\nRCPT TO:<bob@contoso.com>\r\nDATA\r\nSMUGGLED\r\n.\r\n")
+    first = f.readline().decode()
+    c.sendall(b"QUIT\r\n")
+    second = f.readline().decode()
+    out.append([first, second])
+    c.close()
+print(json.dumps(out))
+"#,
+    )?;
+    for pair in reply.as_array().into_iter().flatten() {
+        let first = pair[0].as_str().unwrap_or_default();
+        assert!(first.starts_with("550 5.6.11 "), "one refusal per vector: {pair}");
+        assert!(
+            pair[1].as_str().unwrap_or_default().starts_with("221 "),
+            "then QUIT is answered, nothing else: {pair}"
+        );
+    }
+    let events = router.received_events().await?;
+    assert!(
+        !events.iter().any(|e| matches!(e.event, ReceivedEvent::MessageReceived(_))),
+        "no message was accepted, smuggled or not"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_drip_client_is_closed_at_the_session_timeout() -> anyhow::Result<()> {
+    // reliability.md §2.6: a NOOP every half second keeps the idle timer happy,
+    // the session deadline still ends it.
+    let config = BASE_CONFIG
+        .replace("hostname = \"mx.contoso.test\"", "hostname = \"mx.contoso.test\"\nsession_timeout = \"2s\"");
+    let router = Router::start(&config)?;
+    let reply = python(
+        router.smtp(),
+        r#"
+import time
+c = socket.create_connection((ADDR, PORT)); c.settimeout(10)
+f = c.makefile("rb")
+f.readline()
+start = time.time()
+last = ""
+while time.time() - start < 8:
+    try:
+        c.sendall(b"NOOP\r\n")
+        last = f.readline().decode()
+    except OSError:
+        break
+    if not last.startswith("250"):
+        break
+    time.sleep(0.5)
+print(json.dumps({"last": last, "seconds": time.time() - start}))
+"#,
+    )?;
+    assert!(reply["last"].as_str().unwrap_or_default().starts_with("421 4.4.2 "), "{reply}");
+    assert!(reply["seconds"].as_f64().unwrap_or(99.0) < 5.0, "closed near the 2 s deadline: {reply}");
+    Ok(())
+}

@@ -126,3 +126,37 @@ print(json.dumps({"auth_before_tls": auth_before_tls, "anonymous": [anonymous[0]
     assert_eq!(received.recipients.len(), 2);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sent_with_starttls_in_one_write_are_never_answered_inside_tls() -> anyhow::Result<()> {
+    // reliability.md §2.3 T1 (CVE-2011-0411): STARTTLS, RSET and MAIL in one write.
+    let dir = tempfile::tempdir()?;
+    let config = tls_config(dir.path())?;
+    let router = Router::start_in(dir, &config)?;
+    let reply = python(
+        router.smtp(),
+        r#"
+c = socket.create_connection((ADDR, PORT)); c.settimeout(10)
+f = c.makefile("rb")
+f.readline()
+c.sendall(b"EHLO injector\r\n")
+while True:
+    line = f.readline()
+    if line[3:4] == b" ": break
+c.sendall(b"STARTTLS\r\nRSET\r\nMAIL FROM:<evil@example.net>\r\n")
+ready = f.readline().decode()
+tls = ssl._create_unverified_context().wrap_socket(c, server_hostname="mx.contoso.test")
+tls.sendall(b"EHLO injector\r\n")
+first = tls.recv(4096).decode()
+print(json.dumps({"ready": ready, "first": first}))
+"#,
+    )?;
+    assert!(reply["ready"].as_str().unwrap_or_default().starts_with("220 2.0.0 "), "{reply}");
+    let first = reply["first"].as_str().unwrap_or_default();
+    assert!(first.starts_with("250-mx.contoso.test Hello"), "the first reply inside TLS answers EHLO: {first:?}");
+    assert!(
+        !first.contains("2.1.0") && !first.contains("250 2.0.0 OK"),
+        "no reply to the injected commands: {first:?}"
+    );
+    Ok(())
+}
