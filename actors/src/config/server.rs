@@ -43,7 +43,8 @@ pub struct ServerConfig {
     pub max_errors: usize,
     /// `Received:` headers a message may carry (default 50); more is a loop, `554 5.4.14`.
     pub max_received_headers: usize,
-    /// Whether VRFY answers (default false: `252 2.1.5`, never confirming an address).
+    /// Whether VRFY answers (default false: `252 2.1.5`, never confirming an
+    /// address); true: `250` for directory addresses, `550 5.1.1` otherwise.
     pub vrfy: bool,
 }
 

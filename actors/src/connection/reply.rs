@@ -39,6 +39,10 @@ pub enum Reply {
     CannotVerify,
     /// `214 2.0.0` to HELP.
     Help,
+    /// `250 2.1.5 <address>` to VRFY, when enabled.
+    Verified(String),
+    /// `550 5.1.1` to VRFY of an address not in the directory, when enabled.
+    UnknownUser,
 
     /// `421 4.7.0` too many sessions in all or from one address; closes.
     TooManyConnections,
@@ -116,6 +120,8 @@ impl Reply {
             AuthOk => 235,
             Ehlo { .. } | Helo { .. } | SenderOk | RecipientOk | Queued { .. } | ChunkOk { .. } | Ok => 250,
             CannotVerify => 252,
+            Verified(_) => 250,
+            UnknownUser => 550,
             AuthChallenge(_) => 334,
             StartData => 354,
             TooManyConnections | TooManyErrors | Timeout | ShuttingDown => 421,
@@ -148,7 +154,8 @@ impl Reply {
         Some(match self {
             Greeting { .. } | Ehlo { .. } | Helo { .. } | AuthChallenge(_) | StartData => return None,
             SenderOk => "2.1.0",
-            RecipientOk | CannotVerify => "2.1.5",
+            RecipientOk | CannotVerify | Verified(_) => "2.1.5",
+            UnknownUser => "5.1.1",
             Queued { .. } | Ok | Closing | ReadyForTls | Help => "2.0.0",
             ChunkOk { .. } => "2.6.0",
             AuthOk => "2.7.0",
@@ -197,6 +204,8 @@ impl Reply {
             AuthOk => "Authentication successful".into(),
             AuthChallenge(challenge) => challenge.clone(),
             CannotVerify => "Cannot VRFY user, but will accept message and attempt delivery".into(),
+            Verified(address) => format!("<{address}>"),
+            UnknownUser => "User unknown".into(),
             Help => "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH".into(),
             TooManyConnections => "Too many connections, try again later".into(),
             TooManyErrors => "Too many errors, closing connection".into(),

@@ -59,6 +59,8 @@ pub struct SessionConfig {
     pub max_errors: usize,
     /// See [`ServerConfig::max_received_headers`].
     pub max_received_headers: usize,
+    /// See [`ServerConfig::vrfy`].
+    pub vrfy: bool,
 }
 
 impl SessionConfig {
@@ -74,6 +76,7 @@ impl SessionConfig {
             max_line_length: server.max_line_length,
             max_errors: server.max_errors,
             max_received_headers: server.max_received_headers,
+            vrfy: server.vrfy,
         }
     }
 }
@@ -334,7 +337,7 @@ impl Session {
             Request::Bdat { chunk_size, is_last } => self.bdat(chunk_size, is_last),
             Request::Rset => self.rset(),
             Request::Noop { .. } => vec![Step::Reply(Reply::Ok)],
-            Request::Vrfy { .. } => vec![Step::Reply(Reply::CannotVerify)],
+            Request::Vrfy { value } => self.vrfy(&value),
             Request::Help { .. } => vec![Step::Reply(Reply::Help)],
             Request::Quit => vec![Step::Reply(Reply::Closing)],
             Request::Lhlo { .. }

@@ -358,3 +358,15 @@ fn submission_requires_tls_then_auth_and_checks_send_as() {
     t.cmd("MAIL FROM:<a.liddell@example.com>", "250 2.1.0 ");
     t.cmd("RCPT TO:<friend@example.org>", "250 2.1.5 "); // authenticated: may relay
 }
+
+#[test]
+fn vrfy_is_252_by_default_and_answers_from_the_directory_when_enabled() {
+    let mut t = Transcript::smtp();
+    t.cmd("VRFY alice@example.com", "252 2.1.5 ");
+    let mut enabled = Transcript::smtp();
+    let mut config = (*enabled.session.config).clone();
+    config.vrfy = true;
+    enabled.session.config = Arc::new(config);
+    enabled.cmd("VRFY a.liddell@example.com", "250 2.1.5 <alice@example.com>");
+    enabled.cmd("VRFY nobody@example.com", "550 5.1.1 ");
+}
