@@ -35,6 +35,17 @@ pub struct Config {
     pub directory: DirectoryConfig,
     /// Inbound connectors from partners and on-premises servers (default none).
     pub inbound_connectors: Vec<InboundConnectorConfig>,
+    /// Organisation-wide switches.
+    pub organization: OrganizationConfig,
+}
+
+/// `[organization]` (EOP's `Set-OrganizationConfig`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrganizationConfig {
+    /// Refuse anonymous mail that claims one of our domains in MAIL FROM but
+    /// came through no connector (spec 3.9): `550 5.7.68`. Default false.
+    pub reject_direct_send: bool,
 }
 
 /// `[event_log]`: which backend holds the events.

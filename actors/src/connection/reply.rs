@@ -97,6 +97,8 @@ pub enum Reply {
     RelayDenied,
     /// `550 5.7.51`: a restricting partner connector refused the source (spec 4.3).
     PartnerRestricted,
+    /// `550 5.7.68`: direct send of one of our domains from no connector (spec 3.9).
+    DirectSendRejected,
     /// `550 5.7.64 TenantAttribution; Relay Access Denied` (spec 4.7/4.8).
     TenantAttribution,
     /// `550 5.6.11 Invalid characters`: bare CR or LF, or NUL (spec 17.4; SMTP smuggling).
@@ -136,7 +138,7 @@ impl Reply {
             UnsupportedParameter(_) => 504,
             TlsRequired | AuthRequired => 530,
             AuthFailed => 535,
-            SendAsDenied => 550,
+            SendAsDenied | DirectSendRejected => 550,
             Ipv6NotAccepted { .. }
             | AccessDenied
             | RelayDenied
@@ -180,6 +182,7 @@ impl Reply {
             AccessDenied | RelayDenied => "5.4.1",
             PartnerRestricted => "5.7.51",
             TenantAttribution => "5.7.64",
+            DirectSendRejected => "5.7.68",
             InvalidCharacters => "5.6.11",
             MessageTooLarge => "5.3.4",
             HopCountExceeded => "5.4.14",
@@ -236,6 +239,9 @@ impl Reply {
             RelayDenied => "Relay Access Denied".into(),
             PartnerRestricted => "TenantInboundAttribution; There is a partner connector configured that matched the message's sender domain. The connector had either the RestrictDomainsToIPAddresses or RequireTls set".into(),
             TenantAttribution => "TenantAttribution; Relay Access Denied".into(),
+            DirectSendRejected => {
+                "TenantInboundAttribution; Direct Send not allowed for this organization from unauthorized sources".into()
+            }
             InvalidCharacters => "Invalid characters: bare CR or LF, or NUL, in the message".into(),
             MessageTooLarge => "Message size exceeds fixed maximum message size".into(),
             HopCountExceeded => "Hop count exceeded - possible mail loop".into(),

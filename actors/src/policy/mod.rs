@@ -27,6 +27,7 @@ pub struct InboundPolicy {
     /// Primary address (lowercase) → PHC password hash.
     passwords: HashMap<String, String>,
     connectors: Vec<InboundConnector>,
+    reject_direct_send: bool,
 }
 
 /// What the session knows about its client when a recipient is checked.
@@ -91,6 +92,7 @@ impl InboundPolicy {
             directory,
             passwords,
             connectors: config.inbound_connectors.iter().filter(|c| c.enabled).map(InboundConnector::from).collect(),
+            reject_direct_send: config.organization.reject_direct_send,
         }
     }
 
@@ -139,6 +141,15 @@ impl InboundPolicy {
     pub fn password_hash(&self, login: &str) -> Option<(&str, &str)> {
         let primary = self.resolve(login)?;
         self.passwords.get(primary).map(|hash| (primary, hash.as_str()))
+    }
+
+    /// Decides MAIL FROM for direct send (spec 3.9): with `reject_direct_send`,
+    /// an anonymous client without a connector may not use one of our domains.
+    pub fn check_sender(&self, client: &ClientContext<'_>) -> Result<(), (Reply, RejectReason)> {
+        if self.reject_direct_send && client.is_anonymous() && self.accepted_domain(client.sender_domain).is_some() {
+            return Err((Reply::DirectSendRejected, RejectReason::TenantAttribution));
+        }
+        Ok(())
     }
 
     /// Decides one RCPT TO (spec 2.4, 3.2, 4.3, 4.7, 4.8).

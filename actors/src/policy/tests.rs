@@ -233,3 +233,32 @@ fn a_partner_restricted_to_a_certificate_refuses_mail_without_it() {
     client.certificate_names = &names;
     assert_eq!(policy.check_recipient(&client, "alice@contoso.com"), accepted("contoso.com"));
 }
+
+#[test]
+fn direct_send_of_our_domain_from_no_connector_is_refused_when_the_organisation_says_so() {
+    // Spec 3.9 T: MAIL FROM x@contoso.com from a random IP → 550 5.7.68; through a connector → accepted.
+    let mut config: Config = toml::from_str(
+        "[organization]\nreject_direct_send = true\n[[accepted_domains]]\nname = \"contoso.com\"\n[[inbound_connectors]]\nname = \"onprem\"\nkind = \"on_premises\"\nsender_ip_addresses = [\"192.0.2.0/24\"]\n",
+    )
+    .expect("parses");
+    let policy = InboundPolicy::new(&config);
+    let anonymous_client = anonymous("198.51.100.7", "contoso.com");
+    assert_eq!(
+        policy.check_sender(&anonymous_client),
+        Err((Reply::DirectSendRejected, RejectReason::TenantAttribution))
+    );
+    assert!(
+        Reply::DirectSendRejected.render().starts_with("550 5.7.68 TenantInboundAttribution; Direct Send not allowed")
+    );
+    let connector = policy.on_premises_connector(ip("192.0.2.1")).expect("connector");
+    let mut through_connector = anonymous("192.0.2.1", "contoso.com");
+    through_connector.connector = Some(connector);
+    assert_eq!(policy.check_sender(&through_connector), Ok(()));
+    assert_eq!(
+        policy.check_sender(&anonymous("198.51.100.7", "example.net")),
+        Ok(()),
+        "other domains are not direct send"
+    );
+    config.organization.reject_direct_send = false;
+    assert_eq!(InboundPolicy::new(&config).check_sender(&anonymous_client), Ok(()), "off by default");
+}
