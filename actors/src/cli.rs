@@ -24,6 +24,9 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Roles this process runs (default: all that exist).
+        #[arg(long, value_delimiter = ',', default_value = "connection,verdict")]
+        roles: Vec<Role>,
     },
     /// Checks a configuration file and reports every problem at once.
     CheckConfig {
@@ -58,9 +61,9 @@ pub fn run() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config, roles } => {
             let config = load(config.as_ref())?;
-            actix_rt::System::new().block_on(serve(config))
+            actix_rt::System::new().block_on(serve(config, roles))
         }
         Command::CheckConfig { config, json } => {
             let result = Config::load(&config);
@@ -100,12 +103,38 @@ pub fn run() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// A role a process can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    /// The SMTP front door.
+    Connection,
+    /// Authentication and filtering of accepted messages.
+    Verdict,
+}
+
+async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
+    use actix::Actor as _;
     let log = event_log::open(&config.event_log, "mailflow").await.context("opening the event log")?;
-    let front_door =
-        front_door::start(&config, log, "mailflow/connection").await.context("starting the SMTP listeners")?;
+    let mut front_door = None;
+    if roles.contains(&Role::Connection) {
+        let started = front_door::start(&config, std::sync::Arc::clone(&log), "mailflow/connection")
+            .await
+            .context("starting the SMTP listeners")?;
+        front_door = Some(started);
+    }
+    if roles.contains(&Role::Verdict) {
+        let resolver = crate::dns::resolver(&config.dns).context("building the DNS resolver")?;
+        crate::verdict::actor::VerdictActor {
+            log: std::sync::Arc::clone(&log),
+            authenticator: std::sync::Arc::new(mail_auth::MessageAuthenticator(resolver)),
+            anti_spam: std::sync::Arc::new(config.anti_spam.clone()),
+            hostname: config.server.hostname.clone(),
+            producer: "mailflow/verdict".to_string(),
+        }
+        .start();
+    }
     // One line per listener, then `ready`: scripts and the test harness read these.
-    for (name, address) in &front_door.listeners {
+    for (name, address) in front_door.iter().flat_map(|door| door.listeners.iter()) {
         println!("listening {name} {address}");
     }
     println!("ready");

@@ -8,3 +8,4 @@ pub mod dns;
 pub mod event_log;
 pub mod front_door;
 pub mod policy;
+pub mod verdict;

@@ -166,6 +166,32 @@ fn binary() -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
+impl Router {
+    /// Waits (polling a read-only view of the running router's log) until
+    /// `topic` holds at least `count` records, and returns them all.
+    pub async fn wait_for_records(
+        &self,
+        topic: &str,
+        count: usize,
+    ) -> anyhow::Result<Vec<mailflow_events::log::Record>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = EmbeddedLog::open_read_only(self.log_path())?;
+            let mut records = Vec::new();
+            for partition in 0..log.partitions(topic).unwrap_or(0) {
+                records.extend(crate::conformance::read_all(&log, topic, partition, 0).await?);
+            }
+            if records.len() >= count {
+                return Ok(records);
+            }
+            if Instant::now() > deadline {
+                bail!("{topic} holds {} records, not {count}, after 30 s", records.len());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 impl Drop for Router {
     fn drop(&mut self) {
         self.kill();

@@ -37,6 +37,8 @@ pub struct Config {
     pub inbound_connectors: Vec<InboundConnectorConfig>,
     /// Organisation-wide switches.
     pub organization: OrganizationConfig,
+    /// Connection filter of the verdict role.
+    pub anti_spam: crate::verdict::AntiSpamConfig,
 }
 
 /// `[organization]` (EOP's `Set-OrganizationConfig`).

@@ -6,8 +6,10 @@
 use std::net::IpAddr;
 
 use mail_auth::spf::verify::SpfParameters;
-use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, SpfResult};
+use mail_auth::{AuthenticatedMessage, MessageAuthenticator};
 use mailflow_events::verdicts::{AuthResult, Authentication, DkimCheck, SpfCheck};
+
+use crate::verdict::auth::{dkim_result, reason, spf_result};
 
 /// SPF of the MAIL FROM identity (the HELO name for `<>`) and every DKIM signature.
 pub async fn authenticate(
@@ -30,7 +32,7 @@ pub async fn authenticate(
                 result: dkim_result(output.result()),
                 domain: output.signature().map(|s| s.d.clone()).unwrap_or_default(),
                 selector: output.signature().map(|s| s.s.clone()).unwrap_or_default(),
-                reason: dkim_reason(output.result()),
+                reason: reason(output.result()),
             })
             .collect(),
         None => Vec::new(),
@@ -42,36 +44,4 @@ pub async fn authenticate(
 pub fn passes_spf_or_dkim(authentication: &Authentication) -> bool {
     authentication.spf.as_ref().is_some_and(|spf| spf.result == AuthResult::Pass)
         || authentication.dkim.iter().any(|dkim| dkim.result == AuthResult::Pass)
-}
-
-fn spf_result(result: SpfResult) -> AuthResult {
-    match result {
-        SpfResult::Pass => AuthResult::Pass,
-        SpfResult::Fail => AuthResult::Fail,
-        SpfResult::SoftFail => AuthResult::SoftFail,
-        SpfResult::Neutral => AuthResult::Neutral,
-        SpfResult::TempError => AuthResult::TempError,
-        SpfResult::PermError => AuthResult::PermError,
-        SpfResult::None => AuthResult::None,
-    }
-}
-
-fn dkim_result(result: &DkimResult) -> AuthResult {
-    match result {
-        DkimResult::Pass => AuthResult::Pass,
-        DkimResult::Neutral(_) => AuthResult::Neutral,
-        DkimResult::Fail(_) => AuthResult::Fail,
-        DkimResult::PermError(_) => AuthResult::PermError,
-        DkimResult::TempError(_) => AuthResult::TempError,
-        DkimResult::None => AuthResult::None,
-    }
-}
-
-fn dkim_reason(result: &DkimResult) -> Option<String> {
-    match result {
-        DkimResult::Neutral(e) | DkimResult::Fail(e) | DkimResult::PermError(e) | DkimResult::TempError(e) => {
-            Some(e.to_string())
-        }
-        DkimResult::Pass | DkimResult::None => None,
-    }
 }

@@ -62,29 +62,49 @@ pub(crate) struct Inner {
     wake: watch::Sender<u64>,
     /// Serialises opening partitions, so one partition never has two writers.
     opening: Mutex<()>,
-    /// Exclusive lock on `<root>/LOCK`, held while the log is open, so that
-    /// two processes never write one log.
-    _lock: fs::File,
+    /// Exclusive lock on `<root>/LOCK`, held while the log is open for
+    /// writing, so that two processes never write one log.
+    _lock: Option<fs::File>,
+    /// Opened with [`EmbeddedLog::open_read_only`].
+    read_only: bool,
 }
 
 impl EmbeddedLog {
     /// Opens the log in `root`, creating it if needed. Existing topics are found
     /// on disk; their partitions open (and torn tails are truncated) on first use.
     pub fn open(root: impl AsRef<Path>, options: Options) -> Result<Self, LogError> {
-        let root = root.as_ref().to_path_buf();
+        Self::open_mode(root.as_ref(), options, false)
+    }
+
+    /// Opens a snapshot of the log for reading, beside the process that writes
+    /// it (incident analysis, `mailflow replay`): no lock, nothing repaired,
+    /// appends refused. It shows what was on disk when each partition was first
+    /// read, including records whose append may not be acknowledged yet; every
+    /// record served passed its CRC.
+    pub fn open_read_only(root: impl AsRef<Path>) -> Result<Self, LogError> {
+        Self::open_mode(root.as_ref(), Options::default(), true)
+    }
+
+    fn open_mode(root: &Path, options: Options, read_only: bool) -> Result<Self, LogError> {
+        let root = root.to_path_buf();
         let topics_dir = root.join("topics");
-        fs::create_dir_all(&topics_dir).map_err(LogError::from_io)?;
-        fs::create_dir_all(root.join("groups")).map_err(LogError::from_io)?;
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(root.join("LOCK"))
-            .map_err(LogError::from_io)?;
-        lock.try_lock().map_err(|err| match err {
-            fs::TryLockError::WouldBlock => LogError::Locked { path: root.display().to_string() },
-            fs::TryLockError::Error(err) => LogError::from_io(err),
-        })?;
+        let lock = if read_only {
+            None
+        } else {
+            fs::create_dir_all(&topics_dir).map_err(LogError::from_io)?;
+            fs::create_dir_all(root.join("groups")).map_err(LogError::from_io)?;
+            let lock = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(root.join("LOCK"))
+                .map_err(LogError::from_io)?;
+            lock.try_lock().map_err(|err| match err {
+                fs::TryLockError::WouldBlock => LogError::Locked { path: root.display().to_string() },
+                fs::TryLockError::Error(err) => LogError::from_io(err),
+            })?;
+            Some(lock)
+        };
         let mut topics = HashMap::new();
         for entry in fs::read_dir(&topics_dir).map_err(LogError::from_io)? {
             let entry = entry.map_err(LogError::from_io)?;
@@ -105,6 +125,7 @@ impl EmbeddedLog {
                 wake,
                 opening: Mutex::new(()),
                 _lock: lock,
+                read_only,
             }),
         })
     }
@@ -149,7 +170,8 @@ impl Inner {
             return Ok(Arc::clone(open));
         }
         let dir = self.root.join("topics").join(topic).join(partition.to_string());
-        let opened = Partition::open(topic, partition, dir, self.options.segment_bytes, self.wake.clone())?;
+        let opened =
+            Partition::open(topic, partition, dir, self.options.segment_bytes, self.wake.clone(), self.read_only)?;
         let _ = slot.set(Arc::clone(&opened));
         Ok(opened)
     }
@@ -168,6 +190,9 @@ impl Inner {
 #[async_trait]
 impl EventLog for EmbeddedLog {
     async fn create_topic(&self, name: &str, partitions: u32, _kind: TopicKind) -> Result<u32, LogError> {
+        if self.inner.read_only {
+            return self.inner.partition_count(name);
+        }
         if name.is_empty() || name.contains(['/', '\0']) || name.starts_with('.') {
             return Err(LogError::UnknownPartition { topic: name.to_string(), partition: 0 });
         }
@@ -208,6 +233,10 @@ impl EventLog for EmbeddedLog {
     }
 
     async fn join(&self, group: &str, topics: &[&str]) -> Result<Box<dyn GroupMember>, LogError> {
+        if self.inner.read_only {
+            // Committing offsets would write: a read-only view has no groups.
+            return Err(LogError::Closed);
+        }
         let group = self.inner.group(group)?;
         Ok(Box::new(EmbeddedMember::join(Arc::clone(&self.inner), group, topics)?))
     }

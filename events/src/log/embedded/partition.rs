@@ -91,27 +91,48 @@ impl Partition {
         dir: PathBuf,
         segment_bytes: u64,
         notify: watch::Sender<u64>,
+        read_only: bool,
     ) -> Result<Arc<Self>, LogError> {
-        fs::create_dir_all(&dir).map_err(LogError::from_io)?;
-        let mut bases: Vec<u64> = fs::read_dir(&dir)
-            .map_err(LogError::from_io)?
-            .filter_map(|entry| entry.ok())
-            .filter_map(|entry| entry.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
-            .collect();
+        if !read_only {
+            fs::create_dir_all(&dir).map_err(LogError::from_io)?;
+        }
+        let mut bases: Vec<u64> = match fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|entry| entry.ok())
+                .filter_map(|entry| entry.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+                .collect(),
+            Err(err) if read_only && err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => return Err(LogError::from_io(err)),
+        };
         bases.sort_unstable();
-        if bases.is_empty() {
+        if bases.is_empty() && !read_only {
             bases.push(0);
         }
         let mut segments = Vec::with_capacity(bases.len());
-        let last = bases.len() - 1;
+        let last = bases.len().saturating_sub(1);
         for (i, base) in bases.into_iter().enumerate() {
             let expected = segments.last().map_or(base, Segment::end);
-            let segment = load_segment(&dir, base, expected, i == last)?;
+            let segment = load_segment(&dir, base, expected, i == last, read_only)?;
             segments.push(segment);
         }
-        sync_dir(&dir)?;
+        if !read_only {
+            sync_dir(&dir)?;
+        }
         let end = segments.last().map_or(0, Segment::end);
         let (appends, requests) = mpsc::channel(WRITER_QUEUE);
+        if read_only {
+            // No writer: appends find the channel closed.
+            drop(requests);
+            return Ok(Arc::new(Partition {
+                topic: Arc::from(topic),
+                id,
+                dir,
+                segment_bytes,
+                segments: RwLock::new(segments),
+                durable_end: AtomicU64::new(end),
+                appends,
+            }));
+        }
         let partition = Arc::new(Partition {
             topic: Arc::from(topic),
             id,
@@ -353,15 +374,21 @@ fn segment_path(dir: &Path, base: u64) -> PathBuf {
 /// Opens one segment and indexes its valid frames. A torn or corrupt tail of
 /// the last segment is truncated (it was never acknowledged); anywhere else it
 /// is an error, since acknowledged records would be lost.
-fn load_segment(dir: &Path, base: u64, expected_base: u64, is_last: bool) -> Result<Segment, LogError> {
+fn load_segment(
+    dir: &Path,
+    base: u64,
+    expected_base: u64,
+    is_last: bool,
+    read_only: bool,
+) -> Result<Segment, LogError> {
     let path = segment_path(dir, base);
     if base != expected_base {
         return Err(LogError::Corrupt { path: path.display().to_string(), at: 0 });
     }
     let file = OpenOptions::new()
         .read(true)
-        .write(true)
-        .create(true)
+        .write(!read_only)
+        .create(!read_only)
         .truncate(false)
         .open(&path)
         .map_err(LogError::from_io)?;
@@ -383,6 +410,10 @@ fn load_segment(dir: &Path, base: u64, expected_base: u64, is_last: bool) -> Res
         let torn = data[at..].iter().any(|&b| b != 0);
         if torn && !is_last {
             return Err(LogError::Corrupt { path: path.display().to_string(), at: at as u64 });
+        }
+        if read_only {
+            // The writer may be in the middle of this tail: serve the valid prefix, touch nothing.
+            return Ok(Segment { base, file, positions, len: at as u64, allocated: at as u64 });
         }
         if torn {
             tracing::warn!(path = %path.display(), at, "truncating torn tail of the event log");

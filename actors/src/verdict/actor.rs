@@ -1,0 +1,164 @@
+//! The verdict actor: a member of the `mailflow-verdict` consumer group on
+//! `mailflow.received`. For each `MessageReceived` it loads the content, runs
+//! authentication and filtering, appends `VerdictReached` to
+//! `mailflow.verdicts` (key: message id), and only then commits the offset:
+//! a crash in between means the message is judged again (at-least-once;
+//! consumers dedupe on the message id). Refusal events carry no message to judge.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, AsyncContext as _, Context, WrapFuture as _};
+use chrono::Utc;
+use mail_auth::MessageAuthenticator;
+use mailflow_events::log::{EventLog, GroupMember, Record};
+use mailflow_events::received::{Directionality, MessageReceived, ReceivedEvent};
+use mailflow_events::verdicts::{VerdictEvent, VerdictReached};
+use mailflow_events::{Envelope, content, topic};
+
+use super::AntiSpamConfig;
+use super::auth::{Arrival, authenticate};
+use super::headers;
+use super::score::{Signals, has_gtube, score};
+
+/// Consumer group of the verdict role.
+pub const GROUP: &str = "mailflow-verdict";
+
+/// What the verdict actor works with.
+#[derive(Clone)]
+pub struct VerdictActor {
+    /// The event log.
+    pub log: Arc<dyn EventLog>,
+    /// SPF, DKIM, DMARC, ARC, iprev.
+    pub authenticator: Arc<MessageAuthenticator>,
+    /// Connection filter and policy.
+    pub anti_spam: Arc<AntiSpamConfig>,
+    /// Our host name: the authserv-id of `Authentication-Results`.
+    pub hostname: String,
+    /// Producer name in events.
+    pub producer: String,
+}
+
+impl std::fmt::Debug for VerdictActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerdictActor").field("producer", &self.producer).finish_non_exhaustive()
+    }
+}
+
+impl Actor for VerdictActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let worker = self.clone();
+        ctx.spawn(worker.run().into_actor(self));
+    }
+}
+
+impl VerdictActor {
+    /// Consumes `mailflow.received` until the log closes.
+    async fn run(self) {
+        let mut member = loop {
+            match self.log.join(GROUP, &[topic::RECEIVED]).await {
+                Ok(member) => break member,
+                Err(err) => {
+                    tracing::warn!(error = %err, "verdict role cannot join its group yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        loop {
+            match member.poll(Duration::from_secs(1)).await {
+                Ok(Some(record)) => self.handle(member.as_mut(), record).await,
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "verdict role: poll failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, member: &mut dyn GroupMember, record: Record) {
+        match Envelope::<ReceivedEvent>::from_json(&record.value) {
+            Ok(envelope) => {
+                if let ReceivedEvent::MessageReceived(received) = envelope.event {
+                    let verdict = self.judge(&envelope.message_id, &received).await;
+                    let event = Envelope::new(&envelope.message_id, &self.producer, Utc::now(), verdict);
+                    // Retry until the verdict is durable: committing first would lose it.
+                    let mut backoff = Duration::from_millis(100);
+                    while let Err(err) =
+                        self.log.append(topic::VERDICTS, envelope.message_id.as_bytes(), &event.to_json()).await
+                    {
+                        tracing::warn!(error = %err, "verdict not appended yet; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, offset = record.position.offset, "undecodable event on mailflow.received; skipped")
+            }
+        }
+        let (partition, next) = (record.position.partition, record.position.offset + 1);
+        if let Err(err) = member.commit(topic::RECEIVED, partition, next).await {
+            tracing::warn!(error = %err, "commit failed; the event may be judged again");
+        }
+    }
+
+    /// The verdict on one accepted message.
+    pub async fn judge(&self, message_id: &str, received: &MessageReceived) -> VerdictEvent {
+        let content = match content::load(self.log.as_ref(), message_id, &received.content).await {
+            Ok(content) => content,
+            Err(err) => {
+                tracing::error!(error = %err, message_id, "content unreadable; judging the envelope alone");
+                Vec::new()
+            }
+        };
+        let ip = received.session.client_ip.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let helo = received.session.helo.clone().unwrap_or_default();
+        // Inline checks (anonymous IPv6) are repeated with the full set: DNS
+        // answers are cached by the resolver, and one code path decides.
+        let authentication = authenticate(
+            &self.authenticator,
+            Arrival { ip, helo: &helo, hostname: &self.hostname, mail_from: &received.envelope.mail_from },
+            &content,
+        )
+        .await;
+        let score = score(&Signals {
+            ip_allowed: self.anti_spam.ip_allow_list.iter().any(|net| net.contains(ip)),
+            ip_blocked: self.anti_spam.ip_block_list.iter().any(|net| net.contains(ip)),
+            gtube: has_gtube(&content),
+            authentication: &authentication,
+        });
+        let direction = match received.directionality {
+            Directionality::Inbound => "INB",
+            Directionality::Outbound => "OUT",
+            Directionality::Originating => "INT",
+        };
+        let ptr = received.session.client_hostname.clone().unwrap_or_default();
+        let headers_added = vec![
+            headers::authentication_results(&self.hostname, &authentication),
+            headers::antispam_report(&score, &received.session.client_ip, &helo, &ptr, direction),
+            headers::organization_scl(&score),
+        ];
+        VerdictEvent::VerdictReached(VerdictReached {
+            recipients: received.recipients.iter().map(|r| r.address.clone()).collect(),
+            authentication,
+            original_client_ip: received.session.client_ip.clone(),
+            scl: score.scl,
+            bcl: 0,
+            verdict: score.verdict,
+            sfv: score.sfv.to_string(),
+            ipv: Some(score.ipv.to_string()),
+            category: Some(score.category.to_string()),
+            action: score.action,
+            headers_added,
+            subject_prefix: None,
+            redirect_to: Vec::new(),
+            added_recipients: Vec::new(),
+            route_via_connector: None,
+            reject_reply: None,
+            rules_matched: Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,80 @@
+//! Headers the verdict stamps: `Authentication-Results` (RFC 8601),
+//! `X-MS-Exchange-Organization-SCL` and an `X-Forefront-Antispam-Report`
+//! compatible report (spec 9.5, 9.6), so that an on-premises server can act on
+//! the verdict (spec 9.8).
+
+use mailflow_events::verdicts::{AuthResult, Authentication, CompAuthResult, Header};
+
+use super::score::Score;
+
+/// Header names, in one place.
+pub const AUTHENTICATION_RESULTS: &str = "Authentication-Results";
+/// SCL inside the organisation.
+pub const ORGANIZATION_SCL: &str = "X-MS-Exchange-Organization-SCL";
+/// The antispam report.
+pub const ANTISPAM_REPORT: &str = "X-Forefront-Antispam-Report";
+
+fn result(result: AuthResult) -> &'static str {
+    match result {
+        AuthResult::Pass => "pass",
+        AuthResult::Fail => "fail",
+        AuthResult::SoftFail => "softfail",
+        AuthResult::Neutral => "neutral",
+        AuthResult::None => "none",
+        AuthResult::TempError => "temperror",
+        AuthResult::PermError => "permerror",
+    }
+}
+
+/// `Authentication-Results: <authserv-id>; spf=… smtp.mailfrom=…; dkim=… header.d=…; dmarc=…; arc=…; iprev=…; compauth=…`.
+pub fn authentication_results(authserv_id: &str, auth: &Authentication) -> Header {
+    let mut parts = vec![authserv_id.to_string()];
+    if let Some(spf) = &auth.spf {
+        parts.push(format!("spf={} smtp.mailfrom={}", result(spf.result), spf.domain));
+    }
+    if auth.dkim.is_empty() {
+        parts.push("dkim=none".to_string());
+    }
+    for dkim in &auth.dkim {
+        parts.push(format!("dkim={} header.d={} header.s={}", result(dkim.result), dkim.domain, dkim.selector));
+    }
+    if let Some(dmarc) = &auth.dmarc {
+        let action = match dmarc.disposition {
+            mailflow_events::verdicts::DmarcPolicy::None => "none",
+            mailflow_events::verdicts::DmarcPolicy::Quarantine => "quarantine",
+            mailflow_events::verdicts::DmarcPolicy::Reject => "reject",
+        };
+        parts.push(format!("dmarc={} action={action} header.from={}", result(dmarc.result), dmarc.header_from));
+    }
+    if let Some(arc) = &auth.arc {
+        parts.push(format!("arc={}", result(arc.result)));
+    }
+    if let Some(iprev) = &auth.iprev {
+        let ip = auth.spf.as_ref().map(|s| s.client_ip.as_str()).unwrap_or_default();
+        parts.push(format!("iprev={} policy.iprev={ip}", result(iprev.result)));
+    }
+    if let Some(compauth) = &auth.compauth {
+        let value = match compauth.result {
+            CompAuthResult::Pass => "pass",
+            CompAuthResult::Fail => "fail",
+            CompAuthResult::SoftPass => "softpass",
+            CompAuthResult::None => "none",
+        };
+        parts.push(format!("compauth={value} reason={}", compauth.reason));
+    }
+    Header { name: AUTHENTICATION_RESULTS.to_string(), value: parts.join(";\r\n\t") }
+}
+
+/// The antispam report, keys in EOP's observed order.
+pub fn antispam_report(score: &Score, client_ip: &str, helo: &str, ptr: &str, direction: &str) -> Header {
+    let value = format!(
+        "CIP:{client_ip};CTRY:;LANG:;SCL:{};SRV:;IPV:{};SFV:{};H:{helo};PTR:{ptr};CAT:{};SFS:;DIR:{direction};",
+        score.scl, score.ipv, score.sfv, score.category
+    );
+    Header { name: ANTISPAM_REPORT.to_string(), value }
+}
+
+/// `X-MS-Exchange-Organization-SCL: <scl>`.
+pub fn organization_scl(score: &Score) -> Header {
+    Header { name: ORGANIZATION_SCL.to_string(), value: score.scl.to_string() }
+}

@@ -1,0 +1,31 @@
+//! The verdict role: authentication (SPF, DKIM, DMARC, ARC, iprev, compauth),
+//! the connection filter, content checks, the SCL verdict and the headers that
+//! carry it.
+//!
+//! - [`auth`]: mail-auth checks into the events' `Authentication`;
+//! - [`score`]: signals to SCL/SFV/CAT and the default action (pure);
+//! - [`headers`]: `Authentication-Results`, SCL and the antispam report;
+//! - [`actor`]: the consumer of `mailflow.received` that appends `VerdictReached`.
+//!
+//! Not yet here (open work of the verdict issue): Enhanced Filtering skip
+//! listing, DNS blocklists, sender allow/block lists, bulk (BCL), rspamd,
+//! mail flow rules, and actions other than the defaults.
+
+pub mod actor;
+pub mod auth;
+pub mod headers;
+pub mod score;
+
+use serde::Deserialize;
+
+use crate::config::IpNet;
+
+/// `[anti_spam]`: the connection filter (EOP's `HostedConnectionFilterPolicy`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AntiSpamConfig {
+    /// Addresses never marked as spam: SCL -1, `IPV:CAL`, `SFV:SKA` (default none).
+    pub ip_allow_list: Vec<IpNet>,
+    /// Addresses always high-confidence spam: SCL 9, `SFV:SKB` (default none).
+    pub ip_block_list: Vec<IpNet>,
+}
