@@ -82,3 +82,79 @@ print(json.dumps("sent"))
     assert_eq!(spoofed.authentication.spf.as_ref().map(|s| s.result), Some(AuthResult::Fail));
     Ok(())
 }
+
+/// An Ed25519 DKIM key: (signer key, DNS TXT value).
+fn dkim_key() -> anyhow::Result<(mail_auth::common::crypto::Ed25519Key, String)> {
+    use base64::Engine as _;
+    let pkcs8 = mail_auth::common::crypto::Ed25519Key::generate_pkcs8()?;
+    let key = mail_auth::common::crypto::Ed25519Key::from_pkcs8_der(&pkcs8)?;
+    let record =
+        format!("v=DKIM1; k=ed25519; p={}", base64::engine::general_purpose::STANDARD.encode(key.public_key()));
+    Ok((key, record))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dkim_signatures_are_verified_each_and_broken_ones_are_recorded_not_fatal() -> anyhow::Result<()> {
+    use mail_auth::common::headers::HeaderWriter as _;
+    use mail_auth::dkim::DkimSigner;
+    let (key, record) = dkim_key()?;
+    let message = b"From: news@signed.example\r\nTo: alice@contoso.com\r\nSubject: signed\r\n\r\nsigned body\r\n";
+    let signature = DkimSigner::from_key(key)
+        .domain("signed.example")
+        .selector("s1")
+        .headers(["From", "To", "Subject"])
+        .sign(message)?;
+    let mut signed = signature.to_header().into_bytes();
+    signed.extend_from_slice(message);
+    // The same signature over an altered body fails; a garbage signature header is a permerror.
+    let mut tampered = signature.to_header().into_bytes();
+    tampered.extend_from_slice(&message[..message.len() - 2]);
+    tampered.extend_from_slice(b" (altered)\r\n");
+    let garbage =
+        b"DKIM-Signature: v=1; this is not a signature\r\nFrom: news@signed.example\r\nSubject: garbage\r\n\r\nx\r\n"
+            .to_vec();
+    let zone = format!(
+        "s1._domainkey.signed.example. 300 IN TXT \"{}\"\n_dmarc.signed.example. 300 IN TXT \"v=DMARC1; p=reject\"\n",
+        record.replace(';', "\\;")
+    );
+    let dns = DnsServer::start(&zone)?;
+    let config = format!("{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n", dns.address);
+    let router = Router::start(&config)?;
+    let script = format!(
+        "import base64\nfor body in [{:?}, {:?}, {:?}]:\n    s = smtplib.SMTP(ADDR, PORT)\n    s.sendmail('news@signed.example', ['alice@contoso.com'], base64.b64decode(body))\n    s.quit()\nprint(json.dumps('sent'))",
+        b64(&signed),
+        b64(&tampered),
+        b64(&garbage)
+    );
+    python(router.smtp(), &script)?;
+    let records = router.wait_for_records(mailflow_events::topic::VERDICTS, 3).await?;
+    let mut results = Vec::new();
+    for record in records {
+        let envelope: Envelope<VerdictEvent> = Envelope::from_json(&record.value)?;
+        if let VerdictEvent::VerdictReached(verdict) = envelope.event {
+            let dkim = verdict.authentication.dkim.first().map(|d| (d.result, d.domain.clone()));
+            results.push((dkim, verdict.authentication.dmarc.as_ref().map(|d| d.result)));
+        }
+    }
+    assert!(
+        results.contains(&(Some((AuthResult::Pass, "signed.example".to_string())), Some(AuthResult::Pass))),
+        "a good signature passes DKIM and, aligned, DMARC: {results:?}"
+    );
+    // mail-auth reports a body-hash mismatch as `neutral` (the signature is
+    // not counted), so DMARC, with nothing aligned passing, fails.
+    assert!(
+        results.iter().any(|(dkim, dmarc)| matches!(dkim, Some((AuthResult::Fail | AuthResult::Neutral, _)))
+            && *dmarc == Some(AuthResult::Fail)),
+        "an altered body does not pass: {results:?}"
+    );
+    // An unparseable signature header is ignored as a signature: the message
+    // is still judged (DMARC fails), nothing crashes, nothing is lost.
+    assert_eq!(results.len(), 3, "every message got a verdict: {results:?}");
+    assert!(results.contains(&(None, Some(AuthResult::Fail))), "{results:?}");
+    Ok(())
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
