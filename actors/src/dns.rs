@@ -14,6 +14,8 @@ use serde::Deserialize;
 pub struct DnsConfig {
     /// Nameservers as `ip:port` (UDP and TCP); default: the system's
     /// (`/etc/resolv.conf` and `/etc/hosts`). When set, `/etc/hosts` is not used.
+    /// Negative answers are cached for at least 60 s, also when the server sends
+    /// no SOA (DMARC asks for names that rarely exist on every message).
     pub nameservers: Vec<SocketAddr>,
 }
 
@@ -47,6 +49,11 @@ pub fn resolver(config: &DnsConfig) -> Result<TokioResolver, DnsSetupError> {
         builder.options_mut().use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
         builder
     };
+    let mut builder = builder;
+    // A negative answer without an SOA (some servers send none) would
+    // otherwise not be cached at all, and DMARC's tree walk asks for names
+    // that rarely exist on every message.
+    builder.options_mut().negative_min_ttl = Some(std::time::Duration::from_secs(60));
     builder.build().map_err(|e| DnsSetupError(e.to_string()))
 }
 
