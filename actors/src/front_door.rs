@@ -71,6 +71,7 @@ pub async fn start(config: &Config, log: Arc<dyn EventLog>, producer: &str) -> R
         session_timeout: server.session_timeout,
         authenticator,
         hostname: server.hostname.clone(),
+        anti_spam: Arc::new(config.anti_spam.clone()),
     };
     let limits = ConnectionLimits::new(server.max_connections, server.max_connections_per_ip);
     let cores = std::thread::available_parallelism().map_or(2, usize::from);

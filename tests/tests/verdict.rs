@@ -13,7 +13,9 @@ use mailflow_tests::router::{BASE_CONFIG, Router};
 
 const ZONE: &str = "pass.example. 300 IN TXT \"v=spf1 ip4:127.0.0.1 -all\"\n\
 spoofed.example. 300 IN TXT \"v=spf1 -all\"\n\
-_dmarc.spoofed.example. 300 IN TXT \"v=DMARC1; p=reject\"\n";
+_dmarc.spoofed.example. 300 IN TXT \"v=DMARC1; p=quarantine\"\n\
+rejecting.example. 300 IN TXT \"v=spf1 -all\"\n\
+_dmarc.rejecting.example. 300 IN TXT \"v=DMARC1; p=reject\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_messages_get_authentication_results_and_an_scl() -> anyhow::Result<()> {
@@ -73,7 +75,7 @@ print(json.dumps("sent"))
         "{report}"
     );
 
-    // A DMARC p=reject failure: spoofing, compauth fail, Junk.
+    // A DMARC p=quarantine failure: spoofing, compauth fail, Junk.
     let spoofed = &by_subject["wire money"];
     let dmarc = spoofed.authentication.dmarc.as_ref().expect("DMARC evaluated");
     assert_eq!(dmarc.result, AuthResult::Fail);
@@ -114,7 +116,7 @@ async fn dkim_signatures_are_verified_each_and_broken_ones_are_recorded_not_fata
         b"DKIM-Signature: v=1; this is not a signature\r\nFrom: news@signed.example\r\nSubject: garbage\r\n\r\nx\r\n"
             .to_vec();
     let zone = format!(
-        "s1._domainkey.signed.example. 300 IN TXT \"{}\"\n_dmarc.signed.example. 300 IN TXT \"v=DMARC1; p=reject\"\n",
+        "s1._domainkey.signed.example. 300 IN TXT \"{}\"\n_dmarc.signed.example. 300 IN TXT \"v=DMARC1; p=quarantine\"\n",
         record.replace(';', "\\;")
     );
     let dns = DnsServer::start(&zone)?;
@@ -157,4 +159,35 @@ async fn dkim_signatures_are_verified_each_and_broken_ones_are_recorded_not_fata
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_honoured_dmarc_reject_is_refused_inside_the_session_not_bounced() -> anyhow::Result<()> {
+    // Issue: checks EOP makes before accepting are answered before the reply to
+    // DATA, never a 250 followed by an NDR (backscatter).
+    let dns = DnsServer::start(ZONE)?;
+    let config = format!("{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n", dns.address);
+    let mut router = Router::start(&config)?;
+    let reply = python(
+        router.smtp(),
+        r#"
+s = smtplib.SMTP(ADDR, PORT)
+s.ehlo("client.example")
+s.mail("ceo@rejecting.example")
+s.rcpt("alice@contoso.com")
+code, msg = s.data(b"From: ceo@rejecting.example\r\nSubject: forged\r\n\r\nx\r\n")
+print(json.dumps("%d %s" % (code, msg.decode())))
+"#,
+    )?;
+    assert!(
+        reply.as_str().unwrap_or_default().starts_with(
+            "550 5.7.509 Access denied, sending domain [rejecting.example] does not pass DMARC verification and has a DMARC policy of reject."
+        ),
+        "{reply}"
+    );
+    let events = router.received_events().await?;
+    assert!(!events.iter().any(|e| matches!(e.event, mailflow_events::received::ReceivedEvent::MessageReceived(_))));
+    assert!(events.iter().any(|e| matches!(&e.event,
+        mailflow_events::received::ReceivedEvent::MessageRejected(r) if r.reason == mailflow_events::received::RejectReason::DmarcRejected)));
+    Ok(())
 }

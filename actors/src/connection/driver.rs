@@ -39,6 +39,8 @@ pub struct Shared {
     pub authenticator: Arc<mail_auth::MessageAuthenticator>,
     /// Our hostname, for SPF.
     pub hostname: String,
+    /// Inline checks: honour DMARC, deadline.
+    pub anti_spam: Arc<crate::verdict::AntiSpamConfig>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -174,25 +176,49 @@ async fn carry_out(
 }
 
 /// Runs the checks answered before the reply, then stores the message.
+///
+/// Anonymous mail (no AUTH, no connector) is authenticated here, in the
+/// connection's process, with a deadline: anonymous IPv6 must pass SPF or DKIM
+/// (spec 3.2b), and a DMARC failure for a `p=reject` domain is refused when
+/// the policy is honoured. The results travel in `MessageReceived`, where the
+/// verdict role takes them instead of checking again.
 async fn accept_message(shared: &Shared, incoming: super::session::Incoming) -> super::session::StoreOutcome {
+    use super::session::StoreOutcome;
+    use mailflow_events::verdicts::{AuthResult, DmarcPolicy};
     let mut inline_checks = None;
-    if incoming.requires_ipv6_authentication {
-        // Spec 3.2b: anonymous IPv6 must pass SPF or DKIM, else 450 4.7.26.
+    let wanted = incoming.requires_ipv6_authentication || (incoming.anonymous && shared.anti_spam.honor_dmarc_policy);
+    if wanted {
         let ip: std::net::IpAddr = incoming.session.client_ip.parse().unwrap_or(std::net::Ipv6Addr::UNSPECIFIED.into());
         let helo = incoming.session.helo.clone().unwrap_or_default();
-        let checks = super::inline_checks::authenticate(
-            &shared.authenticator,
+        let arrival = crate::verdict::auth::Arrival {
             ip,
-            &helo,
-            &shared.hostname,
-            &incoming.envelope.mail_from,
-            &incoming.content,
+            helo: &helo,
+            hostname: &shared.hostname,
+            mail_from: &incoming.envelope.mail_from,
+        };
+        let checks = tokio::time::timeout(
+            shared.anti_spam.inline_deadline,
+            crate::verdict::auth::authenticate(&shared.authenticator, arrival, &incoming.content),
         )
         .await;
-        if !super::inline_checks::passes_spf_or_dkim(&checks) {
-            return super::session::StoreOutcome::Ipv6AuthenticationFailed;
+        match checks {
+            Ok(checks) => {
+                if incoming.requires_ipv6_authentication && !crate::verdict::auth::passes_spf_or_dkim(&checks) {
+                    return StoreOutcome::Ipv6AuthenticationFailed;
+                }
+                if shared.anti_spam.honor_dmarc_policy
+                    && let Some(dmarc) = checks.dmarc.as_ref()
+                    && dmarc.result == AuthResult::Fail
+                    && dmarc.policy == Some(DmarcPolicy::Reject)
+                    && checks.arc.as_ref().is_none_or(|arc| arc.result != AuthResult::Pass)
+                {
+                    return StoreOutcome::DmarcRejected { domain: dmarc.header_from.clone() };
+                }
+                inline_checks = Some(checks);
+            }
+            Err(_) if incoming.requires_ipv6_authentication => return StoreOutcome::Ipv6AuthenticationFailed,
+            Err(_) => tracing::info!("inline checks passed their deadline; the verdict role will judge"),
         }
-        inline_checks = Some(checks);
     }
     accept::store(shared.log.as_ref(), &shared.producer, incoming, inline_checks).await
 }

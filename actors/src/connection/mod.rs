@@ -7,7 +7,6 @@ pub mod actor;
 pub mod auth;
 pub mod body;
 pub mod driver;
-pub mod inline_checks;
 pub mod limits;
 pub mod reply;
 pub mod session;

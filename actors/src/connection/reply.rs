@@ -97,6 +97,8 @@ pub enum Reply {
     RelayDenied,
     /// `550 5.7.51`: a restricting partner connector refused the source (spec 4.3).
     PartnerRestricted,
+    /// `550 5.7.509`: DMARC failed and the domain's policy is reject (spec 10, honoured).
+    DmarcReject { domain: String },
     /// `550 5.7.68`: direct send of one of our domains from no connector (spec 3.9).
     DirectSendRejected,
     /// `550 5.7.64 TenantAttribution; Relay Access Denied` (spec 4.7/4.8).
@@ -138,7 +140,7 @@ impl Reply {
             UnsupportedParameter(_) => 504,
             TlsRequired | AuthRequired => 530,
             AuthFailed => 535,
-            SendAsDenied | DirectSendRejected => 550,
+            SendAsDenied | DirectSendRejected | DmarcReject { .. } => 550,
             Ipv6NotAccepted { .. }
             | AccessDenied
             | RelayDenied
@@ -183,6 +185,7 @@ impl Reply {
             PartnerRestricted => "5.7.51",
             TenantAttribution => "5.7.64",
             DirectSendRejected => "5.7.68",
+            DmarcReject { .. } => "5.7.509",
             InvalidCharacters => "5.6.11",
             MessageTooLarge => "5.3.4",
             HopCountExceeded => "5.4.14",
@@ -239,6 +242,9 @@ impl Reply {
             RelayDenied => "Relay Access Denied".into(),
             PartnerRestricted => "TenantInboundAttribution; There is a partner connector configured that matched the message's sender domain. The connector had either the RestrictDomainsToIPAddresses or RequireTls set".into(),
             TenantAttribution => "TenantAttribution; Relay Access Denied".into(),
+            DmarcReject { domain } => format!(
+                "Access denied, sending domain [{domain}] does not pass DMARC verification and has a DMARC policy of reject."
+            ),
             DirectSendRejected => {
                 "TenantInboundAttribution; Direct Send not allowed for this organization from unauthorized sources".into()
             }

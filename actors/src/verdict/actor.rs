@@ -116,14 +116,18 @@ impl VerdictActor {
         };
         let ip = received.session.client_ip.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
         let helo = received.session.helo.clone().unwrap_or_default();
-        // Inline checks (anonymous IPv6) are repeated with the full set: DNS
-        // answers are cached by the resolver, and one code path decides.
-        let authentication = authenticate(
-            &self.authenticator,
-            Arrival { ip, helo: &helo, hostname: &self.hostname, mail_from: &received.envelope.mail_from },
-            &content,
-        )
-        .await;
+        // The session may already have run every check before its reply.
+        let authentication = match &received.inline_checks {
+            Some(checks) if checks.dmarc.is_some() => checks.clone(),
+            _ => {
+                authenticate(
+                    &self.authenticator,
+                    Arrival { ip, helo: &helo, hostname: &self.hostname, mail_from: &received.envelope.mail_from },
+                    &content,
+                )
+                .await
+            }
+        };
         let score = score(&Signals {
             ip_allowed: self.anti_spam.ip_allow_list.iter().any(|net| net.contains(ip)),
             ip_blocked: self.anti_spam.ip_block_list.iter().any(|net| net.contains(ip)),

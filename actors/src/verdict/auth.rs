@@ -111,6 +111,12 @@ pub async fn authenticate(
     authentication
 }
 
+/// Spec 3.2b: SPF **or** DKIM passes (what anonymous IPv6 mail needs).
+pub fn passes_spf_or_dkim(authentication: &Authentication) -> bool {
+    authentication.spf.as_ref().is_some_and(|spf| spf.result == AuthResult::Pass)
+        || authentication.dkim.iter().any(|dkim| dkim.result == AuthResult::Pass)
+}
+
 /// Composite authentication: DMARC decides where it has a record; without one,
 /// an aligned-looking pass of SPF or DKIM is a soft pass; a passing ARC chain
 /// rescues a DMARC failure (reason 130), as EOP does for trusted forwarders.
@@ -130,7 +136,7 @@ pub fn compauth(authentication: &Authentication) -> CompAuth {
     CompAuth { result, reason: reason.to_string() }
 }
 
-pub(crate) fn spf_result(result: SpfResult) -> AuthResult {
+fn spf_result(result: SpfResult) -> AuthResult {
     match result {
         SpfResult::Pass => AuthResult::Pass,
         SpfResult::Fail => AuthResult::Fail,
@@ -142,7 +148,7 @@ pub(crate) fn spf_result(result: SpfResult) -> AuthResult {
     }
 }
 
-pub(crate) fn dkim_result(result: &DkimResult) -> AuthResult {
+fn dkim_result(result: &DkimResult) -> AuthResult {
     match result {
         DkimResult::Pass => AuthResult::Pass,
         DkimResult::Neutral(_) => AuthResult::Neutral,
@@ -163,7 +169,7 @@ fn iprev_result(result: &IprevResult) -> AuthResult {
     }
 }
 
-pub(crate) fn reason(result: &DkimResult) -> Option<String> {
+fn reason(result: &DkimResult) -> Option<String> {
     match result {
         DkimResult::Neutral(e) | DkimResult::Fail(e) | DkimResult::PermError(e) | DkimResult::TempError(e) => {
             Some(e.to_string())

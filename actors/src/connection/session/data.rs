@@ -115,6 +115,7 @@ impl Session {
             certificate_names: self.certificate_names(),
         };
         let requires_ipv6_authentication = client.is_anonymous() && client.is_ipv6();
+        let client_anonymous = client.is_anonymous();
         let directionality = if self.authenticated_as.is_some() || self.connector.is_some() {
             Directionality::Originating
         } else {
@@ -131,6 +132,7 @@ impl Session {
             directionality,
             content: stamped,
             requires_ipv6_authentication,
+            anonymous: client_anonymous,
         }))]
     }
 
@@ -142,6 +144,13 @@ impl Session {
             StoreOutcome::Stored => vec![Step::Reply(Reply::Queued { id })],
             StoreOutcome::Failed => vec![Step::Reply(Reply::LogUnavailable)],
             StoreOutcome::NoSpace => vec![Step::Reply(Reply::InsufficientStorage)],
+            StoreOutcome::DmarcRejected { domain } => {
+                let reply = Reply::DmarcReject { domain };
+                vec![
+                    self.record_rejection(SmtpStage::EndOfData, &reply, RejectReason::DmarcRejected),
+                    Step::Reply(reply),
+                ]
+            }
             StoreOutcome::Ipv6AuthenticationFailed => {
                 let reply = Reply::Ipv6AuthFailed { ip: self.client_ip().to_string() };
                 vec![

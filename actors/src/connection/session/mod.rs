@@ -136,10 +136,12 @@ pub struct Incoming {
     pub content: Vec<u8>,
     /// Anonymous IPv6: SPF or DKIM must pass before `250` (spec 3.2b).
     pub requires_ipv6_authentication: bool,
+    /// Neither authenticated nor through a connector: SMTP-time DMARC applies.
+    pub anonymous: bool,
 }
 
 /// Outcome of storing a message, as the driver reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOutcome {
     /// Content and event are durable.
     Stored,
@@ -149,6 +151,11 @@ pub enum StoreOutcome {
     NoSpace,
     /// Anonymous IPv6 mail passed neither SPF nor DKIM: `450 4.7.26`.
     Ipv6AuthenticationFailed,
+    /// DMARC failed for a domain publishing `p=reject`, honoured: `550 5.7.509`.
+    DmarcRejected {
+        /// The `From` domain.
+        domain: String,
+    },
 }
 
 #[derive(Debug)]

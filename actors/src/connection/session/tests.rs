@@ -61,7 +61,7 @@ impl Transcript {
                 Step::StartTls => self.tls_requested = true,
                 Step::Store(incoming) => {
                     self.stored.push(*incoming);
-                    let next = self.session.stored(self.store_outcome);
+                    let next = self.session.stored(self.store_outcome.clone());
                     self.run(next);
                 }
                 Step::Record(event) => self.records.push(*event),
@@ -319,9 +319,13 @@ fn store_failures_answer_4xx_never_250() {
         (StoreOutcome::Failed, "451 4.3.0 "),
         (StoreOutcome::NoSpace, "452 4.3.1 "),
         (StoreOutcome::Ipv6AuthenticationFailed, "450 4.7.26 "),
+        (
+            StoreOutcome::DmarcRejected { domain: "contoso.com".into() },
+            "550 5.7.509 Access denied, sending domain [contoso.com]",
+        ),
     ] {
         let mut t = Transcript::smtp();
-        t.store_outcome = outcome;
+        t.store_outcome = outcome.clone();
         t.cmd("EHLO c", "250");
         t.cmd("MAIL FROM:<s@example.net>", "250");
         t.cmd("RCPT TO:<bob@example.com>", "250");
