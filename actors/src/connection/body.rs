@@ -113,6 +113,46 @@ fn unstuff(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Removes, from the header section, the fields an untrusted sender must not
+/// be able to set (spec 9.6; reliability notes §2.5.3): every
+/// `X-MS-Exchange-Organization-*` field, and every `Authentication-Results`
+/// field claiming our own authserv-id. Continuation lines go with their field.
+/// Returns the content and how many fields were removed.
+pub fn strip_untrusted_headers(content: &[u8], authserv_id: &str) -> (Vec<u8>, usize) {
+    let header_end = memmem::find(content, b"\r\n\r\n").map_or(content.len(), |at| at + 2);
+    let (header, body) = content.split_at(header_end);
+    let mut out = Vec::with_capacity(content.len());
+    let mut removed = 0;
+    let mut dropping = false;
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !continuation {
+            dropping = is_untrusted_field(line, authserv_id);
+            removed += usize::from(dropping);
+        }
+        if !dropping {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(body);
+    (out, removed)
+}
+
+fn is_untrusted_field(line: &[u8], authserv_id: &str) -> bool {
+    const ORGANIZATION: &[u8] = b"x-ms-exchange-organization-";
+    const RESULTS: &[u8] = b"authentication-results:";
+    let lower = |prefix: &[u8]| line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix);
+    if lower(ORGANIZATION) {
+        return true;
+    }
+    if lower(RESULTS) {
+        let value = String::from_utf8_lossy(&line[RESULTS.len()..]);
+        let id = value.trim().split([';', ' ', '\t', '\r']).next().unwrap_or_default();
+        return id.eq_ignore_ascii_case(authserv_id);
+    }
+    false
+}
+
 /// Number of `Received:` headers in the header section (hop count).
 pub fn received_headers(content: &[u8]) -> usize {
     let mut count = 0;
@@ -213,6 +253,17 @@ mod tests {
         let mut input = b"\r\n.\r\n".to_vec();
         assert!(receiver.ingest(&mut input));
         assert_eq!(receiver.finish(), Err(BodyProblem::TooLarge));
+    }
+
+    #[test]
+    fn organisation_headers_and_our_authentication_results_are_stripped_with_their_continuations() {
+        let content = b"X-MS-Exchange-Organization-SCL: -1\r\nSubject: hi\r\nx-ms-exchange-organization-authas: Internal\r\n\tcontinued\r\nAuthentication-Results: mx.contoso.test; dmarc=pass\r\nAuthentication-Results: other.example; spf=pass\r\n\r\nX-MS-Exchange-Organization-SCL: in the body stays\r\n";
+        let (stripped, removed) = strip_untrusted_headers(content, "mx.contoso.test");
+        assert_eq!(removed, 3);
+        assert_eq!(
+            stripped,
+            b"Subject: hi\r\nAuthentication-Results: other.example; spf=pass\r\n\r\nX-MS-Exchange-Organization-SCL: in the body stays\r\n"
+        );
     }
 
     #[test]

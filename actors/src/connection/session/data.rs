@@ -103,6 +103,23 @@ impl Session {
             return self.error(Reply::BadSequence("no transaction"));
         };
         let id = uuid::Uuid::now_v7().simple().to_string();
+        // Only the organisation's own servers may carry its headers across (spec 9.6).
+        let trusted =
+            self.connector.as_ref().is_some_and(|c| c.kind == mailflow_events::received::ConnectorKind::OnPremises);
+        let content = if trusted {
+            content
+        } else {
+            let (stripped, removed) = body::strip_untrusted_headers(&content, &self.config.hostname);
+            if removed > 0 {
+                let mut marked =
+                    format!("X-MS-Exchange-Transport-CrossTenantHeadersStripped: {}\r\n", self.config.hostname)
+                        .into_bytes();
+                marked.extend_from_slice(&stripped);
+                marked
+            } else {
+                stripped
+            }
+        };
         let mut stamped = self.received_header(&id, &transaction.recipients).into_bytes();
         stamped.extend_from_slice(&content);
         let client = crate::policy::ClientContext {

@@ -374,3 +374,20 @@ fn vrfy_is_252_by_default_and_answers_from_the_directory_when_enabled() {
     enabled.cmd("VRFY a.liddell@example.com", "250 2.1.5 <alice@example.com>");
     enabled.cmd("VRFY nobody@example.com", "550 5.1.1 ");
 }
+
+#[test]
+fn organisation_headers_from_the_internet_are_stripped_and_marked() {
+    // Spec 9.6: a sender cannot pre-set its own SCL or our authentication results.
+    let mut t = Transcript::smtp();
+    t.cmd("EHLO c", "250");
+    t.cmd("MAIL FROM:<s@example.net>", "250");
+    t.cmd("RCPT TO:<bob@example.com>", "250");
+    t.cmd("DATA", "354");
+    t.send(b"X-MS-Exchange-Organization-SCL: -1\r\nAuthentication-Results: mailflow.localhost; dmarc=pass\r\nSubject: x\r\n\r\nhi\r\n.\r\n");
+    let content = String::from_utf8(t.stored[0].content.clone()).expect("utf-8");
+    assert!(!content.contains("X-MS-Exchange-Organization-SCL") && !content.contains("dmarc=pass"), "{content}");
+    assert!(
+        content.contains("X-MS-Exchange-Transport-CrossTenantHeadersStripped: mailflow.localhost\r\nSubject: x\r\n"),
+        "{content}"
+    );
+}
