@@ -122,15 +122,7 @@ impl Session {
         };
         let mut stamped = self.received_header(&id, &transaction.recipients).into_bytes();
         stamped.extend_from_slice(&content);
-        let client = crate::policy::ClientContext {
-            ip: self.client_ip(),
-            tls: self.tls.is_some(),
-            authenticated_as: self.authenticated_as.as_deref(),
-            connector: self.connector.as_ref(),
-            has_ptr: None,
-            sender_domain: &transaction.sender_domain,
-            certificate_names: self.certificate_names(),
-        };
+        let client = self.client_context(&transaction.sender_domain);
         let requires_ipv6_authentication = client.is_anonymous() && client.is_ipv6();
         let client_anonymous = client.is_anonymous();
         let directionality = if self.authenticated_as.is_some() || self.connector.is_some() {

@@ -48,15 +48,7 @@ impl Session {
             None
         };
         let sender_domain = address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
-        let client = crate::policy::ClientContext {
-            ip: self.client_ip(),
-            tls: self.tls.is_some(),
-            authenticated_as: self.authenticated_as.as_deref(),
-            connector: self.connector.as_ref(),
-            has_ptr: None,
-            sender_domain: &sender_domain,
-            certificate_names: self.certificate_names(),
-        };
+        let client = self.client_context(&sender_domain);
         if let Err((reply, reason)) = self.policy.check_sender(&client) {
             let record = self.record_rejection(SmtpStage::Mail, &reply, reason);
             let mut steps = self.error(reply);

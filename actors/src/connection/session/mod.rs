@@ -394,6 +394,19 @@ impl Session {
         })))
     }
 
+    /// What the policy needs to know of this client, for a sender domain.
+    fn client_context<'a>(&'a self, sender_domain: &'a str) -> crate::policy::ClientContext<'a> {
+        crate::policy::ClientContext {
+            ip: self.client_ip(),
+            tls: self.tls.is_some(),
+            authenticated_as: self.authenticated_as.as_deref(),
+            connector: self.connector.as_ref(),
+            has_ptr: self.peer.ptr.as_ref().map(Option::is_some),
+            sender_domain,
+            certificate_names: self.certificate_names(),
+        }
+    }
+
     /// Names of the verified client certificate, empty without one.
     fn certificate_names(&self) -> &[String] {
         self.tls.as_ref().map_or(&[], |tls| tls.client_certificate_names.as_slice())

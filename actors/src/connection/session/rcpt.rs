@@ -7,7 +7,7 @@ use smtp_proto::RcptTo;
 use super::mail::has_control_characters;
 use super::{Session, Step};
 use crate::connection::reply::Reply;
-use crate::policy::{ClientContext, RecipientDecision};
+use crate::policy::RecipientDecision;
 
 impl Session {
     pub(super) fn rcpt(&mut self, to: RcptTo<String>) -> Vec<Step> {
@@ -27,15 +27,7 @@ impl Session {
                 Step::Reply(reply),
             ];
         }
-        let client = ClientContext {
-            ip: self.client_ip(),
-            tls: self.tls.is_some(),
-            authenticated_as: self.authenticated_as.as_deref(),
-            connector: self.connector.as_ref(),
-            has_ptr: self.peer.ptr.as_ref().map(Option::is_some),
-            sender_domain: &transaction.sender_domain,
-            certificate_names: self.certificate_names(),
-        };
+        let client = self.client_context(&transaction.sender_domain);
         match self.policy.check_recipient(&client, &to.address) {
             RecipientDecision::Accept { accepted_domain } => {
                 let recipient =

@@ -120,19 +120,6 @@ impl Partition {
         }
         let end = segments.last().map_or(0, Segment::end);
         let (appends, requests) = mpsc::channel(WRITER_QUEUE);
-        if read_only {
-            // No writer: appends find the channel closed.
-            drop(requests);
-            return Ok(Arc::new(Partition {
-                topic: Arc::from(topic),
-                id,
-                dir,
-                segment_bytes,
-                segments: RwLock::new(segments),
-                durable_end: AtomicU64::new(end),
-                appends,
-            }));
-        }
         let partition = Arc::new(Partition {
             topic: Arc::from(topic),
             id,
@@ -142,6 +129,11 @@ impl Partition {
             durable_end: AtomicU64::new(end),
             appends,
         });
+        if read_only {
+            // No writer: appends find the channel closed.
+            drop(requests);
+            return Ok(partition);
+        }
         // The writer holds the partition weakly: once the log is dropped, the
         // channel's sender goes with the partition and the thread ends.
         let writer = Arc::downgrade(&partition);
