@@ -36,6 +36,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prints the events of a topic from an offset, in log order per partition
+    /// (incident analysis); reads beside a running router.
+    Replay {
+        /// Configuration file (TOML); default: the built-in configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Topic to read (default `mailflow.received`).
+        #[arg(long, default_value = mailflow_events::topic::RECEIVED)]
+        topic: String,
+        /// Only this partition (default: all).
+        #[arg(long)]
+        partition: Option<u32>,
+        /// First offset of each partition (default 0).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// One JSON object per record (position, key and the event) instead of a summary line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints an argon2id hash of a password read from standard input, for `password_hash`.
     HashPassword,
     /// Prints the JSON Schemas of the published events (or writes them to a directory).
@@ -83,6 +102,11 @@ pub fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Replay { config, topic, partition, from, json } => {
+            let config = load(config.as_ref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(replay(&config, &topic, partition, from, json))
+        }
         Command::HashPassword => {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password).context("reading the password from standard input")?;
@@ -101,6 +125,57 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn replay(config: &Config, topic: &str, partition: Option<u32>, from: u64, json: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let log = event_log::open_read_only(&config.event_log, "mailflow-replay").context("opening the event log")?;
+    if log.partitions(topic).is_err() {
+        // Kafka learns the partition count from the broker.
+        log.create_topic(topic, 1, mailflow_events::log::TopicKind::Events).await.context("looking up the topic")?;
+    }
+    let partitions: Vec<u32> = match partition {
+        Some(p) => vec![p],
+        None => (0..log.partitions(topic).with_context(|| format!("no topic {topic}"))?).collect(),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut count = 0u64;
+    for partition in partitions {
+        let mut offset = from;
+        loop {
+            let records = log.read(topic, partition, offset, 1000).await?;
+            let Some(last) = records.last() else { break };
+            offset = last.position.offset + 1;
+            for record in &records {
+                let event: serde_json::Value = serde_json::from_slice(&record.value).unwrap_or(serde_json::Value::Null);
+                if json {
+                    let line = serde_json::json!({
+                        "topic": topic,
+                        "partition": record.position.partition,
+                        "offset": record.position.offset,
+                        "timestamp_ms": record.timestamp_ms,
+                        "key": String::from_utf8_lossy(&record.key),
+                        "event": event,
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    let field = |name: &str| event.get(name).and_then(|v| v.as_str()).unwrap_or("-").to_string();
+                    writeln!(
+                        out,
+                        "{topic}/{}@{} {} {} {}",
+                        record.position.partition,
+                        record.position.offset,
+                        field("occurred_at"),
+                        field("type"),
+                        field("message_id")
+                    )?;
+                }
+                count += 1;
+            }
+        }
+    }
+    eprintln!("{count} records");
+    Ok(())
 }
 
 /// A role a process can run.

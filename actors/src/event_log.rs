@@ -44,3 +44,17 @@ pub async fn open(config: &EventLogConfig, client_id: &str) -> Result<Arc<dyn Ev
     }
     Ok(log)
 }
+
+/// Opens the configured log for reading only, beside a running router
+/// (embedded: no lock, nothing repaired; Kafka: a client like any other).
+pub fn open_read_only(config: &EventLogConfig, client_id: &str) -> Result<Arc<dyn EventLog>, LogError> {
+    Ok(match config {
+        EventLogConfig::Embedded { path, .. } => Arc::new(EmbeddedLog::open_read_only(path)?),
+        EventLogConfig::Kafka { brokers, topic_prefix, .. } => Arc::new(KafkaLog::connect(KafkaOptions {
+            brokers: brokers.clone(),
+            topic_prefix: topic_prefix.clone(),
+            client_id: client_id.to_string(),
+            ..KafkaOptions::default()
+        })?),
+    })
+}

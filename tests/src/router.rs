@@ -156,7 +156,7 @@ impl Router {
 
 /// The `mailflow-under-test` binary: cargo builds a package's binaries next to
 /// its integration tests (`target/<profile>/`, the tests being in `deps/`).
-fn binary() -> anyhow::Result<PathBuf> {
+pub fn binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).context("test binary location")?;
     let binary = profile_dir.join("mailflow-under-test");

@@ -215,3 +215,23 @@ print(json.dumps({"last": last, "seconds": time.time() - start}))
     assert!(reply["seconds"].as_f64().unwrap_or(99.0) < 5.0, "closed near the 2 s deadline: {reply}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailflow_replay_shows_the_events_of_a_running_router() -> anyhow::Result<()> {
+    let router = Router::start(BASE_CONFIG)?;
+    let (code, transcript) = swaks(router.smtp(), &["--from", "s@example.net", "--to", "bob@contoso.com"])?;
+    assert_eq!(code, 0, "{transcript}");
+    let (_, _) = swaks(router.smtp(), &["--from", "s@example.net", "--to", "nobody@contoso.com"])?;
+    let output = std::process::Command::new(mailflow_tests::router::binary()?)
+        .args(["replay", "--json", "--config"])
+        .arg(router.dir.path().join("config.toml"))
+        .output()?;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(output.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let types: Vec<&str> = lines.iter().filter_map(|l| l["event"]["type"].as_str()).collect();
+    assert!(types.contains(&"MessageReceived"), "{types:?}");
+    assert!(types.contains(&"RecipientRejected"), "{types:?}");
+    assert!(lines.iter().all(|l| l["topic"] == "mailflow.received" && l["offset"].is_u64()));
+    Ok(())
+}
