@@ -71,6 +71,9 @@ fn verdict(c: &mut Criterion) {
             let verdict = score(&Signals {
                 ip_allowed: false,
                 ip_blocked: false,
+                sender_allowed: false,
+                sender_blocked: false,
+                dnsbl_listed: false,
                 gtube: has_gtube(&content),
                 authentication: &authentication,
             });

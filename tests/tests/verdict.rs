@@ -191,3 +191,56 @@ print(json.dumps("%d %s" % (code, msg.decode())))
         mailflow_events::received::ReceivedEvent::MessageRejected(r) if r.reason == mailflow_events::received::RejectReason::DmarcRejected)));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocklists_sender_lists_and_configured_actions_shape_the_verdict() -> anyhow::Result<()> {
+    let zone = format!("{ZONE}5.0.0.127.bl.test. 300 IN A 127.0.0.2\n");
+    let dns = DnsServer::start(&zone)?;
+    let config = format!(
+        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[anti_spam]\ndnsbl_zones = [\"bl.test\"]\n\
+         blocked_sender_domains = [\"blocked.example\"]\nallowed_senders = [\"friend@allowed.example\"]\n\
+         high_confidence_spam_action = \"modify_subject\"\nmodify_subject_value = \"[SPAM] \"\n",
+        dns.address
+    );
+    let router = Router::start(&config)?;
+    python(
+        router.smtp(),
+        r#"
+def send(source, sender, subject):
+    s = smtplib.SMTP(ADDR, PORT, source_address=(source, 0))
+    s.sendmail(sender, ["alice@contoso.com"], ("From: %s\r\nSubject: %s\r\n\r\nx\r\n" % (sender, subject)).encode())
+    s.quit()
+send("127.0.0.5", "news@pass.example", "listed")
+send("127.0.0.1", "x@blocked.example", "blocked")
+send("127.0.0.1", "friend@allowed.example", "allowed")
+print(json.dumps("sent"))
+"#,
+    )?;
+    let records = router.wait_for_records(mailflow_events::topic::VERDICTS, 3).await?;
+    let received = router.wait_for_records(mailflow_events::topic::RECEIVED, 3).await?;
+    let subjects: HashMap<String, String> = received
+        .iter()
+        .filter_map(|r| {
+            let envelope: Envelope<mailflow_events::received::ReceivedEvent> = Envelope::from_json(&r.value).ok()?;
+            match envelope.event {
+                mailflow_events::received::ReceivedEvent::MessageReceived(m) => Some((envelope.message_id, m.subject?)),
+                _ => None,
+            }
+        })
+        .collect();
+    let mut by_subject = HashMap::new();
+    for record in records {
+        let envelope: Envelope<VerdictEvent> = Envelope::from_json(&record.value)?;
+        if let VerdictEvent::VerdictReached(verdict) = envelope.event {
+            by_subject.insert(subjects[&envelope.message_id].clone(), verdict);
+        }
+    }
+    let listed = &by_subject["listed"];
+    assert_eq!((listed.scl, listed.action), (9, PolicyAction::PrependSubject), "DNSBL listing, configured action");
+    assert_eq!(listed.subject_prefix.as_deref(), Some("[SPAM] "));
+    let blocked = &by_subject["blocked"];
+    assert_eq!((blocked.scl, blocked.sfv.as_str()), (9, "SKB"));
+    let allowed = &by_subject["allowed"];
+    assert_eq!((allowed.scl, allowed.sfv.as_str(), allowed.action), (-1, "SKA", PolicyAction::Deliver));
+    Ok(())
+}

@@ -128,23 +128,43 @@ impl VerdictActor {
                 .await
             }
         };
+        let senders: Vec<String> = [Some(received.envelope.mail_from.clone()), received.header_from.clone()]
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        let on_list = |addresses: &[String], domains: &[String]| {
+            senders.iter().any(|sender| {
+                let domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
+                addresses.iter().any(|a| a.eq_ignore_ascii_case(sender))
+                    || domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+            })
+        };
+        let anti_spam = &self.anti_spam;
+        let dnsbl = super::dnsbl::listed_in(&self.authenticator.0, ip, &anti_spam.dnsbl_zones).await;
         let score = score(&Signals {
-            ip_allowed: self.anti_spam.ip_allow_list.iter().any(|net| net.contains(ip)),
-            ip_blocked: self.anti_spam.ip_block_list.iter().any(|net| net.contains(ip)),
+            ip_allowed: anti_spam.ip_allow_list.iter().any(|net| net.contains(ip)),
+            ip_blocked: anti_spam.ip_block_list.iter().any(|net| net.contains(ip)),
+            sender_allowed: on_list(&anti_spam.allowed_senders, &anti_spam.allowed_sender_domains),
+            sender_blocked: on_list(&anti_spam.blocked_senders, &anti_spam.blocked_sender_domains),
+            dnsbl_listed: dnsbl.is_some(),
             gtube: has_gtube(&content),
             authentication: &authentication,
         });
+        let applied = super::action::apply(anti_spam, score.verdict);
         let direction = match received.directionality {
             Directionality::Inbound => "INB",
             Directionality::Outbound => "OUT",
             Directionality::Originating => "INT",
         };
         let ptr = received.session.client_hostname.clone().unwrap_or_default();
-        let headers_added = vec![
+        let mut headers_added = vec![
             headers::authentication_results(&self.hostname, &authentication),
             headers::antispam_report(&score, &received.session.client_ip, &helo, &ptr, direction),
             headers::organization_scl(&score),
         ];
+        headers_added.extend(applied.header);
         VerdictEvent::VerdictReached(VerdictReached {
             recipients: received.recipients.iter().map(|r| r.address.clone()).collect(),
             authentication,
@@ -155,10 +175,10 @@ impl VerdictActor {
             sfv: score.sfv.to_string(),
             ipv: Some(score.ipv.to_string()),
             category: Some(score.category.to_string()),
-            action: score.action,
+            action: applied.action.unwrap_or(score.action),
             headers_added,
-            subject_prefix: None,
-            redirect_to: Vec::new(),
+            subject_prefix: applied.subject_prefix,
+            redirect_to: applied.redirect_to,
             added_recipients: Vec::new(),
             route_via_connector: None,
             reject_reply: None,

@@ -8,11 +8,12 @@
 //! - [`actor`]: the consumer of `mailflow.received` that appends `VerdictReached`.
 //!
 //! Not yet here (open work of the verdict issue): Enhanced Filtering skip
-//! listing, DNS blocklists, sender allow/block lists, bulk (BCL), rspamd,
-//! mail flow rules, and actions other than the defaults.
+//! listing, bulk (BCL), phish, rspamd, the quarantine store and mail flow rules.
 
+pub mod action;
 pub mod actor;
 pub mod auth;
+pub mod dnsbl;
 pub mod headers;
 pub mod score;
 
@@ -38,6 +39,46 @@ pub struct AntiSpamConfig {
     /// (anonymous IPv6, which must pass, gets `450 4.7.26` instead).
     #[serde(with = "crate::config::humane")]
     pub inline_deadline: std::time::Duration,
+    /// Senders (addresses) never marked as spam: SCL -1, `SFV:SKA` (default none).
+    pub allowed_senders: Vec<String>,
+    /// Sender domains never marked as spam: SCL -1, `SFV:SKA` (default none).
+    pub allowed_sender_domains: Vec<String>,
+    /// Senders always high-confidence spam: SCL 9, `SFV:SKB` (default none).
+    pub blocked_senders: Vec<String>,
+    /// Sender domains always high-confidence spam: SCL 9, `SFV:SKB` (default none).
+    pub blocked_sender_domains: Vec<String>,
+    /// DNS blocklist zones (e.g. `zen.spamhaus.org`): a client IP listed in
+    /// any (an A record under the reversed address) is high-confidence spam (default none).
+    pub dnsbl_zones: Vec<String>,
+    /// Action for the spam verdict (default `move_to_jmf`).
+    pub spam_action: SpamAction,
+    /// Action for the high-confidence spam verdict (default `move_to_jmf`).
+    pub high_confidence_spam_action: SpamAction,
+    /// Header name for `add_x_header` (default `X-This-Is-Spam`); its value is
+    /// `This message appears to be spam.`
+    pub add_x_header_value: String,
+    /// Subject prefix for `modify_subject` (default `[SPAM] `).
+    pub modify_subject_value: String,
+    /// Recipients for `redirect` (default none; `redirect` needs at least one).
+    pub redirect_to_recipients: Vec<String>,
+}
+
+/// What happens to a message with a spam verdict (EOP's `SpamAction` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpamAction {
+    /// Deliver to the Junk Email folder.
+    MoveToJmf,
+    /// Deliver with the `add_x_header_value` header (and to Junk).
+    AddXHeader,
+    /// Deliver with `modify_subject_value` before the subject (and to Junk).
+    ModifySubject,
+    /// Deliver to `redirect_to_recipients` instead.
+    Redirect,
+    /// Drop silently.
+    Delete,
+    /// Hold in quarantine.
+    Quarantine,
 }
 
 impl Default for AntiSpamConfig {
@@ -47,6 +88,16 @@ impl Default for AntiSpamConfig {
             ip_block_list: Vec::new(),
             honor_dmarc_policy: true,
             inline_deadline: std::time::Duration::from_secs(5),
+            allowed_senders: Vec::new(),
+            allowed_sender_domains: Vec::new(),
+            blocked_senders: Vec::new(),
+            blocked_sender_domains: Vec::new(),
+            dnsbl_zones: Vec::new(),
+            spam_action: SpamAction::MoveToJmf,
+            high_confidence_spam_action: SpamAction::MoveToJmf,
+            add_x_header_value: "X-This-Is-Spam".to_string(),
+            modify_subject_value: "[SPAM] ".to_string(),
+            redirect_to_recipients: Vec::new(),
         }
     }
 }

@@ -13,6 +13,12 @@ pub struct Signals<'a> {
     pub ip_allowed: bool,
     /// The client IP is on the connection filter's block list.
     pub ip_blocked: bool,
+    /// The sender (address or domain) is on the allowed senders list.
+    pub sender_allowed: bool,
+    /// The sender (address or domain) is on the blocked senders list.
+    pub sender_blocked: bool,
+    /// The client IP is listed in a DNS blocklist.
+    pub dnsbl_listed: bool,
     /// The content carries GTUBE.
     pub gtube: bool,
     /// Authentication results.
@@ -36,12 +42,12 @@ pub struct Score {
     pub action: PolicyAction,
 }
 
-/// Decides the verdict. Order: connection filter (block, then allow), then
-/// content (GTUBE is high-confidence spam), then spoofing (a DMARC failure the
+/// Decides the verdict. Order: block lists (IP, sender), then allow lists,
+/// then DNS blocklists and content (GTUBE) as high-confidence spam, then spoofing (a DMARC failure the
 /// domain asks to quarantine or reject, not rescued by ARC), else not spam.
 pub fn score(signals: &Signals<'_>) -> Score {
     let ipv = if signals.ip_allowed { "CAL" } else { "NLI" };
-    if signals.ip_blocked {
+    if signals.ip_blocked || signals.sender_blocked {
         return Score {
             scl: 9,
             verdict: SpamVerdict::HighConfidenceSpam,
@@ -51,7 +57,7 @@ pub fn score(signals: &Signals<'_>) -> Score {
             action: PolicyAction::MoveToJunk,
         };
     }
-    if signals.ip_allowed {
+    if signals.ip_allowed || signals.sender_allowed {
         return Score {
             scl: -1,
             verdict: SpamVerdict::NotSpam,
@@ -61,7 +67,7 @@ pub fn score(signals: &Signals<'_>) -> Score {
             action: PolicyAction::Deliver,
         };
     }
-    if signals.gtube {
+    if signals.gtube || signals.dnsbl_listed {
         return Score {
             scl: 9,
             verdict: SpamVerdict::HighConfidenceSpam,
@@ -99,7 +105,15 @@ mod tests {
     use super::*;
 
     fn signals(authentication: &Authentication) -> Signals<'_> {
-        Signals { ip_allowed: false, ip_blocked: false, gtube: false, authentication }
+        Signals {
+            ip_allowed: false,
+            ip_blocked: false,
+            sender_allowed: false,
+            sender_blocked: false,
+            dnsbl_listed: false,
+            gtube: false,
+            authentication,
+        }
     }
 
     #[test]
@@ -114,6 +128,12 @@ mod tests {
         assert_eq!((allowed.scl, allowed.sfv, allowed.ipv), (-1, "SKA", "CAL"));
         let blocked = score(&Signals { ip_blocked: true, ..signals(&none) });
         assert_eq!((blocked.scl, blocked.sfv, blocked.verdict), (9, "SKB", SpamVerdict::HighConfidenceSpam));
+        let sender_allowed = score(&Signals { sender_allowed: true, ..signals(&none) });
+        assert_eq!((sender_allowed.scl, sender_allowed.sfv, sender_allowed.ipv), (-1, "SKA", "NLI"));
+        let sender_blocked = score(&Signals { sender_blocked: true, sender_allowed: true, ..signals(&none) });
+        assert_eq!((sender_blocked.scl, sender_blocked.sfv), (9, "SKB"), "block wins over allow");
+        let listed = score(&Signals { dnsbl_listed: true, ..signals(&none) });
+        assert_eq!((listed.scl, listed.verdict), (9, SpamVerdict::HighConfidenceSpam));
         let gtube = score(&Signals { gtube: true, ..signals(&none) });
         assert_eq!((gtube.scl, gtube.sfv, gtube.category, gtube.action), (9, "SPM", "HSPM", PolicyAction::MoveToJunk));
     }
