@@ -203,6 +203,7 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
             log: std::sync::Arc::clone(&log),
             authenticator: std::sync::Arc::new(mail_auth::MessageAuthenticator(resolver)),
             anti_spam: std::sync::Arc::new(config.anti_spam.clone()),
+            connectors: std::sync::Arc::new(config.inbound_connectors.clone()),
             hostname: config.server.hostname.clone(),
             producer: "mailflow/verdict".to_string(),
         }

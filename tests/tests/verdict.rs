@@ -244,3 +244,39 @@ print(json.dumps("sent"))
     assert_eq!((allowed.scl, allowed.sfv.as_str(), allowed.action), (-1, "SKA", PolicyAction::Deliver));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_filtering_judges_the_original_sender_behind_a_connector() -> anyhow::Result<()> {
+    // Spec 7: a third-party filter relays to us; SPF is checked for the sender
+    // before it (192.0.2.25, which sender.example authorises), not for the filter.
+    let zone = format!("{ZONE}sender.example. 300 IN TXT \"v=spf1 ip4:192.0.2.25 -all\"\n");
+    let dns = DnsServer::start(&zone)?;
+    let config = format!(
+        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[[inbound_connectors]]\nname = \"filter\"\nkind = \"partner\"\n\
+         sender_domains = [\"*\"]\nef_skip_last_ip = true\nef_skip_ips = [\"198.51.100.0/24\"]\n",
+        dns.address
+    );
+    let router = Router::start(&config)?;
+    python(
+        router.smtp(),
+        r#"
+s = smtplib.SMTP(ADDR, PORT)
+s.sendmail("news@sender.example", ["alice@contoso.com"],
+    b"Received: from internal.filter ([10.9.9.9]) by filter.thirdparty.example; Mon, 23 Nov 2026 00:00:00 +0000\r\n"
+    b"Received: from scanner.thirdparty.example ([198.51.100.77]) by internal.filter; Mon, 23 Nov 2026 00:00:00 +0000\r\n"
+    b"Received: from mail.sender.example (mail.sender.example [192.0.2.25]) by scanner.thirdparty.example; Mon, 23 Nov 2026 00:00:00 +0000\r\n"
+    b"From: news@sender.example\r\nSubject: via filter\r\n\r\nhello\r\n")
+s.quit()
+print(json.dumps("sent"))
+"#,
+    )?;
+    let records = router.wait_for_records(mailflow_events::topic::VERDICTS, 1).await?;
+    let envelope: Envelope<VerdictEvent> = Envelope::from_json(&records[0].value)?;
+    let VerdictEvent::VerdictReached(verdict) = envelope.event else { anyhow::bail!("not a verdict") };
+    assert_eq!(verdict.original_client_ip, "192.0.2.25");
+    assert_eq!(verdict.authentication.spf.as_ref().map(|s| s.result), Some(AuthResult::Pass), "{verdict:?}");
+    let stamped =
+        verdict.headers_added.iter().find(|h| h.name == "X-MS-Exchange-SkipListedInternetSender").expect("7.4 header");
+    assert_eq!(stamped.value, "ip=[192.0.2.25];domain=mail.sender.example");
+    Ok(())
+}

@@ -91,6 +91,18 @@ pub struct InboundConnectorConfig {
     /// does not carry `tls_sender_certificate_name`.
     #[serde(default)]
     pub restrict_domains_to_certificate: bool,
+    /// Enhanced Filtering (spec 7): skip the connecting hop and filter on the
+    /// sender before it (default false).
+    #[serde(default)]
+    pub ef_skip_last_ip: bool,
+    /// Enhanced Filtering: hops to skip (RFC 1918 hops are always skipped once
+    /// Enhanced Filtering is on). Empty with `ef_skip_last_ip` false: off.
+    #[serde(default)]
+    pub ef_skip_ips: Vec<IpNet>,
+    /// Enhanced Filtering applies only when every recipient is listed (exact
+    /// addresses); empty: every recipient.
+    #[serde(default)]
+    pub ef_users: Vec<String>,
 }
 
 fn yes() -> bool {

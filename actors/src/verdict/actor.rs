@@ -16,10 +16,10 @@ use mailflow_events::received::{Directionality, MessageReceived, ReceivedEvent};
 use mailflow_events::verdicts::{VerdictEvent, VerdictReached};
 use mailflow_events::{Envelope, content, topic};
 
-use super::AntiSpamConfig;
 use super::auth::{Arrival, authenticate};
 use super::headers;
 use super::score::{Signals, has_gtube, score};
+use super::{AntiSpamConfig, enhanced_filtering};
 
 /// Consumer group of the verdict role.
 pub const GROUP: &str = "mailflow-verdict";
@@ -33,6 +33,8 @@ pub struct VerdictActor {
     pub authenticator: Arc<MessageAuthenticator>,
     /// Connection filter and policy.
     pub anti_spam: Arc<AntiSpamConfig>,
+    /// Inbound connectors, for Enhanced Filtering.
+    pub connectors: Arc<Vec<crate::config::InboundConnectorConfig>>,
     /// Our host name: the authserv-id of `Authentication-Results`.
     pub hostname: String,
     /// Producer name in events.
@@ -114,11 +116,25 @@ impl VerdictActor {
                 Vec::new()
             }
         };
-        let ip = received.session.client_ip.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-        let helo = received.session.helo.clone().unwrap_or_default();
-        // The session may already have run every check before its reply.
+        let connecting_ip = received.session.client_ip.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let recipients: Vec<String> = received.recipients.iter().map(|r| r.address.clone()).collect();
+        // Enhanced Filtering: judge the sender before the connector's hops.
+        let original = received
+            .connector
+            .as_ref()
+            .and_then(|matched| self.connectors.iter().find(|c| c.name == matched.name))
+            .and_then(|connector| {
+                enhanced_filtering::original_sender(connector, &content, &recipients)
+                    .map(|sender| (enhanced_filtering::headers(&sender, connector), sender))
+            });
+        let (ip, helo) = match &original {
+            Some((_, sender)) => (sender.ip, sender.name.clone().unwrap_or_default()),
+            None => (connecting_ip, received.session.helo.clone().unwrap_or_default()),
+        };
+        // The session may already have run every check before its reply
+        // (anonymous mail only, so never with Enhanced Filtering).
         let authentication = match &received.inline_checks {
-            Some(checks) if checks.dmarc.is_some() => checks.clone(),
+            Some(checks) if checks.dmarc.is_some() && original.is_none() => checks.clone(),
             _ => {
                 authenticate(
                     &self.authenticator,
@@ -161,14 +177,17 @@ impl VerdictActor {
         let ptr = received.session.client_hostname.clone().unwrap_or_default();
         let mut headers_added = vec![
             headers::authentication_results(&self.hostname, &authentication),
-            headers::antispam_report(&score, &received.session.client_ip, &helo, &ptr, direction),
+            headers::antispam_report(&score, &ip.to_string(), &helo, &ptr, direction),
             headers::organization_scl(&score),
         ];
         headers_added.extend(applied.header);
+        if let Some((stamped, _)) = original {
+            headers_added.extend(stamped);
+        }
         VerdictEvent::VerdictReached(VerdictReached {
-            recipients: received.recipients.iter().map(|r| r.address.clone()).collect(),
+            recipients,
             authentication,
-            original_client_ip: received.session.client_ip.clone(),
+            original_client_ip: ip.to_string(),
             scl: score.scl,
             bcl: 0,
             verdict: score.verdict,

@@ -7,13 +7,14 @@
 //! - [`headers`]: `Authentication-Results`, SCL and the antispam report;
 //! - [`actor`]: the consumer of `mailflow.received` that appends `VerdictReached`.
 //!
-//! Not yet here (open work of the verdict issue): Enhanced Filtering skip
-//! listing, bulk (BCL), phish, rspamd, the quarantine store and mail flow rules.
+//! Not yet here (open work of the verdict issue): bulk (BCL), phish, rspamd,
+//! the quarantine store and mail flow rules.
 
 pub mod action;
 pub mod actor;
 pub mod auth;
 pub mod dnsbl;
+pub mod enhanced_filtering;
 pub mod headers;
 pub mod score;
 
