@@ -204,6 +204,8 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
             authenticator: std::sync::Arc::new(mail_auth::MessageAuthenticator(resolver)),
             anti_spam: std::sync::Arc::new(config.anti_spam.clone()),
             connectors: std::sync::Arc::new(config.inbound_connectors.clone()),
+            rules: std::sync::Arc::new(config.transport_rules.clone()),
+            policy: std::sync::Arc::new(crate::policy::InboundPolicy::new(&config)),
             hostname: config.server.hostname.clone(),
             producer: "mailflow/verdict".to_string(),
         }

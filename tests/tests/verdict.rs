@@ -280,3 +280,63 @@ print(json.dumps("sent"))
     assert_eq!(stamped.value, "ip=[192.0.2.25];domain=mail.sender.example");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_flow_rules_set_the_scl_and_act_in_priority_order() -> anyhow::Result<()> {
+    let dns = DnsServer::start(ZONE)?;
+    let config = format!(
+        r#"{BASE_CONFIG}
+[dns]
+nameservers = ["{}"]
+
+[[transport_rules]]
+name = "invoices from outside"
+priority = 0
+conditions = {{ subject_contains_words = ["invoice"], from_scope = "not_in_organization" }}
+actions = {{ set_scl = 6, prepend_subject = "[External] ", set_headers = [{{ name = "X-Rule", value = "invoice" }}] }}
+
+[[transport_rules]]
+name = "no mail to bob"
+priority = 1
+conditions = {{ sent_to = ["bob@contoso.com"] }}
+actions = {{ reject_message_reason_text = "Bob does not take mail", reject_message_enhanced_status_code = "5.7.950" }}
+"#,
+        dns.address
+    );
+    let router = Router::start(&config)?;
+    python(
+        router.smtp(),
+        r#"
+s = smtplib.SMTP(ADDR, PORT)
+s.sendmail("news@pass.example", ["alice@contoso.com"], b"From: news@pass.example\r\nSubject: Your invoice\r\n\r\nx\r\n")
+s.sendmail("news@pass.example", ["bob@contoso.com"], b"From: news@pass.example\r\nSubject: hello bob\r\n\r\nx\r\n")
+s.quit()
+print(json.dumps("sent"))
+"#,
+    )?;
+    let records = router.wait_for_records(mailflow_events::topic::VERDICTS, 2).await?;
+    let verdicts: Vec<VerdictReached> = records
+        .iter()
+        .filter_map(|r| match Envelope::<VerdictEvent>::from_json(&r.value).ok()?.event {
+            VerdictEvent::VerdictReached(v) => Some(v),
+            _ => None,
+        })
+        .collect();
+    let invoice = verdicts.iter().find(|v| v.recipients == ["alice@contoso.com"]).expect("alice's verdict");
+    assert_eq!(
+        (invoice.scl, invoice.sfv.as_str(), invoice.verdict),
+        (6, "SKS", SpamVerdict::Spam),
+        "spec 9.4: a rule SCL of 6"
+    );
+    assert_eq!(invoice.subject_prefix.as_deref(), Some("[External] "));
+    assert!(invoice.headers_added.iter().any(|h| h.name == "X-Rule" && h.value == "invoice"));
+    assert_eq!(invoice.rules_matched[0].rule, "invoices from outside");
+    let bob = verdicts.iter().find(|v| v.recipients == ["bob@contoso.com"]).expect("bob's verdict");
+    assert_eq!(bob.action, PolicyAction::Reject);
+    let reply = bob.reject_reply.as_ref().expect("NDR reply");
+    assert_eq!(
+        (reply.code, reply.enhanced.as_deref(), reply.text.as_str()),
+        (550, Some("5.7.950"), "Bob does not take mail")
+    );
+    Ok(())
+}

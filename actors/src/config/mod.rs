@@ -39,6 +39,8 @@ pub struct Config {
     pub organization: OrganizationConfig,
     /// Connection filter of the verdict role.
     pub anti_spam: crate::verdict::AntiSpamConfig,
+    /// Mail flow rules (default none).
+    pub transport_rules: Vec<crate::verdict::rules::TransportRuleConfig>,
 }
 
 /// `[organization]` (EOP's `Set-OrganizationConfig`).
@@ -225,6 +227,15 @@ impl Config {
             if connector.kind == InboundConnectorKind::Partner && connector.sender_domains.is_empty() {
                 problems
                     .push(format!("inbound connector {name}: a partner connector needs sender_domains (`*` for all)"));
+            }
+        }
+        let mut priorities = HashSet::new();
+        for rule in &self.transport_rules {
+            if !priorities.insert(rule.priority) {
+                problems.push(format!("transport rule {}: priority {} is used twice", rule.name, rule.priority));
+            }
+            if rule.actions.set_scl.is_some_and(|scl| !(-1..=9).contains(&scl)) {
+                problems.push(format!("transport rule {}: set_scl must be -1..=9", rule.name));
             }
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }

@@ -11,9 +11,10 @@ use std::time::Duration;
 use actix::{Actor, AsyncContext as _, Context, WrapFuture as _};
 use chrono::Utc;
 use mail_auth::MessageAuthenticator;
+use mail_parser::MimeHeaders as _;
 use mailflow_events::log::{EventLog, GroupMember, Record};
 use mailflow_events::received::{Directionality, MessageReceived, ReceivedEvent};
-use mailflow_events::verdicts::{VerdictEvent, VerdictReached};
+use mailflow_events::verdicts::{PolicyAction, SpamVerdict, VerdictEvent, VerdictReached};
 use mailflow_events::{Envelope, content, topic};
 
 use super::auth::{Arrival, authenticate};
@@ -35,6 +36,10 @@ pub struct VerdictActor {
     pub anti_spam: Arc<AntiSpamConfig>,
     /// Inbound connectors, for Enhanced Filtering.
     pub connectors: Arc<Vec<crate::config::InboundConnectorConfig>>,
+    /// Mail flow rules.
+    pub rules: Arc<Vec<super::rules::TransportRuleConfig>>,
+    /// Accepted domains and directory, for the rules' scopes.
+    pub policy: Arc<crate::policy::InboundPolicy>,
     /// Our host name: the authserv-id of `Authentication-Results`.
     pub hostname: String,
     /// Producer name in events.
@@ -107,6 +112,58 @@ impl VerdictActor {
         }
     }
 
+    /// Mail flow rules over the message, with the SCL filtering gave it.
+    fn run_rules(&self, received: &MessageReceived, content: &[u8], scl: i8) -> super::rules::RuleOutcome {
+        if self.rules.is_empty() {
+            return super::rules::RuleOutcome::default();
+        }
+        let parsed = mail_parser::MessageParser::default().parse(content);
+        let sender = received
+            .header_from
+            .clone()
+            .filter(|from| !from.is_empty())
+            .unwrap_or_else(|| received.envelope.mail_from.clone());
+        // Spec 12.3: inside the organisation = over an authenticated connection
+        // (AUTH or an on-premises connector) from one of our domains.
+        let authenticated = received.session.authenticated_as.is_some()
+            || received
+                .connector
+                .as_ref()
+                .is_some_and(|c| c.kind == mailflow_events::received::ConnectorKind::OnPremises);
+        let sender_domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
+        let recipients: Vec<(String, bool)> =
+            received.recipients.iter().map(|r| (r.address.clone(), r.accepted_domain.is_some())).collect();
+        let headers: Vec<(String, String)> = parsed
+            .as_ref()
+            .map(|m| {
+                m.headers()
+                    .iter()
+                    .map(|h| {
+                        let raw = &content[h.offset_start as usize..(h.offset_end as usize).min(content.len())];
+                        (h.name().to_string(), String::from_utf8_lossy(raw).trim().to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let attachments: Vec<String> = parsed
+            .as_ref()
+            .map(|m| m.attachments().filter_map(|a| a.attachment_name().map(str::to_string)).collect())
+            .unwrap_or_default();
+        let body = parsed.as_ref().and_then(|m| m.body_text(0)).map(|b| b.into_owned()).unwrap_or_default();
+        let input = super::rules::RuleInput {
+            sender: &sender,
+            sender_in_organization: authenticated && self.policy.within_accepted_domain(sender_domain),
+            recipients: &recipients,
+            subject: received.subject.as_deref().unwrap_or_default(),
+            body: &body,
+            headers: &headers,
+            scl,
+            size: received.content.size,
+            attachments: &attachments,
+        };
+        super::rules::evaluate(&self.rules, &input)
+    }
+
     /// The verdict on one accepted message.
     pub async fn judge(&self, message_id: &str, received: &MessageReceived) -> VerdictEvent {
         let content = match content::load(self.log.as_ref(), message_id, &received.content).await {
@@ -168,6 +225,8 @@ impl VerdictActor {
             gtube: has_gtube(&content),
             authentication: &authentication,
         });
+        let outcome = self.run_rules(received, &content, score.scl);
+        let score = rule_scl(score, outcome.set_scl);
         let applied = super::action::apply(anti_spam, score.verdict);
         let direction = match received.directionality {
             Directionality::Inbound => "INB",
@@ -181,6 +240,7 @@ impl VerdictActor {
             headers::organization_scl(&score),
         ];
         headers_added.extend(applied.header);
+        headers_added.extend(outcome.set_headers);
         if let Some((stamped, _)) = original {
             headers_added.extend(stamped);
         }
@@ -194,14 +254,60 @@ impl VerdictActor {
             sfv: score.sfv.to_string(),
             ipv: Some(score.ipv.to_string()),
             category: Some(score.category.to_string()),
-            action: applied.action.unwrap_or(score.action),
+            action: if outcome.reject.is_some() {
+                PolicyAction::Reject
+            } else if outcome.delete {
+                PolicyAction::Delete
+            } else if outcome.quarantine {
+                PolicyAction::Quarantine
+            } else if !outcome.redirect_to.is_empty() {
+                PolicyAction::Redirect
+            } else {
+                applied.action.unwrap_or(score.action)
+            },
             headers_added,
-            subject_prefix: applied.subject_prefix,
-            redirect_to: applied.redirect_to,
-            added_recipients: Vec::new(),
-            route_via_connector: None,
-            reject_reply: None,
-            rules_matched: Vec::new(),
+            subject_prefix: match (outcome.subject_prefix, applied.subject_prefix) {
+                (Some(rule), Some(policy)) => Some(format!("{policy}{rule}")),
+                (rule, policy) => rule.or(policy),
+            },
+            redirect_to: if outcome.redirect_to.is_empty() { applied.redirect_to } else { outcome.redirect_to },
+            added_recipients: outcome.added_recipients,
+            route_via_connector: outcome.route_via_connector,
+            reject_reply: outcome.reject,
+            rules_matched: outcome.matched,
         })
+    }
+}
+
+/// A rule's `SetSCL` (spec 9.4): -1 bypasses filtering (`SFV:SKN`), 5–6 is
+/// spam and 7–9 high-confidence spam (`SFV:SKS`), 0–4 leaves the verdict.
+fn rule_scl(score: super::score::Score, set: Option<i8>) -> super::score::Score {
+    use super::score::Score;
+    match set {
+        Some(-1) => Score {
+            scl: -1,
+            verdict: SpamVerdict::NotSpam,
+            sfv: "SKN",
+            category: "NONE",
+            action: PolicyAction::Deliver,
+            ..score
+        },
+        Some(scl @ 5..=6) => Score {
+            scl,
+            verdict: SpamVerdict::Spam,
+            sfv: "SKS",
+            category: "SPM",
+            action: PolicyAction::MoveToJunk,
+            ..score
+        },
+        Some(scl @ 7..=9) => Score {
+            scl,
+            verdict: SpamVerdict::HighConfidenceSpam,
+            sfv: "SKS",
+            category: "HSPM",
+            action: PolicyAction::MoveToJunk,
+            ..score
+        },
+        _ => score,
     }
 }

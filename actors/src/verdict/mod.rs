@@ -16,6 +16,7 @@ pub mod auth;
 pub mod dnsbl;
 pub mod enhanced_filtering;
 pub mod headers;
+pub mod rules;
 pub mod score;
 
 use serde::Deserialize;

@@ -1,0 +1,344 @@
+//! Mail flow rules (transport rules, spec 12): a common subset of EOP's
+//! conditions, exceptions and actions, evaluated in priority order.
+//!
+//! Semantics (spec 12.1): conditions are ANDed, the values of one condition
+//! ORed; exceptions are ORed and veto the rule; a rule without conditions
+//! applies to every message; all actions of a matching rule apply;
+//! `stop_processing`, `delete` and `quarantine` end evaluation; disabled rules
+//! are skipped; `audit` mode records the match without acting. Text matches
+//! are case-insensitive whole words or phrases (spec 12.2).
+
+use mailflow_events::received::SmtpReply;
+use mailflow_events::verdicts::{Header, RuleMatch};
+use serde::Deserialize;
+
+/// `[[transport_rules]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportRuleConfig {
+    /// Name, recorded in `rules_matched`.
+    pub name: String,
+    /// 0 is evaluated first; unique.
+    pub priority: u32,
+    /// Disabled rules are skipped (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `enforce` (default) or `audit` (record the match, change nothing).
+    #[serde(default)]
+    pub mode: RuleMode,
+    /// End evaluation after this rule when it matches (default false).
+    #[serde(default)]
+    pub stop_processing: bool,
+    /// Conditions (all must hold).
+    #[serde(default)]
+    pub conditions: Conditions,
+    /// Exceptions (any one vetoes).
+    #[serde(default)]
+    pub exceptions: Conditions,
+    /// Actions.
+    #[serde(default)]
+    pub actions: Actions,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Rule mode (spec 12.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleMode {
+    /// Apply the actions.
+    #[default]
+    Enforce,
+    /// Record the match only.
+    Audit,
+}
+
+/// Sender or recipient scope (spec 12.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Inside the organisation.
+    InOrganization,
+    /// Outside it.
+    NotInOrganization,
+}
+
+/// Conditions (and, the same shape, exceptions). Absent ones do not constrain.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Conditions {
+    /// `From`: sender addresses.
+    pub from: Vec<String>,
+    /// `FromScope`.
+    pub from_scope: Option<Scope>,
+    /// `SenderDomainIs`.
+    pub sender_domain_is: Vec<String>,
+    /// `SentTo`: any recipient is one of these.
+    pub sent_to: Vec<String>,
+    /// `SentToScope`: any recipient in this scope.
+    pub sent_to_scope: Option<Scope>,
+    /// `RecipientDomainIs`: any recipient's domain.
+    pub recipient_domain_is: Vec<String>,
+    /// `SubjectContainsWords`.
+    pub subject_contains_words: Vec<String>,
+    /// `SubjectOrBodyContainsWords`.
+    pub subject_or_body_contains_words: Vec<String>,
+    /// `HeaderContainsMessageHeader`: the header to look in …
+    pub header_contains_message_header: Option<String>,
+    /// … `HeaderContainsWords`: … for these words.
+    pub header_contains_words: Vec<String>,
+    /// `SCLOver`: SCL at least this.
+    pub scl_over: Option<i8>,
+    /// `MessageSizeOver`: at least this many bytes.
+    pub message_size_over: Option<u64>,
+    /// `AttachmentExtensionMatchesWords`: e.g. `exe`, `js`.
+    pub attachment_extension_matches_words: Vec<String>,
+}
+
+/// Actions (spec 12.4).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Actions {
+    /// `SetSCL` (-1..9, spec 9.4).
+    pub set_scl: Option<i8>,
+    /// `SetHeaderName`/`SetHeaderValue`: add or overwrite.
+    pub set_headers: Vec<SetHeader>,
+    /// `RemoveHeader`.
+    pub remove_headers: Vec<String>,
+    /// `PrependSubject`.
+    pub prepend_subject: Option<String>,
+    /// `RedirectMessageTo`: replaces the recipients.
+    pub redirect_message_to: Vec<String>,
+    /// `AddToRecipients` / `BlindCopyTo`.
+    pub add_to_recipients: Vec<String>,
+    /// `RejectMessageReasonText` (default text `Delivery not authorized, message refused`).
+    pub reject_message_reason_text: Option<String>,
+    /// `RejectMessageEnhancedStatusCode`: 5.7.1 (default) or 5.7.900–5.7.999.
+    pub reject_message_enhanced_status_code: Option<String>,
+    /// `DeleteMessage`.
+    pub delete_message: bool,
+    /// `Quarantine`.
+    pub quarantine: bool,
+    /// `RouteMessageOutboundConnector`.
+    pub route_message_outbound_connector: Option<String>,
+}
+
+/// `{ name = "X-Foo", value = "bar" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetHeader {
+    /// Field name.
+    pub name: String,
+    /// Field value.
+    pub value: String,
+}
+
+/// What rules look at.
+#[derive(Debug, Clone, Default)]
+pub struct RuleInput<'a> {
+    /// The sender (the `From:` address, else MAIL FROM; spec 12.1 default `Header`).
+    pub sender: &'a str,
+    /// Whether the sender is inside the organisation.
+    pub sender_in_organization: bool,
+    /// Recipients and whether each is inside the organisation.
+    pub recipients: &'a [(String, bool)],
+    /// Subject.
+    pub subject: &'a str,
+    /// Text of the body.
+    pub body: &'a str,
+    /// Header fields (name, value).
+    pub headers: &'a [(String, String)],
+    /// SCL before rules.
+    pub scl: i8,
+    /// Message size in bytes.
+    pub size: u64,
+    /// Attachment file names.
+    pub attachments: &'a [String],
+}
+
+/// What the matching rules decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleOutcome {
+    /// Every matching rule with the actions applied (none in audit mode).
+    pub matched: Vec<RuleMatch>,
+    /// The last `SetSCL`.
+    pub set_scl: Option<i8>,
+    /// Headers to add or overwrite.
+    pub set_headers: Vec<Header>,
+    /// Headers to remove.
+    pub remove_headers: Vec<String>,
+    /// Subject prefix.
+    pub subject_prefix: Option<String>,
+    /// New recipients.
+    pub redirect_to: Vec<String>,
+    /// Added recipients.
+    pub added_recipients: Vec<String>,
+    /// The NDR reply of a rejecting rule.
+    pub reject: Option<SmtpReply>,
+    /// Drop silently.
+    pub delete: bool,
+    /// Hold in quarantine.
+    pub quarantine: bool,
+    /// Outbound connector to route through.
+    pub route_via_connector: Option<String>,
+}
+
+/// Case-insensitive whole-word or phrase match (spec 12.2): the phrase must
+/// not continue into letters or digits on either side.
+pub fn contains_words(text: &str, words: &[String]) -> bool {
+    let text = text.to_lowercase();
+    words.iter().any(|word| {
+        let word = word.to_lowercase();
+        if word.is_empty() {
+            return false;
+        }
+        text.match_indices(&word).any(|(at, _)| {
+            let before = text[..at].chars().next_back();
+            let after = text[at + word.len()..].chars().next();
+            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+        })
+    })
+}
+
+fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+fn eq_any(value: &str, list: &[String]) -> bool {
+    list.iter().any(|item| item.eq_ignore_ascii_case(value))
+}
+
+impl Conditions {
+    /// Whether every condition that is set holds (all unset: true).
+    fn all_hold(&self, input: &RuleInput<'_>) -> bool {
+        self.checks(input).into_iter().flatten().all(|held| held)
+    }
+
+    /// Whether any condition that is set holds (all unset: false).
+    fn any_holds(&self, input: &RuleInput<'_>) -> bool {
+        self.checks(input).into_iter().flatten().any(|held| held)
+    }
+
+    /// Each condition: `None` when not set, else whether it holds.
+    fn checks(&self, input: &RuleInput<'_>) -> Vec<Option<bool>> {
+        let set = |list: &[String], held: &dyn Fn() -> bool| (!list.is_empty()).then(held);
+        let scope_holds = |scope: Scope, inside: bool| (scope == Scope::InOrganization) == inside;
+        let header_text = || {
+            let name = self.header_contains_message_header.as_deref().unwrap_or_default();
+            input
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .any(|(_, v)| contains_words(v, &self.header_contains_words))
+        };
+        vec![
+            set(&self.from, &|| eq_any(input.sender, &self.from)),
+            self.from_scope.map(|scope| scope_holds(scope, input.sender_in_organization)),
+            set(&self.sender_domain_is, &|| eq_any(domain_of(input.sender), &self.sender_domain_is)),
+            set(&self.sent_to, &|| input.recipients.iter().any(|(r, _)| eq_any(r, &self.sent_to))),
+            self.sent_to_scope.map(|scope| input.recipients.iter().any(|(_, inside)| scope_holds(scope, *inside))),
+            set(&self.recipient_domain_is, &|| {
+                input.recipients.iter().any(|(r, _)| eq_any(domain_of(r), &self.recipient_domain_is))
+            }),
+            set(&self.subject_contains_words, &|| contains_words(input.subject, &self.subject_contains_words)),
+            set(&self.subject_or_body_contains_words, &|| {
+                contains_words(input.subject, &self.subject_or_body_contains_words)
+                    || contains_words(input.body, &self.subject_or_body_contains_words)
+            }),
+            self.header_contains_message_header.as_ref().map(|_| header_text()),
+            self.scl_over.map(|scl| input.scl >= scl),
+            self.message_size_over.map(|size| input.size >= size),
+            set(&self.attachment_extension_matches_words, &|| {
+                input.attachments.iter().any(|name| {
+                    let extension = name.rsplit_once('.').map_or("", |(_, e)| e);
+                    eq_any(extension, &self.attachment_extension_matches_words)
+                })
+            }),
+        ]
+    }
+}
+
+/// Evaluates `rules` (any order; sorted by priority here) against `input`.
+pub fn evaluate(rules: &[TransportRuleConfig], input: &RuleInput<'_>) -> RuleOutcome {
+    let mut ordered: Vec<&TransportRuleConfig> = rules.iter().filter(|rule| rule.enabled).collect();
+    ordered.sort_by_key(|rule| rule.priority);
+    let mut outcome = RuleOutcome::default();
+    for rule in ordered {
+        if !rule.conditions.all_hold(input) || rule.exceptions.any_holds(input) {
+            continue;
+        }
+        if rule.mode == RuleMode::Audit {
+            outcome.matched.push(RuleMatch { rule: rule.name.clone(), actions: Vec::new() });
+            continue;
+        }
+        let actions = &rule.actions;
+        let mut applied = Vec::new();
+        if let Some(scl) = actions.set_scl {
+            outcome.set_scl = Some(scl.clamp(-1, 9));
+            applied.push("SetSCL".to_string());
+        }
+        for header in &actions.set_headers {
+            outcome.set_headers.retain(|h| !h.name.eq_ignore_ascii_case(&header.name));
+            outcome.set_headers.push(Header { name: header.name.clone(), value: header.value.clone() });
+            applied.push("SetHeaderName".to_string());
+        }
+        for name in &actions.remove_headers {
+            outcome.remove_headers.push(name.clone());
+            applied.push("RemoveHeader".to_string());
+        }
+        if let Some(prefix) = &actions.prepend_subject {
+            outcome.subject_prefix = Some(format!("{prefix}{}", outcome.subject_prefix.take().unwrap_or_default()));
+            applied.push("PrependSubject".to_string());
+        }
+        if !actions.redirect_message_to.is_empty() {
+            outcome.redirect_to = actions.redirect_message_to.clone();
+            applied.push("RedirectMessageTo".to_string());
+        }
+        if !actions.add_to_recipients.is_empty() {
+            outcome.added_recipients.extend(actions.add_to_recipients.iter().cloned());
+            applied.push("AddToRecipients".to_string());
+        }
+        if actions.reject_message_reason_text.is_some() || actions.reject_message_enhanced_status_code.is_some() {
+            let enhanced = actions
+                .reject_message_enhanced_status_code
+                .clone()
+                .filter(|code| valid_reject_code(code))
+                .unwrap_or_else(|| "5.7.1".to_string());
+            let text = actions
+                .reject_message_reason_text
+                .clone()
+                .map(|text| text.chars().take(1024).collect())
+                .unwrap_or_else(|| "Delivery not authorized, message refused".to_string());
+            outcome.reject = Some(SmtpReply { code: 550, enhanced: Some(enhanced), text });
+            applied.push("RejectMessage".to_string());
+        }
+        if let Some(connector) = &actions.route_message_outbound_connector {
+            outcome.route_via_connector = Some(connector.clone());
+            applied.push("RouteMessageOutboundConnector".to_string());
+        }
+        if actions.delete_message {
+            outcome.delete = true;
+            applied.push("DeleteMessage".to_string());
+        }
+        if actions.quarantine {
+            outcome.quarantine = true;
+            applied.push("Quarantine".to_string());
+        }
+        outcome.matched.push(RuleMatch { rule: rule.name.clone(), actions: applied });
+        if rule.stop_processing || actions.delete_message || actions.quarantine {
+            break;
+        }
+    }
+    outcome
+}
+
+/// 5.7.1 or 5.7.900–5.7.999 (spec 12.4).
+fn valid_reject_code(code: &str) -> bool {
+    code == "5.7.1"
+        || code.strip_prefix("5.7.").and_then(|n| n.parse::<u16>().ok()).is_some_and(|n| (900..=999).contains(&n))
+}
+
+#[cfg(test)]
+mod tests;

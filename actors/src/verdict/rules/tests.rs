@@ -1,0 +1,187 @@
+//! Mail flow rules, table by table (spec 12).
+
+use super::*;
+
+fn rules(text: &str) -> Vec<TransportRuleConfig> {
+    #[derive(Deserialize)]
+    struct File {
+        transport_rules: Vec<TransportRuleConfig>,
+    }
+    toml::from_str::<File>(text).expect("rules parse").transport_rules
+}
+
+fn input<'a>(
+    recipients: &'a [(String, bool)],
+    headers: &'a [(String, String)],
+    attachments: &'a [String],
+) -> RuleInput<'a> {
+    RuleInput {
+        sender: "ceo@fabrikam.example",
+        sender_in_organization: false,
+        recipients,
+        subject: "Quarterly Report, final",
+        body: "Please wire the money today.",
+        headers,
+        scl: 1,
+        size: 20_000,
+        attachments,
+    }
+}
+
+#[test]
+fn words_match_whole_words_and_phrases_only() {
+    // Spec 12.2: "contoso" does not match "contososales".
+    let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(contains_words("Meet contoso today", &words(&["Contoso"])));
+    assert!(!contains_words("contososales team", &words(&["contoso"])));
+    assert!(contains_words("wire the money, now", &words(&["wire the money"])));
+    assert!(contains_words("(report)", &words(&["report"])));
+}
+
+#[test]
+fn conditions_are_anded_values_ored_exceptions_veto() {
+    let set = rules(
+        r#"
+        [[transport_rules]]
+        name = "finance"
+        priority = 0
+        conditions = { subject_contains_words = ["invoice", "report"], from_scope = "not_in_organization" }
+        exceptions = { sender_domain_is = ["trusted.example"] }
+        actions = { prepend_subject = "[External] " }
+        "#,
+    );
+    let recipients = [("alice@contoso.com".to_string(), true)];
+    let outcome = evaluate(&set, &input(&recipients, &[], &[]));
+    assert_eq!(outcome.subject_prefix.as_deref(), Some("[External] "));
+    assert_eq!(outcome.matched, vec![RuleMatch { rule: "finance".into(), actions: vec!["PrependSubject".into()] }]);
+    let mut trusted = input(&recipients, &[], &[]);
+    trusted.sender = "ceo@trusted.example";
+    assert!(evaluate(&set, &trusted).matched.is_empty(), "the exception vetoes");
+    let mut internal = input(&recipients, &[], &[]);
+    internal.sender_in_organization = true;
+    assert!(evaluate(&set, &internal).matched.is_empty(), "every condition must hold");
+}
+
+#[test]
+fn priority_stop_processing_disabled_and_audit() {
+    let set = rules(
+        r#"
+        [[transport_rules]]
+        name = "second"
+        priority = 1
+        actions = { set_headers = [{ name = "X-Second", value = "1" }] }
+
+        [[transport_rules]]
+        name = "first"
+        priority = 0
+        stop_processing = true
+        actions = { set_scl = -1 }
+
+        [[transport_rules]]
+        name = "off"
+        priority = 2
+        enabled = false
+        actions = { delete_message = true }
+        "#,
+    );
+    let outcome = evaluate(&set, &input(&[], &[], &[]));
+    assert_eq!(outcome.set_scl, Some(-1));
+    assert_eq!(outcome.matched.len(), 1, "stop_processing ends evaluation: {:?}", outcome.matched);
+    let audit = rules(
+        r#"
+        [[transport_rules]]
+        name = "watch"
+        priority = 0
+        mode = "audit"
+        actions = { delete_message = true }
+        "#,
+    );
+    let outcome = evaluate(&audit, &input(&[], &[], &[]));
+    assert!(!outcome.delete && outcome.matched[0].actions.is_empty(), "audit records without acting");
+}
+
+#[test]
+fn each_condition_of_the_subset() {
+    let recipients = [("alice@contoso.com".to_string(), true), ("partner@tailspin.example".to_string(), false)];
+    let headers = [("X-Campaign".to_string(), "spring sale 2026".to_string())];
+    let attachments = ["invoice.PDF".to_string(), "setup.exe".to_string()];
+    let table: &[(&str, bool)] = &[
+        (r#"from = ["CEO@fabrikam.example"]"#, true),
+        (r#"sender_domain_is = ["fabrikam.example"]"#, true),
+        (r#"sender_domain_is = ["contoso.com"]"#, false),
+        (r#"sent_to = ["alice@contoso.com"]"#, true),
+        (r#"sent_to_scope = "not_in_organization""#, true),
+        (r#"recipient_domain_is = ["tailspin.example"]"#, true),
+        (r#"subject_or_body_contains_words = ["wire the money"]"#, true),
+        (
+            r#"header_contains_message_header = "X-Campaign"
+            header_contains_words = ["sale"]"#,
+            true,
+        ),
+        (
+            r#"header_contains_message_header = "X-Other"
+            header_contains_words = ["sale"]"#,
+            false,
+        ),
+        ("scl_over = 1", true),
+        ("scl_over = 5", false),
+        ("message_size_over = 10000", true),
+        ("message_size_over = 1000000", false),
+        (r#"attachment_extension_matches_words = ["exe"]"#, true),
+        (r#"attachment_extension_matches_words = ["js"]"#, false),
+    ];
+    for (condition, expected) in table {
+        let set = rules(&format!(
+            "[[transport_rules]]\nname = \"r\"\npriority = 0\n[transport_rules.conditions]\n{condition}\n[transport_rules.actions]\nset_scl = 6\n"
+        ));
+        let matched = !evaluate(&set, &input(&recipients, &headers, &attachments)).matched.is_empty();
+        assert_eq!(matched, *expected, "{condition}");
+    }
+}
+
+#[test]
+fn each_action_of_the_subset() {
+    let set = rules(
+        r#"
+        [[transport_rules]]
+        name = "all"
+        priority = 0
+        [transport_rules.actions]
+        set_scl = 9
+        set_headers = [{ name = "X-Rule", value = "hit" }]
+        remove_headers = ["X-Campaign"]
+        redirect_message_to = ["review@contoso.com"]
+        add_to_recipients = ["archive@contoso.com"]
+        reject_message_reason_text = "Blocked by policy"
+        reject_message_enhanced_status_code = "5.7.950"
+        route_message_outbound_connector = "to-partner"
+        quarantine = true
+
+        [[transport_rules]]
+        name = "never reached"
+        priority = 1
+        actions = { set_scl = 0 }
+        "#,
+    );
+    let outcome = evaluate(&set, &input(&[], &[], &[]));
+    assert_eq!(outcome.set_scl, Some(9));
+    assert_eq!(outcome.set_headers, vec![Header { name: "X-Rule".into(), value: "hit".into() }]);
+    assert_eq!(outcome.remove_headers, vec!["X-Campaign".to_string()]);
+    assert_eq!(outcome.redirect_to, vec!["review@contoso.com".to_string()]);
+    assert_eq!(outcome.added_recipients, vec!["archive@contoso.com".to_string()]);
+    assert_eq!(
+        outcome.reject,
+        Some(SmtpReply { code: 550, enhanced: Some("5.7.950".into()), text: "Blocked by policy".into() })
+    );
+    assert_eq!(outcome.route_via_connector.as_deref(), Some("to-partner"));
+    assert!(outcome.quarantine);
+    assert_eq!(outcome.matched.len(), 1, "quarantine ends evaluation");
+    let default_reject = rules(
+        "[[transport_rules]]\nname = \"r\"\npriority = 0\nactions = { reject_message_enhanced_status_code = \"5.7.2\" }\n",
+    );
+    let reply = evaluate(&default_reject, &input(&[], &[], &[])).reject.expect("rejects");
+    assert_eq!(
+        (reply.enhanced.as_deref(), reply.text.as_str()),
+        (Some("5.7.1"), "Delivery not authorized, message refused")
+    );
+}
