@@ -3,12 +3,21 @@
 //! carry it.
 //!
 //! - [`auth`]: mail-auth checks into the events' `Authentication`;
+//! - [`enhanced_filtering`]: the original sender behind a connector (spec 7);
+//! - [`dnsbl`]: DNS blocklist lookups (RFC 5782);
 //! - [`score`]: signals to SCL/SFV/CAT and the default action (pure);
+//! - [`rules`]: mail flow rules (spec 12, pure);
+//! - [`action`]: the configured anti-spam action (spec 9.3, pure);
 //! - [`headers`]: `Authentication-Results`, SCL and the antispam report;
 //! - [`actor`]: the consumer of `mailflow.received` that appends `VerdictReached`.
 //!
-//! Not yet here (open work of the verdict issue): bulk (BCL), phish, rspamd,
-//! the quarantine store and mail flow rules.
+//! Order per message: authentication (on the original sender under Enhanced
+//! Filtering) → connection filter, sender lists, DNSBL, content → SCL → mail
+//! flow rules (which see that SCL, and whose `SetSCL` overrides it, spec 9.4)
+//! → the configured action.
+//!
+//! Not yet here (open work of the verdict issue): bulk (BCL), phish verdicts,
+//! rspamd, the quarantine store.
 
 pub mod action;
 pub mod actor;
