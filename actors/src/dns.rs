@@ -9,7 +9,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use serde::Deserialize;
 
 /// `[dns]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// Nameservers as `ip:port` (UDP and TCP); default: the system's
@@ -17,6 +17,17 @@ pub struct DnsConfig {
     /// Negative answers are cached for at least 60 s, also when the server sends
     /// no SOA (DMARC asks for names that rarely exist on every message).
     pub nameservers: Vec<SocketAddr>,
+    /// How long one query waits for an answer (default 5s).
+    #[serde(with = "crate::config::humane")]
+    pub timeout: std::time::Duration,
+    /// Tries per query and nameserver (default 2).
+    pub attempts: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self { nameservers: Vec::new(), timeout: std::time::Duration::from_secs(5), attempts: 2 }
+    }
 }
 
 /// Why the resolver could not be built.
@@ -54,6 +65,8 @@ pub fn resolver(config: &DnsConfig) -> Result<TokioResolver, DnsSetupError> {
     // otherwise not be cached at all, and DMARC's tree walk asks for names
     // that rarely exist on every message.
     builder.options_mut().negative_min_ttl = Some(std::time::Duration::from_secs(60));
+    builder.options_mut().timeout = config.timeout;
+    builder.options_mut().attempts = config.attempts.max(1);
     builder.build().map_err(|e| DnsSetupError(e.to_string()))
 }
 

@@ -50,7 +50,7 @@ fn verdict(c: &mut Criterion) {
     content.extend_from_slice(&message);
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let config = mailflow_actors::dns::DnsConfig { nameservers: vec![dns.address] };
+    let config = mailflow_actors::dns::DnsConfig { nameservers: vec![dns.address], ..Default::default() };
     let authenticator = runtime
         .block_on(async { Arc::new(MessageAuthenticator(mailflow_actors::dns::resolver(&config).expect("resolver"))) });
     let arrival = Arrival {

@@ -340,3 +340,35 @@ print(json.dumps("sent"))
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_dns_server_delays_nothing_past_the_deadline_and_loses_nothing() -> anyhow::Result<()> {
+    // Bad input: DNS timeouts. The session's inline checks give up at their
+    // deadline and accept; the verdict records temperrors; nothing crashes.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0")?; // bound, never answers
+    let config = format!(
+        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"300ms\"\nattempts = 1\n\n[anti_spam]\ninline_deadline = \"1s\"\n",
+        silent.local_addr()?
+    );
+    let router = Router::start(&config)?;
+    let reply = python(
+        router.smtp(),
+        r#"
+import time
+s = smtplib.SMTP(ADDR, PORT)
+s.ehlo("client.example")
+s.mail("news@nowhere.example")
+s.rcpt("alice@contoso.com")
+start = time.time()
+code, msg = s.data(b"From: news@nowhere.example\r\nSubject: dns down\r\n\r\nx\r\n")
+print(json.dumps({"reply": "%d %s" % (code, msg.decode()), "seconds": time.time() - start}))
+"#,
+    )?;
+    assert!(reply["reply"].as_str().unwrap_or_default().starts_with("250 2.0.0 OK <"), "{reply}");
+    assert!(reply["seconds"].as_f64().unwrap_or(99.0) < 3.0, "the deadline bounds the wait: {reply}");
+    let records = router.wait_for_records(mailflow_events::topic::VERDICTS, 1).await?;
+    let envelope: Envelope<VerdictEvent> = Envelope::from_json(&records[0].value)?;
+    let VerdictEvent::VerdictReached(verdict) = envelope.event else { anyhow::bail!("not a verdict") };
+    assert_eq!(verdict.authentication.spf.as_ref().map(|s| s.result), Some(AuthResult::TempError), "{verdict:?}");
+    Ok(())
+}
