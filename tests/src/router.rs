@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use mailflow_events::Envelope;
 use mailflow_events::log::EventLog as _;
 use mailflow_events::log::embedded::{EmbeddedLog, Options};
-use mailflow_events::received::ReceivedEvent;
+use mailflow_events::received::{MessageReceived, ReceivedEvent};
 
 /// A running router.
 #[derive(Debug)]
@@ -152,6 +152,17 @@ impl Router {
         }
         Ok(events)
     }
+}
+
+/// The accepted messages among `events`, as (message id, payload), in log order.
+pub fn messages_received(events: &[Envelope<ReceivedEvent>]) -> Vec<(String, MessageReceived)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            ReceivedEvent::MessageReceived(m) => Some((e.message_id.clone(), m.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The `mailflow-under-test` binary: cargo builds a package's binaries next to

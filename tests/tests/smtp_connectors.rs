@@ -2,9 +2,9 @@
 //! connects from loopback aliases (127.0.0.2, 127.0.0.3, …), which stand for an
 //! on-premises server and a partner's relay.
 
-use mailflow_events::received::{ConnectorKind, ReceivedEvent};
+use mailflow_events::received::ConnectorKind;
 use mailflow_tests::clients::python;
-use mailflow_tests::router::{BASE_CONFIG, Router};
+use mailflow_tests::router::{BASE_CONFIG, Router, messages_received};
 
 fn config() -> String {
     format!(
@@ -53,13 +53,7 @@ async fn only_the_on_premises_connector_relays_and_only_for_accepted_sender_doma
     );
     assert!(reply[2].as_str().unwrap_or_default().starts_with("550 5.4.1 Relay Access Denied"), "anonymous: {reply}");
     let events = router.received_events().await?;
-    let relayed = events
-        .iter()
-        .find_map(|e| match &e.event {
-            ReceivedEvent::MessageReceived(m) => Some(m.clone()),
-            _ => None,
-        })
-        .expect("the relayed message");
+    let (_, relayed) = messages_received(&events).into_iter().next().expect("the relayed message");
     let connector = relayed.connector.expect("the connector is recorded");
     assert_eq!((connector.name.as_str(), connector.kind), ("contoso-onprem", ConnectorKind::OnPremises));
     assert_eq!(relayed.recipients[0].accepted_domain, None, "relayed, not one of ours");
@@ -83,13 +77,8 @@ async fn a_restricting_partner_connector_admits_only_its_addresses() -> anyhow::
         "other senders are not governed: {reply}"
     );
     let events = router.received_events().await?;
-    let connectors: Vec<Option<String>> = events
-        .iter()
-        .filter_map(|e| match &e.event {
-            ReceivedEvent::MessageReceived(m) => Some(m.connector.as_ref().map(|c| c.name.clone())),
-            _ => None,
-        })
-        .collect();
+    let connectors: Vec<Option<String>> =
+        messages_received(&events).into_iter().map(|(_, m)| m.connector.map(|c| c.name)).collect();
     assert!(connectors.contains(&Some("woodgrove".to_string())), "the partner connector is recorded: {connectors:?}");
     assert!(connectors.contains(&None), "mail outside its scope matches no connector: {connectors:?}");
     Ok(())
@@ -170,15 +159,9 @@ print(json.dumps([send(True, "someone@fabrikam-partner.example"), send(True, "")
         "no certificate: {reply}"
     );
     let events = router.received_events().await?;
-    let received: Vec<_> = events
-        .iter()
-        .filter_map(|e| match &e.event {
-            ReceivedEvent::MessageReceived(m) => Some(m.clone()),
-            _ => None,
-        })
-        .collect();
+    let received = messages_received(&events);
     assert_eq!(received.len(), 2);
-    for message in received {
+    for (_, message) in received {
         assert_eq!(message.connector.map(|c| c.name), Some("contoso-onprem-cert".to_string()));
         let tls = message.session.tls.expect("over TLS");
         assert_eq!(tls.client_certificate_names, vec!["mail.contoso.com".to_string()]);

@@ -7,9 +7,8 @@ use std::process::Command;
 use anyhow::{Context as _, ensure};
 use mailflow_events::content;
 use mailflow_events::log::embedded::{EmbeddedLog, Options};
-use mailflow_events::received::ReceivedEvent;
 use mailflow_tests::clients::python;
-use mailflow_tests::router::{BASE_CONFIG, Router};
+use mailflow_tests::router::{BASE_CONFIG, Router, messages_received};
 
 /// A tmpfs mounted for the test's lifetime (needs root, as CI runs).
 struct Tmpfs(std::path::PathBuf);
@@ -70,14 +69,12 @@ print(json.dumps(replies))
     }
     // Every 250 is durable: its event and its whole content are in the log.
     let events = router.received_events().await?;
+    let accepted_messages = messages_received(&events);
     let log = EmbeddedLog::open(router.log_path(), Options::default())?;
     for id in &accepted {
-        let received = events
+        let received = accepted_messages
             .iter()
-            .find_map(|e| match &e.event {
-                ReceivedEvent::MessageReceived(m) if &e.message_id == id => Some(m.clone()),
-                _ => None,
-            })
+            .find_map(|(message_id, m)| (message_id == id).then_some(m))
             .with_context(|| format!("250 for {id} without its MessageReceived"))?;
         let body = content::load(&log, id, &received.content).await?;
         ensure!(body.len() > 150 * 1000, "content of {id} is whole");

@@ -5,7 +5,7 @@ use mailflow_events::content;
 use mailflow_events::log::embedded::{EmbeddedLog, Options};
 use mailflow_events::received::{ReceivedEvent, RejectReason};
 use mailflow_tests::clients::{python, swaks};
-use mailflow_tests::router::{BASE_CONFIG, Router};
+use mailflow_tests::router::{BASE_CONFIG, Router, messages_received};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_durable_when_250_arrives_even_if_the_router_is_killed_at_once() -> anyhow::Result<()> {
@@ -27,12 +27,9 @@ print(json.dumps({"code": code, "msg": msg.decode()}))
     let id = text.trim_start_matches("2.0.0 OK <").split('>').next().unwrap_or_default().to_string();
     // SIGKILL right after the 250: nothing that was acknowledged may be missing.
     let events = router.received_events().await?;
-    let received = events
-        .iter()
-        .find_map(|e| match &e.event {
-            ReceivedEvent::MessageReceived(m) if e.message_id == id => Some(m.clone()),
-            _ => None,
-        })
+    let received = messages_received(&events)
+        .into_iter()
+        .find_map(|(message_id, m)| (message_id == id).then_some(m))
         .expect("MessageReceived for the queued id");
     assert_eq!(received.envelope.mail_from, "sender@example.net");
     assert_eq!(received.recipients[0].address, "a.liddell@contoso.com");

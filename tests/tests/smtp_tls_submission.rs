@@ -1,9 +1,8 @@
 //! STARTTLS and the submission listener (spec 5.1: SMTP AUTH client
 //! submission), with a certificate made by rcgen and Python's smtplib.
 
-use mailflow_events::received::ReceivedEvent;
 use mailflow_tests::clients::python;
-use mailflow_tests::router::{BASE_CONFIG, Router};
+use mailflow_tests::router::{BASE_CONFIG, Router, messages_received};
 
 /// Writes a self-signed certificate for `mx.contoso.test` into the router's
 /// future directory and returns the `[server.tls]` and listener sections.
@@ -53,19 +52,12 @@ print(json.dumps({"offered": offered, "again": again, "cipher": s.sock.version()
     assert_eq!(reply["offered"], true, "{reply}");
     assert_eq!(reply["again"], false, "STARTTLS is not offered inside TLS: {reply}");
     let events = router.received_events().await?;
-    let received = events
-        .iter()
-        .find_map(|e| match &e.event {
-            ReceivedEvent::MessageReceived(m) => Some(m.clone()),
-            _ => None,
-        })
-        .expect("message received");
+    let (id, received) = messages_received(&events).into_iter().next().expect("message received");
     let tls = received.session.tls.clone().expect("TLS recorded");
     assert_eq!(tls.protocol, "TLSv1.3");
     assert_eq!(reply["cipher"], "TLSv1.3");
     let log = mailflow_events::log::embedded::EmbeddedLog::open(router.log_path(), Default::default())?;
-    let id = events.iter().find(|e| matches!(e.event, ReceivedEvent::MessageReceived(_))).map(|e| e.message_id.clone());
-    let body = mailflow_events::content::load(&log, &id.unwrap_or_default(), &received.content).await?;
+    let body = mailflow_events::content::load(&log, &id, &received.content).await?;
     let body = String::from_utf8(body)?;
     assert!(body.contains("with ESMTPS\r\n\t(using TLSv1.3 with cipher TLS13_"), "{body}");
     Ok(())
@@ -115,13 +107,7 @@ print(json.dumps({"auth_before_tls": auth_before_tls, "anonymous": [anonymous[0]
     assert_eq!(reply["send_as"][0], 550);
     assert!(reply["send_as"][1].as_str().unwrap_or_default().starts_with("5.7.60 "), "{reply}");
     let events = router.received_events().await?;
-    let received = events
-        .iter()
-        .find_map(|e| match &e.event {
-            ReceivedEvent::MessageReceived(m) => Some(m.clone()),
-            _ => None,
-        })
-        .expect("message received");
+    let (_, received) = messages_received(&events).into_iter().next().expect("message received");
     assert_eq!(received.session.authenticated_as.as_deref(), Some("printer@contoso.com"));
     assert_eq!(received.recipients.len(), 2);
     Ok(())

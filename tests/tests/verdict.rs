@@ -5,17 +5,43 @@
 
 use std::collections::HashMap;
 
+use anyhow::Context as _;
+
 use mailflow_events::Envelope;
 use mailflow_events::verdicts::{AuthResult, PolicyAction, SpamVerdict, VerdictEvent, VerdictReached};
 use mailflow_tests::clients::python;
 use mailflow_tests::dns::DnsServer;
-use mailflow_tests::router::{BASE_CONFIG, Router};
+use mailflow_tests::router::{BASE_CONFIG, Router, messages_received};
 
 const ZONE: &str = "pass.example. 300 IN TXT \"v=spf1 ip4:127.0.0.1 -all\"\n\
 spoofed.example. 300 IN TXT \"v=spf1 -all\"\n\
 _dmarc.spoofed.example. 300 IN TXT \"v=DMARC1; p=quarantine\"\n\
 rejecting.example. 300 IN TXT \"v=spf1 -all\"\n\
 _dmarc.rejecting.example. 300 IN TXT \"v=DMARC1; p=reject\"\n";
+
+/// Waits for `count` verdicts and returns them with their message ids, in log order.
+async fn verdicts(router: &Router, count: usize) -> anyhow::Result<Vec<(String, VerdictReached)>> {
+    let mut verdicts = Vec::new();
+    for record in router.wait_for_records(mailflow_events::topic::VERDICTS, count).await? {
+        let envelope: Envelope<VerdictEvent> = Envelope::from_json(&record.value)?;
+        if let VerdictEvent::VerdictReached(verdict) = envelope.event {
+            verdicts.push((envelope.message_id, verdict));
+        }
+    }
+    Ok(verdicts)
+}
+
+/// Waits for `count` verdicts and keys them by the subject of their message.
+async fn verdicts_by_subject(router: &Router, count: usize) -> anyhow::Result<HashMap<String, VerdictReached>> {
+    let verdicts = verdicts(router, count).await?;
+    let mut received = Vec::new();
+    for record in router.wait_for_records(mailflow_events::topic::RECEIVED, count).await? {
+        received.push(Envelope::from_json(&record.value)?);
+    }
+    let subjects: HashMap<String, String> =
+        messages_received(&received).into_iter().filter_map(|(id, m)| Some((id, m.subject?))).collect();
+    Ok(verdicts.into_iter().map(|(id, verdict)| (subjects[&id].clone(), verdict)).collect())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_messages_get_authentication_results_and_an_scl() -> anyhow::Result<()> {
@@ -36,24 +62,7 @@ send("ceo@spoofed.example", b"From: ceo@spoofed.example\r\nSubject: wire money\r
 print(json.dumps("sent"))
 "#,
     )?;
-    let records = router.wait_for_records(mailflow_events::topic::VERDICTS, 3).await?;
-    let mut by_subject: HashMap<String, VerdictReached> = HashMap::new();
-    let received = router.wait_for_records(mailflow_events::topic::RECEIVED, 3).await?;
-    let subjects: HashMap<String, String> = received
-        .iter()
-        .filter_map(|r| {
-            let envelope: Envelope<mailflow_events::received::ReceivedEvent> = Envelope::from_json(&r.value).ok()?;
-            match envelope.event {
-                mailflow_events::received::ReceivedEvent::MessageReceived(m) => Some((envelope.message_id, m.subject?)),
-                _ => None,
-            }
-        })
-        .collect();
-    for record in records {
-        let envelope: Envelope<VerdictEvent> = Envelope::from_json(&record.value)?;
-        let VerdictEvent::VerdictReached(verdict) = envelope.event else { continue };
-        by_subject.insert(subjects[&envelope.message_id].clone(), verdict);
-    }
+    let by_subject = verdicts_by_subject(&router, 3).await?;
 
     let clean = &by_subject["clean"];
     assert_eq!((clean.scl, clean.verdict, clean.sfv.as_str()), (1, SpamVerdict::NotSpam, "NSPM"));
@@ -129,14 +138,10 @@ async fn dkim_signatures_are_verified_each_and_broken_ones_are_recorded_not_fata
         b64(&garbage)
     );
     python(router.smtp(), &script)?;
-    let records = router.wait_for_records(mailflow_events::topic::VERDICTS, 3).await?;
     let mut results = Vec::new();
-    for record in records {
-        let envelope: Envelope<VerdictEvent> = Envelope::from_json(&record.value)?;
-        if let VerdictEvent::VerdictReached(verdict) = envelope.event {
-            let dkim = verdict.authentication.dkim.first().map(|d| (d.result, d.domain.clone()));
-            results.push((dkim, verdict.authentication.dmarc.as_ref().map(|d| d.result)));
-        }
+    for (_, verdict) in verdicts(&router, 3).await? {
+        let dkim = verdict.authentication.dkim.first().map(|d| (d.result, d.domain.clone()));
+        results.push((dkim, verdict.authentication.dmarc.as_ref().map(|d| d.result)));
     }
     assert!(
         results.contains(&(Some((AuthResult::Pass, "signed.example".to_string())), Some(AuthResult::Pass))),
@@ -216,25 +221,7 @@ send("127.0.0.1", "friend@allowed.example", "allowed")
 print(json.dumps("sent"))
 "#,
     )?;
-    let records = router.wait_for_records(mailflow_events::topic::VERDICTS, 3).await?;
-    let received = router.wait_for_records(mailflow_events::topic::RECEIVED, 3).await?;
-    let subjects: HashMap<String, String> = received
-        .iter()
-        .filter_map(|r| {
-            let envelope: Envelope<mailflow_events::received::ReceivedEvent> = Envelope::from_json(&r.value).ok()?;
-            match envelope.event {
-                mailflow_events::received::ReceivedEvent::MessageReceived(m) => Some((envelope.message_id, m.subject?)),
-                _ => None,
-            }
-        })
-        .collect();
-    let mut by_subject = HashMap::new();
-    for record in records {
-        let envelope: Envelope<VerdictEvent> = Envelope::from_json(&record.value)?;
-        if let VerdictEvent::VerdictReached(verdict) = envelope.event {
-            by_subject.insert(subjects[&envelope.message_id].clone(), verdict);
-        }
-    }
+    let by_subject = verdicts_by_subject(&router, 3).await?;
     let listed = &by_subject["listed"];
     assert_eq!((listed.scl, listed.action), (9, PolicyAction::PrependSubject), "DNSBL listing, configured action");
     assert_eq!(listed.subject_prefix.as_deref(), Some("[SPAM] "));
@@ -270,9 +257,7 @@ s.quit()
 print(json.dumps("sent"))
 "#,
     )?;
-    let records = router.wait_for_records(mailflow_events::topic::VERDICTS, 1).await?;
-    let envelope: Envelope<VerdictEvent> = Envelope::from_json(&records[0].value)?;
-    let VerdictEvent::VerdictReached(verdict) = envelope.event else { anyhow::bail!("not a verdict") };
+    let (_, verdict) = verdicts(&router, 1).await?.into_iter().next().context("a verdict")?;
     assert_eq!(verdict.original_client_ip, "192.0.2.25");
     assert_eq!(verdict.authentication.spf.as_ref().map(|s| s.result), Some(AuthResult::Pass), "{verdict:?}");
     let stamped =
@@ -314,14 +299,7 @@ s.quit()
 print(json.dumps("sent"))
 "#,
     )?;
-    let records = router.wait_for_records(mailflow_events::topic::VERDICTS, 2).await?;
-    let verdicts: Vec<VerdictReached> = records
-        .iter()
-        .filter_map(|r| match Envelope::<VerdictEvent>::from_json(&r.value).ok()?.event {
-            VerdictEvent::VerdictReached(v) => Some(v),
-            _ => None,
-        })
-        .collect();
+    let verdicts: Vec<VerdictReached> = verdicts(&router, 2).await?.into_iter().map(|(_, v)| v).collect();
     let invoice = verdicts.iter().find(|v| v.recipients == ["alice@contoso.com"]).expect("alice's verdict");
     assert_eq!(
         (invoice.scl, invoice.sfv.as_str(), invoice.verdict),
@@ -366,9 +344,7 @@ print(json.dumps({"reply": "%d %s" % (code, msg.decode()), "seconds": time.time(
     )?;
     assert!(reply["reply"].as_str().unwrap_or_default().starts_with("250 2.0.0 OK <"), "{reply}");
     assert!(reply["seconds"].as_f64().unwrap_or(99.0) < 3.0, "the deadline bounds the wait: {reply}");
-    let records = router.wait_for_records(mailflow_events::topic::VERDICTS, 1).await?;
-    let envelope: Envelope<VerdictEvent> = Envelope::from_json(&records[0].value)?;
-    let VerdictEvent::VerdictReached(verdict) = envelope.event else { anyhow::bail!("not a verdict") };
+    let (_, verdict) = verdicts(&router, 1).await?.into_iter().next().context("a verdict")?;
     assert_eq!(verdict.authentication.spf.as_ref().map(|s| s.result), Some(AuthResult::TempError), "{verdict:?}");
     Ok(())
 }
