@@ -190,18 +190,25 @@ enum Role {
 async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     use actix::Actor as _;
     let log = event_log::open(&config.event_log, "mailflow").await.context("opening the event log")?;
+    // One resolver, hence one DNS cache, for every role of the process.
+    let resolver = crate::dns::resolver(&config.dns).context("building the DNS resolver")?;
+    let authenticator = std::sync::Arc::new(mail_auth::MessageAuthenticator(resolver));
     let mut front_door = None;
     if roles.contains(&Role::Connection) {
-        let started = front_door::start(&config, std::sync::Arc::clone(&log), "mailflow/connection")
-            .await
-            .context("starting the SMTP listeners")?;
+        let started = front_door::start(
+            &config,
+            std::sync::Arc::clone(&log),
+            std::sync::Arc::clone(&authenticator),
+            "mailflow/connection",
+        )
+        .await
+        .context("starting the SMTP listeners")?;
         front_door = Some(started);
     }
     if roles.contains(&Role::Verdict) {
-        let resolver = crate::dns::resolver(&config.dns).context("building the DNS resolver")?;
         crate::verdict::actor::VerdictActor {
             log: std::sync::Arc::clone(&log),
-            authenticator: std::sync::Arc::new(mail_auth::MessageAuthenticator(resolver)),
+            authenticator,
             anti_spam: std::sync::Arc::new(config.anti_spam.clone()),
             connectors: std::sync::Arc::new(config.inbound_connectors.clone()),
             rules: std::sync::Arc::new(config.transport_rules.clone()),

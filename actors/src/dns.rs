@@ -37,7 +37,7 @@ pub struct DnsSetupError(String);
 
 /// Builds the resolver.
 pub fn resolver(config: &DnsConfig) -> Result<TokioResolver, DnsSetupError> {
-    let builder = if config.nameservers.is_empty() {
+    let mut builder = if config.nameservers.is_empty() {
         TokioResolver::builder_tokio().map_err(|e| DnsSetupError(e.to_string()))?
     } else {
         let servers = config
@@ -60,7 +60,6 @@ pub fn resolver(config: &DnsConfig) -> Result<TokioResolver, DnsSetupError> {
         builder.options_mut().use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
         builder
     };
-    let mut builder = builder;
     // A negative answer without an SOA (some servers send none) would
     // otherwise not be cached at all, and DMARC's tree walk asks for names
     // that rarely exist on every message.

@@ -29,9 +29,6 @@ pub enum StartError {
     /// Certificate or key unusable.
     #[error(transparent)]
     Tls(#[from] crate::connection::tls::TlsSetupError),
-    /// Resolver configuration unusable.
-    #[error(transparent)]
-    Dns(#[from] crate::dns::DnsSetupError),
 }
 
 /// A running front door: the addresses its listeners are bound to.
@@ -52,15 +49,20 @@ impl Drop for FrontDoor {
 }
 
 /// Binds and starts every listener of `config`. Sessions run on one arbiter per core.
-pub async fn start(config: &Config, log: Arc<dyn EventLog>, producer: &str) -> Result<FrontDoor, StartError> {
+/// `authenticator` wraps the process's one resolver, shared with the verdict
+/// role so that both use one DNS cache.
+pub async fn start(
+    config: &Config,
+    log: Arc<dyn EventLog>,
+    authenticator: Arc<mail_auth::MessageAuthenticator>,
+    producer: &str,
+) -> Result<FrontDoor, StartError> {
     let server = &config.server;
     let tls = match &server.tls {
         Some(tls) => Some(crate::connection::tls::acceptor(&tls.certificate, &tls.key, tls.client_ca.as_deref())?),
         None => None,
     };
-    let dns = crate::dns::resolver(&config.dns)?;
-    let authenticator = Arc::new(mail_auth::MessageAuthenticator(dns.clone()));
-    let resolver = Some(Arc::new(dns));
+    let resolver = Some(Arc::new(authenticator.0.clone()));
     let shared = Shared {
         log,
         policy: Arc::new(InboundPolicy::new(config)),
