@@ -4,8 +4,11 @@
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod delivery;
 pub mod dns;
 pub mod event_log;
 pub mod front_door;
+pub mod ndr;
 pub mod policy;
+pub mod routing;
 pub mod verdict;

@@ -198,6 +198,12 @@ pub struct Queued {
     /// so the stored content need not be rewritten.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prepend_headers: Vec<Header>,
+    /// Text to prepend to the `Subject:` when delivering (policy or rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_prefix: Option<String>,
+    /// Mailbox folder to deliver into, e.g. `Junk` for junk verdicts (mailbox store only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
     /// When the router accepted the message; orders the queue and starts expiry.
     #[serde(deserialize_with = "crate::envelope::rfc3339")]
     pub received_at: DateTime<Utc>,

@@ -18,7 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::content::ContentRef;
-use crate::received::SmtpReply;
+use crate::received::{MessageReceived, SmtpReply};
 
 /// Events of `mailflow.verdicts` (key: message id).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -306,6 +306,11 @@ pub struct VerdictReached {
     /// Mail flow rules that matched, in priority order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules_matched: Vec<RuleMatch>,
+    /// The accepted message judged (a copy of its `MessageReceived`), so that
+    /// routing and the trace need no other topic. Absent in events written
+    /// before routing existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<Box<MessageReceived>>,
 }
 
 /// Payload of [`VerdictEvent::MessageQuarantined`].
@@ -322,6 +327,10 @@ pub struct MessageQuarantined {
     pub content: ContentRef,
     /// When the quarantined copy is deleted (retention period, default 15 days).
     pub expires_at: DateTime<Utc>,
+    /// The verdict that held it, with the message, so a release can route it
+    /// as if filtering had let it through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Box<VerdictReached>>,
 }
 
 /// Payload of [`VerdictEvent::MessageDeleted`].

@@ -5,6 +5,7 @@
 //! a complete single-machine router with an example domain and mailboxes.
 
 mod policy;
+mod routing;
 mod server;
 
 use std::collections::HashSet;
@@ -15,8 +16,9 @@ use serde::Deserialize;
 
 pub use policy::{
     AcceptedDomainConfig, DirectoryConfig, DomainType, InboundConnectorConfig, InboundConnectorKind, IpNet,
-    RecipientConfig,
+    RecipientConfig, RecipientKind,
 };
+pub use routing::{MailboxStoreConfig, OutboundConnectorConfig, RemoteDomainConfig, TlsSettings, TransportConfig};
 pub use server::{ListenerConfig, ListenerKind, ServerConfig, TlsConfig};
 
 /// The whole configuration.
@@ -41,6 +43,14 @@ pub struct Config {
     pub anti_spam: crate::verdict::AntiSpamConfig,
     /// Mail flow rules (default none).
     pub transport_rules: Vec<crate::verdict::rules::TransportRuleConfig>,
+    /// Postmaster, expiry, retry schedule, hop count, delivery limits.
+    pub transport: TransportConfig,
+    /// Where mail for our own mailboxes is stored (default Maildir under `var/mail`).
+    pub mailbox_store: MailboxStoreConfig,
+    /// Outbound connectors to partners and on-premises servers (default none: MX).
+    pub outbound_connectors: Vec<OutboundConnectorConfig>,
+    /// Per-domain settings for mail to remote domains (default: NDRs and forwards allowed everywhere).
+    pub remote_domains: Vec<RemoteDomainConfig>,
 }
 
 /// `[organization]` (EOP's `Set-OrganizationConfig`).
@@ -148,6 +158,8 @@ impl Config {
             address: address.to_string(),
             proxy_addresses: aliases.iter().map(|a| a.to_string()).collect(),
             password_hash: None,
+            kind: RecipientKind::Mailbox,
+            external_address: None,
         };
         Config {
             accepted_domains: vec![AcceptedDomainConfig {
@@ -229,6 +241,7 @@ impl Config {
                     .push(format!("inbound connector {name}: a partner connector needs sender_domains (`*` for all)"));
             }
         }
+        self.validate_routing(&mut problems);
         let mut priorities = HashSet::new();
         for rule in &self.transport_rules {
             if !priorities.insert(rule.priority) {
@@ -239,6 +252,78 @@ impl Config {
             }
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    fn validate_routing(&self, problems: &mut Vec<String>) {
+        let transport = &self.transport;
+        if transport.retry_schedule.is_empty() || transport.retry_schedule.iter().any(Duration::is_zero) {
+            problems.push("transport.retry_schedule must list at least one non-zero delay".to_string());
+        }
+        if transport.message_expiration.is_zero() || transport.message_expiration > Duration::from_secs(7 * 86400) {
+            problems.push("transport.message_expiration must be more than 0 and at most 7d".to_string());
+        }
+        if transport.max_connections_per_destination == 0 {
+            problems.push("transport.max_connections_per_destination must be at least 1".to_string());
+        }
+        if transport.max_messages_per_connection == 0 {
+            problems.push("transport.max_messages_per_connection must be at least 1".to_string());
+        }
+        if let Some(postmaster) = &transport.postmaster
+            && !postmaster.contains('@')
+        {
+            problems.push(format!("transport.postmaster `{postmaster}` is not an address"));
+        }
+        let mut names = HashSet::new();
+        for connector in &self.outbound_connectors {
+            let name = &connector.name;
+            if name.is_empty() || name.len() > 64 {
+                problems.push(format!("outbound connector `{name}`: the name must be 1 to 64 characters"));
+            }
+            if !names.insert(name.to_ascii_lowercase()) {
+                problems.push(format!("outbound connector {name} is listed twice"));
+            }
+            let on_premises = connector.kind == InboundConnectorKind::OnPremises;
+            if (connector.all_accepted_domains || connector.route_all_messages_via_on_premises) && !on_premises {
+                problems.push(format!(
+                    "outbound connector {name}: all_accepted_domains and route_all_messages_via_on_premises need kind = \"on_premises\""
+                ));
+            }
+            if connector.route_all_messages_via_on_premises && connector.smart_hosts.is_empty() {
+                // Spec 6.5a: MX routing to on-premises when our own MX is the service loops.
+                problems.push(format!("outbound connector {name}: centralized mail transport needs smart_hosts"));
+            }
+            if connector.tls_settings == TlsSettings::DomainValidation && connector.tls_domain.is_none() {
+                problems.push(format!("outbound connector {name}: domain_validation needs tls_domain"));
+            }
+            for host in &connector.smart_hosts {
+                if crate::routing::SmartHost::parse(host).is_none() {
+                    problems.push(format!("outbound connector {name}: `{host}` is not a host, host:port or [ip]:port"));
+                }
+            }
+            if connector.recipient_domains.is_empty()
+                && !connector.all_accepted_domains
+                && !connector.is_transport_rule_scoped
+                && !connector.route_all_messages_via_on_premises
+            {
+                problems.push(format!("outbound connector {name}: it serves no recipient_domains"));
+            }
+        }
+        for rule in &self.transport_rules {
+            if let Some(target) = &rule.actions.route_message_outbound_connector
+                && !self.outbound_connectors.iter().any(|c| c.name.eq_ignore_ascii_case(target))
+            {
+                problems.push(format!("transport rule {}: no outbound connector is named {target}", rule.name));
+            }
+        }
+        for recipient in &self.directory.recipients {
+            let external = matches!(recipient.kind, RecipientKind::MailUser | RecipientKind::Contact);
+            if external != recipient.external_address.is_some() {
+                problems.push(format!(
+                    "directory: {} needs external_address exactly when kind is mail_user or contact",
+                    recipient.address
+                ));
+            }
+        }
     }
 
     fn validate_server(&self, problems: &mut Vec<String>) {

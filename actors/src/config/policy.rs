@@ -56,6 +56,28 @@ pub struct RecipientConfig {
     /// PHC-format password hash for SMTP AUTH (`mailflow hash-password`); none: cannot log in.
     #[serde(default)]
     pub password_hash: Option<String>,
+    /// What the recipient is, which decides where its mail goes (default `mailbox`).
+    #[serde(default)]
+    pub kind: RecipientKind,
+    /// `mail_user` and `contact`: the outside address its mail is sent to.
+    #[serde(default)]
+    pub external_address: Option<String>,
+}
+
+/// Kinds of mail-enabled recipient (spec 2.4b), as routing sees them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecipientKind {
+    /// A mailbox in our mailbox store.
+    #[default]
+    Mailbox,
+    /// A mail user: signs in here, mailbox elsewhere (`external_address`).
+    MailUser,
+    /// A mail contact: an outside address listed in the directory (`external_address`).
+    Contact,
+    /// A mailbox on the organisation's on-premises server (hybrid): routed
+    /// through the on-premises outbound connector.
+    OnPremises,
 }
 
 /// `[[inbound_connectors]]`.

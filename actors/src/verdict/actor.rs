@@ -275,6 +275,7 @@ impl VerdictActor {
             route_via_connector: outcome.route_via_connector,
             reject_reply: outcome.reject,
             rules_matched: outcome.matched,
+            received: Some(Box::new(received.clone())),
         })
     }
 }

@@ -1,0 +1,303 @@
+//! The delivery state of one `mailflow.delivery` partition, as a fold of its
+//! events (DESIGN §3, STYLE rule 2).
+//!
+//! [`PartitionState::apply`] is infallible, deterministic and clock-free:
+//! every time it stores comes from an event (`next_attempt_at`, `expires_at`,
+//! an operator's `occurred_at`). Replaying a partition from offset 0 therefore
+//! rebuilds exactly the state the live actor had, which the crash tests check
+//! by comparing serialised states.
+//!
+//! Invariants:
+//! - a destination's queue holds its messages in log order, which is the order
+//!   routing appended them, i.e. the order received (spec 11.4);
+//! - a message is in a queue while it has pending recipients; `Delivered`,
+//!   `Failed`, `Expired` and `Deleted` remove recipients or the message;
+//! - a message is queued once per destination: a second `Queued` for the same
+//!   message (routing ran again after a crash) is ignored while the first is queued;
+//! - only the offset of the `Queued` event is kept, not its payload, so a queued
+//!   message costs a few hundred bytes; delivery reads the event back.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use chrono::{DateTime, Utc};
+use mailflow_events::Envelope;
+use mailflow_events::delivery::{DeliveryEvent, Destination, Scope};
+use mailflow_events::received::SmtpReply;
+use serde::Serialize;
+
+/// A message waiting in a destination's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueuedMessage {
+    /// The message id.
+    pub message_id: Box<str>,
+    /// Offset of its `Queued` event in the partition.
+    pub queued_offset: u64,
+    /// Recipients not yet delivered, failed or expired.
+    pub pending: Vec<Box<str>>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When it may be tried again after a message-level deferral; `None`: now.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+    /// When it was received (orders the queue; shown by `mailflow queue`).
+    pub received_at: DateTime<Utc>,
+    /// The last temporary reply or error, for the expiry NDR and the queue view.
+    pub last_error: Option<Box<str>>,
+}
+
+/// A destination that could not be reached and waits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Retry {
+    /// Consecutive destination-level failures.
+    pub attempts: u32,
+    /// When the next probe is due.
+    pub next_attempt_at: DateTime<Utc>,
+    /// The reply or error of the last failure.
+    pub last_error: Box<str>,
+}
+
+/// One destination's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DestinationState {
+    /// The destination, as first queued.
+    pub destination: Destination,
+    /// Messages in arrival order.
+    pub queue: VecDeque<QueuedMessage>,
+    /// Set while the destination is unreachable.
+    pub retry: Option<Retry>,
+    /// Suspended by an operator.
+    pub suspended: bool,
+}
+
+/// The state of one partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PartitionState {
+    /// Destinations by key, with at least one queued message or a retry.
+    pub destinations: BTreeMap<String, DestinationState>,
+    /// Offset after the last event applied.
+    pub next_offset: u64,
+}
+
+/// What to attempt for one destination now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// Destination key.
+    pub key: String,
+    /// The destination.
+    pub destination: Destination,
+    /// Messages to try, in queue order: (message id, offset of `Queued`, attempt number).
+    pub messages: Vec<(String, u64, u32)>,
+    /// The attempt number of a destination-level probe.
+    pub destination_attempt: u32,
+}
+
+/// A message whose time is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredMessage {
+    /// Destination key.
+    pub key: String,
+    /// The destination.
+    pub destination: Destination,
+    /// The message id.
+    pub message_id: String,
+    /// Offset of its `Queued` event.
+    pub queued_offset: u64,
+    /// Recipients still pending.
+    pub recipients: Vec<String>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last temporary error.
+    pub last_error: Option<String>,
+}
+
+fn reply_text(reply: &SmtpReply) -> String {
+    match &reply.enhanced {
+        Some(enhanced) => format!("{} {} {}", reply.code, enhanced, reply.text),
+        None => format!("{} {}", reply.code, reply.text),
+    }
+}
+
+impl PartitionState {
+    /// Applies the event at `offset`. Events of other topics' shapes never reach here.
+    pub fn apply(&mut self, offset: u64, envelope: &Envelope<DeliveryEvent>) {
+        self.next_offset = self.next_offset.max(offset + 1);
+        let event = &envelope.event;
+        let key = event.destination().key();
+        let message_id = envelope.message_id.as_str();
+        if let DeliveryEvent::Queued(queued) = event {
+            let state = self.destinations.entry(key).or_insert_with(|| DestinationState {
+                destination: Destination { next_hop: None, ..queued.destination.clone() },
+                queue: VecDeque::new(),
+                retry: None,
+                suspended: false,
+            });
+            if state.queue.iter().any(|m| &*m.message_id == message_id) {
+                return;
+            }
+            state.queue.push_back(QueuedMessage {
+                message_id: message_id.into(),
+                queued_offset: offset,
+                pending: queued.recipients.iter().map(|r| r.address.as_str().into()).collect(),
+                attempts: 0,
+                next_attempt_at: None,
+                expires_at: queued.expires_at,
+                received_at: queued.received_at,
+                last_error: None,
+            });
+            return;
+        }
+        let Some(state) = self.destinations.get_mut(&key) else { return };
+        let position = state.queue.iter().position(|m| &*m.message_id == message_id);
+        let remove = |state: &mut DestinationState, recipients: &[String]| {
+            if let Some(index) = position {
+                let message = &mut state.queue[index];
+                message.pending.retain(|p| !recipients.iter().any(|r| r.eq_ignore_ascii_case(p)));
+                if message.pending.is_empty() {
+                    state.queue.remove(index);
+                }
+            }
+        };
+        match event {
+            DeliveryEvent::Queued(_) => {}
+            DeliveryEvent::Deferred(deferred) => {
+                let error = deferred
+                    .reply
+                    .as_ref()
+                    .map(reply_text)
+                    .or_else(|| deferred.error.clone())
+                    .unwrap_or_default()
+                    .into_boxed_str();
+                if let Some(index) = position {
+                    let message = &mut state.queue[index];
+                    message.attempts = message.attempts.max(deferred.attempt);
+                    message.last_error = Some(error.clone());
+                    if deferred.scope == Scope::Message {
+                        message.next_attempt_at = Some(deferred.next_attempt_at);
+                    }
+                }
+                state.retry = match deferred.scope {
+                    Scope::Destination => Some(Retry {
+                        attempts: deferred.attempt,
+                        next_attempt_at: deferred.next_attempt_at,
+                        last_error: error,
+                    }),
+                    // The destination answered: it is reachable.
+                    Scope::Message => None,
+                };
+            }
+            DeliveryEvent::Delivered(delivered) => {
+                if let Some(index) = position {
+                    state.queue[index].attempts = state.queue[index].attempts.max(delivered.attempt);
+                }
+                remove(state, &delivered.recipients);
+                state.retry = None;
+            }
+            DeliveryEvent::Failed(failed) => remove(state, &failed.recipients),
+            DeliveryEvent::Expired(expired) => remove(state, &expired.recipients),
+            DeliveryEvent::RetryRequested(action) => match action.scope {
+                Scope::Destination => {
+                    if let Some(retry) = &mut state.retry {
+                        retry.next_attempt_at = envelope.occurred_at;
+                    }
+                    for message in &mut state.queue {
+                        message.next_attempt_at = None;
+                    }
+                }
+                Scope::Message => {
+                    if let Some(index) = position {
+                        state.queue[index].next_attempt_at = None;
+                    }
+                }
+            },
+            DeliveryEvent::Suspended(_) => state.suspended = true,
+            DeliveryEvent::Resumed(_) => state.suspended = false,
+            DeliveryEvent::Deleted(deleted) => match deleted.scope {
+                Scope::Destination => state.queue.clear(),
+                Scope::Message => {
+                    if let Some(index) = position {
+                        state.queue.remove(index);
+                    }
+                }
+            },
+        }
+        if state.queue.is_empty() && !state.suspended {
+            self.destinations.remove(&key);
+        }
+    }
+
+    /// Destinations with work due at `now`, skipping `busy` ones: a probe of a
+    /// destination in retry once its time has come, else every message due,
+    /// in queue order, up to `batch` messages.
+    pub fn due(&self, now: DateTime<Utc>, busy: &dyn Fn(&str) -> bool, batch: usize) -> Vec<Due> {
+        let mut due = Vec::new();
+        for (key, state) in &self.destinations {
+            if state.suspended || busy(key) {
+                continue;
+            }
+            if state.retry.as_ref().is_some_and(|retry| retry.next_attempt_at > now) {
+                continue;
+            }
+            let messages: Vec<(String, u64, u32)> = state
+                .queue
+                .iter()
+                .filter(|m| m.expires_at > now && m.next_attempt_at.is_none_or(|at| at <= now))
+                .take(batch)
+                .map(|m| (m.message_id.to_string(), m.queued_offset, m.attempts + 1))
+                .collect();
+            if messages.is_empty() {
+                continue;
+            }
+            due.push(Due {
+                key: key.clone(),
+                destination: state.destination.clone(),
+                messages,
+                destination_attempt: state.retry.as_ref().map_or(1, |r| r.attempts + 1),
+            });
+        }
+        due
+    }
+
+    /// Messages past their expiry at `now`, not in `busy` destinations.
+    pub fn expired(&self, now: DateTime<Utc>, busy: &dyn Fn(&str) -> bool) -> Vec<ExpiredMessage> {
+        let mut expired = Vec::new();
+        for (key, state) in &self.destinations {
+            if busy(key) {
+                continue;
+            }
+            for message in state.queue.iter().filter(|m| m.expires_at <= now) {
+                expired.push(ExpiredMessage {
+                    key: key.clone(),
+                    destination: state.destination.clone(),
+                    message_id: message.message_id.to_string(),
+                    queued_offset: message.queued_offset,
+                    recipients: message.pending.iter().map(|p| p.to_string()).collect(),
+                    attempts: message.attempts,
+                    last_error: message.last_error.as_deref().map(str::to_string),
+                });
+            }
+        }
+        expired
+    }
+
+    /// The earliest time something becomes due (a retry, a deferred message, an expiry).
+    pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
+        self.destinations
+            .values()
+            .filter(|s| !s.suspended)
+            .flat_map(|s| {
+                let retry = s.retry.as_ref().map(|r| r.next_attempt_at);
+                let messages = s.queue.iter().flat_map(|m| [m.next_attempt_at, Some(m.expires_at)]);
+                retry.into_iter().chain(messages.flatten())
+            })
+            .min()
+    }
+
+    /// Messages queued in the partition.
+    pub fn depth(&self) -> usize {
+        self.destinations.values().map(|s| s.queue.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;

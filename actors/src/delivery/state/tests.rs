@@ -1,0 +1,165 @@
+//! Given events, then state: the fold of DESIGN §3.
+
+use chrono::{TimeZone as _, Utc};
+use mailflow_events::content::ContentRef;
+use mailflow_events::delivery::{
+    Deferred, Delivered, DestinationKind, Expired, OperatorAction, Queued, QueuedRecipient, RouteReason,
+};
+
+use super::*;
+
+fn at(minute: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 8, minute, 0).single().expect("valid")
+}
+
+fn destination() -> Destination {
+    Destination { kind: DestinationKind::Internet, name: "example.org".into(), next_hop: None }
+}
+
+fn queued(id: &str, minute: u32) -> Envelope<DeliveryEvent> {
+    let event = DeliveryEvent::Queued(Queued {
+        destination: destination(),
+        route: RouteReason::Mx,
+        recipients: vec![
+            QueuedRecipient { address: "a@example.org".into(), notify: vec![], orcpt: None },
+            QueuedRecipient { address: "b@example.org".into(), notify: vec![], orcpt: None },
+        ],
+        mail_from: "s@contoso.com".into(),
+        dsn_return: None,
+        dsn_envid: None,
+        body: Default::default(),
+        smtputf8: false,
+        require_tls: false,
+        content: ContentRef { partition: 0, first_offset: 0, chunks: 1, size: 1, crc32: 0 },
+        prepend_headers: vec![],
+        subject_prefix: None,
+        folder: None,
+        received_at: at(minute),
+        expires_at: at(minute) + chrono::Duration::hours(24),
+    });
+    Envelope::new(id, "test", at(minute), event)
+}
+
+fn deferred(id: &str, attempt: u32, scope: Scope, next: DateTime<Utc>) -> Envelope<DeliveryEvent> {
+    let event = DeliveryEvent::Deferred(Deferred {
+        destination: destination(),
+        attempt,
+        recipients: vec!["a@example.org".into(), "b@example.org".into()],
+        scope,
+        reply: None,
+        error: Some("4.4.316 Connection refused".into()),
+        remote_host: None,
+        remote_ip: None,
+        next_attempt_at: next,
+    });
+    Envelope::new(id, "test", at(0), event)
+}
+
+fn delivered(id: &str, recipients: &[&str]) -> Envelope<DeliveryEvent> {
+    let event = DeliveryEvent::Delivered(Delivered {
+        destination: destination(),
+        attempt: 1,
+        recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        remote_host: None,
+        remote_ip: None,
+        reply: SmtpReply { code: 250, enhanced: Some("2.0.0".into()), text: "OK".into() },
+    });
+    Envelope::new(id, "test", at(0), event)
+}
+
+fn fold(events: &[Envelope<DeliveryEvent>]) -> PartitionState {
+    let mut state = PartitionState::default();
+    for (offset, event) in events.iter().enumerate() {
+        state.apply(offset as u64, event);
+    }
+    state
+}
+
+fn never_busy(_: &str) -> bool {
+    false
+}
+
+#[test]
+fn messages_are_due_in_the_order_they_were_queued() {
+    let state = fold(&[queued("m1", 0), queued("m2", 1), queued("m3", 2)]);
+    let due = state.due(at(3), &never_busy, 100);
+    let ids: Vec<_> = due[0].messages.iter().map(|(id, ..)| id.as_str()).collect();
+    assert_eq!(ids, ["m1", "m2", "m3"]);
+    assert_eq!(due[0].messages[0].1, 0, "the offset of the Queued event is kept");
+}
+
+#[test]
+fn a_destination_in_retry_waits_with_its_whole_queue_and_new_mail_queues_behind() {
+    let state = fold(&[queued("m1", 0), deferred("m1", 1, Scope::Destination, at(11)), queued("m2", 5)]);
+    assert!(state.due(at(10), &never_busy, 100).is_empty(), "nothing before the next probe");
+    let due = state.due(at(11), &never_busy, 100);
+    assert_eq!(due[0].destination_attempt, 2);
+    let ids: Vec<_> = due[0].messages.iter().map(|(id, ..)| id.as_str()).collect();
+    assert_eq!(ids, ["m1", "m2"], "after recovery: arrival order");
+    assert_eq!(state.next_wakeup(), Some(at(11)));
+}
+
+#[test]
+fn a_message_level_deferral_holds_only_that_message() {
+    let state = fold(&[queued("m1", 0), queued("m2", 1), deferred("m1", 1, Scope::Message, at(20))]);
+    let due = state.due(at(2), &never_busy, 100);
+    let ids: Vec<_> = due[0].messages.iter().map(|(id, _, attempt)| (id.as_str(), *attempt)).collect();
+    assert_eq!(ids, [("m2", 1)]);
+    let later = state.due(at(20), &never_busy, 100);
+    assert_eq!(later[0].messages[0], ("m1".to_string(), 0, 2), "attempt 2 at its own time");
+}
+
+#[test]
+fn partial_delivery_keeps_the_rest_pending_and_full_delivery_empties_the_queue() {
+    let mut state = fold(&[queued("m1", 0), delivered("m1", &["a@example.org"])]);
+    let message = &state.destinations["internet:example.org"].queue[0];
+    assert_eq!(message.pending, vec![Box::from("b@example.org")]);
+    state.apply(2, &delivered("m1", &["B@example.org"]));
+    assert!(state.destinations.is_empty(), "delivered messages leave the state");
+    assert_eq!(state.next_offset, 3);
+}
+
+#[test]
+fn a_second_queued_for_the_same_message_is_ignored() {
+    let state = fold(&[queued("m1", 0), queued("m1", 0)]);
+    assert_eq!(state.depth(), 1);
+}
+
+#[test]
+fn expiry_and_operator_actions_are_folded() {
+    let mut state = fold(&[queued("m1", 0), queued("m2", 1), deferred("m1", 3, Scope::Destination, at(50))]);
+    let late = at(0) + chrono::Duration::hours(24);
+    let expired = state.expired(late, &never_busy);
+    assert_eq!(expired.len(), 1, "m1 expires first");
+    assert_eq!(expired[0].attempts, 3);
+    assert_eq!(expired[0].last_error.as_deref(), Some("4.4.316 Connection refused"));
+    let action = |scope| OperatorAction { destination: destination(), scope, operator: "op".into(), reason: None };
+    state.apply(3, &Envelope::new("", "op", at(30), DeliveryEvent::RetryRequested(action(Scope::Destination))));
+    assert_eq!(state.due(at(30), &never_busy, 100).len(), 1, "retry now overrides the schedule");
+    state.apply(4, &Envelope::new("", "op", at(31), DeliveryEvent::Suspended(action(Scope::Destination))));
+    assert!(state.due(at(31), &never_busy, 100).is_empty(), "suspended");
+    state.apply(5, &Envelope::new("", "op", at(32), DeliveryEvent::Resumed(action(Scope::Destination))));
+    let expired_event = DeliveryEvent::Expired(Expired {
+        destination: destination(),
+        attempts: 3,
+        recipients: vec!["a@example.org".into(), "b@example.org".into()],
+        reply: SmtpReply { code: 550, enhanced: Some("4.4.7".into()), text: "QUEUE.Expired; message expired".into() },
+        last_reply: None,
+        ndr_message_id: None,
+    });
+    state.apply(6, &Envelope::new("m1", "test", late, expired_event));
+    assert_eq!(state.depth(), 1, "only m2 is left");
+}
+
+#[test]
+fn replaying_the_same_events_gives_the_same_state() {
+    let events = [
+        queued("m1", 0),
+        deferred("m1", 1, Scope::Destination, at(2)),
+        queued("m2", 1),
+        delivered("m2", &["a@example.org"]),
+    ];
+    let a = serde_json::to_string(&fold(&events)).expect("serialises");
+    let b = serde_json::to_string(&fold(&events)).expect("serialises");
+    assert_eq!(a, b);
+}

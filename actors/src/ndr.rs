@@ -1,0 +1,377 @@
+//! Non-delivery reports (RFC 3464 `multipart/report; report-type=delivery-status`).
+//!
+//! An NDR is a new message from the postmaster address (spec 13.7) to the
+//! envelope sender, with a human part modelled on EOP's (spec 13.1), a
+//! machine-readable part per recipient (`Status`, `Diagnostic-Code`,
+//! `Remote-MTA`, spec 13.2) and the original headers (or the whole message for
+//! `RET=FULL`). It re-enters the pipeline through [`submit`] as a
+//! `MessageReceived` from the [`SYSTEM_LISTENER`], so it is judged, routed,
+//! delivered, deferred and traced like any other message.
+//!
+//! Never to `<>` (an NDR's own sender is `<>`, so an NDR never causes an NDR),
+//! never for a recipient whose `NOTIFY` excludes failures, and generated then
+//! dropped for senders whose remote domain has NDRs disabled (spec 13.5).
+
+use chrono::{DateTime, Utc};
+use mailflow_events::delivery::QueuedRecipient;
+use mailflow_events::log::EventLog;
+use mailflow_events::received::{
+    Directionality, DsnNotify, DsnReturn, MessageReceived, ReceivedEvent, Recipient, SmtpEnvelope, SmtpReply,
+    SmtpSession,
+};
+use mailflow_events::{Envelope, content, topic};
+
+use crate::config::{Config, RemoteDomainConfig};
+
+/// Listener name of messages the router generates itself (NDRs).
+pub const SYSTEM_LISTENER: &str = "system";
+
+/// One recipient reported as failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRecipient {
+    /// The address delivery was attempted to.
+    pub address: String,
+    /// `ORCPT` as received (`rfc822;…`), reported as `Original-Recipient`.
+    pub orcpt: Option<String>,
+    /// The reply reported (received from the next hop or our own).
+    pub reply: SmtpReply,
+    /// The next hop that gave the reply, if one did.
+    pub remote_mta: Option<String>,
+}
+
+/// Who sends NDRs and whether a sender gets one.
+#[derive(Debug, Clone)]
+pub struct NdrPolicy {
+    /// `From` of NDRs: `[transport] postmaster`, else `postmaster@<default domain>`.
+    pub postmaster: String,
+    /// `Reporting-MTA` and the "Generating server".
+    pub reporting_mta: String,
+    remote_domains: Vec<RemoteDomainConfig>,
+    accepted: std::sync::Arc<crate::policy::InboundPolicy>,
+}
+
+impl NdrPolicy {
+    /// From a validated configuration.
+    pub fn new(config: &Config, accepted: std::sync::Arc<crate::policy::InboundPolicy>) -> Self {
+        let default_domain = config
+            .accepted_domains
+            .iter()
+            .find(|d| d.default)
+            .or(config.accepted_domains.first())
+            .map_or_else(|| config.server.hostname.clone(), |d| d.name.trim_start_matches("*.").to_string());
+        Self {
+            postmaster: config.transport.postmaster.clone().unwrap_or_else(|| format!("postmaster@{default_domain}")),
+            reporting_mta: config.server.hostname.clone(),
+            remote_domains: config.remote_domains.clone(),
+            accepted,
+        }
+    }
+
+    /// Whether an NDR to `sender` is sent: not to `<>`, and not to an outside
+    /// sender whose remote domain disables NDRs (spec 13.5).
+    pub fn sends_to(&self, sender: &str) -> bool {
+        if sender.is_empty() {
+            return false;
+        }
+        let domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
+        if self.accepted.within_accepted_domain(domain) {
+            return true;
+        }
+        self.remote_domains
+            .iter()
+            .filter_map(|r| r.specificity(domain).map(|s| (s, r)))
+            .max_by_key(|(s, _)| *s)
+            .is_none_or(|(_, remote)| remote.ndr_enabled)
+    }
+}
+
+/// Whether the recipient asked for failure notices (RFC 3461: the default is failures).
+pub fn wants_failure_notice(recipient: Option<&QueuedRecipient>) -> bool {
+    recipient.is_none_or(|r| r.notify.is_empty() || r.notify.contains(&DsnNotify::Failure))
+}
+
+/// The user-facing explanation for an enhanced status code (spec 13.1, 13.3).
+fn explanation(enhanced: &str) -> &'static str {
+    match enhanced {
+        "4.4.7" | "5.4.300" => {
+            "The server has tried to deliver this message, without success, and has stopped trying. Please try sending this message again. If the problem continues, contact your email admin."
+        }
+        "5.1.1" | "5.1.10" => {
+            "The email address you entered couldn't be found. Please check the recipient's email address and try to resend the message. If the problem continues, contact your email admin."
+        }
+        "5.4.6" | "5.4.14" => {
+            "A routing loop was detected: the message went back and forth between servers. Contact your email admin."
+        }
+        "5.4.1" | "5.4.4" | "5.1.10.nomx" => {
+            "The recipient's domain couldn't be reached: there is no way to deliver mail to it. Check the address and contact your email admin."
+        }
+        code if code.starts_with("5.7") => {
+            "Your message wasn't delivered because the recipient's email provider rejected it, or a policy of the organisation doesn't allow it."
+        }
+        _ => "Your message couldn't be delivered to the recipient.",
+    }
+}
+
+fn render_reply(reply: &SmtpReply) -> String {
+    match &reply.enhanced {
+        Some(enhanced) => format!("{} {} {}", reply.code, enhanced, reply.text),
+        None => format!("{} {}", reply.code, reply.text),
+    }
+}
+
+/// The header section of `content` (up to the empty line), CRLF-terminated.
+fn header_section(content: &[u8]) -> &[u8] {
+    match memchr::memmem::find(content, b"\r\n\r\n") {
+        Some(end) => &content[..end + 2],
+        None => content,
+    }
+}
+
+/// What an NDR reports.
+#[derive(Debug)]
+pub struct Report<'a> {
+    /// The original sender (the NDR's recipient).
+    pub to: &'a str,
+    /// The original message's `Subject`.
+    pub subject: Option<&'a str>,
+    /// `ENVID` of the original transaction.
+    pub envid: Option<&'a str>,
+    /// When the original arrived.
+    pub arrival: DateTime<Utc>,
+    /// Failed recipients.
+    pub recipients: &'a [FailedRecipient],
+    /// The original content.
+    pub original: &'a [u8],
+    /// `RET=FULL`: include the whole original, else its headers.
+    pub full: bool,
+}
+
+/// Renders the NDR message (CRLF line ends) with the given `Message-ID` local part.
+pub fn render(policy: &NdrPolicy, report: &Report<'_>, id: &str, now: DateTime<Utc>) -> Vec<u8> {
+    let boundary = format!("ndr-{id}");
+    let host = &policy.reporting_mta;
+    let subject: String = report.subject.unwrap_or("").chars().filter(|c| !c.is_control()).take(200).collect();
+    let mut out = String::new();
+    out.push_str(&format!("From: Mail Delivery System <{}>\r\n", policy.postmaster));
+    out.push_str(&format!("To: <{}>\r\n", report.to));
+    out.push_str(&format!("Subject: Undeliverable: {subject}\r\n"));
+    out.push_str(&format!("Date: {}\r\n", now.to_rfc2822()));
+    out.push_str(&format!("Message-ID: <{id}@{host}>\r\n"));
+    out.push_str("Auto-Submitted: auto-replied\r\n");
+    out.push_str("MIME-Version: 1.0\r\n");
+    out.push_str(&format!(
+        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n"
+    ));
+    out.push_str("This is a delivery status notification in MIME format.\r\n\r\n");
+    // Human part (spec 13.1, the "older layout" that mail clients show as text).
+    out.push_str(&format!("--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"));
+    out.push_str("Delivery has failed to these recipients or groups:\r\n\r\n");
+    for recipient in report.recipients {
+        let enhanced = recipient.reply.enhanced.as_deref().unwrap_or("5.0.0");
+        out.push_str(&format!("{}\r\n{}\r\n\r\n", recipient.address, explanation(enhanced)));
+    }
+    out.push_str("Diagnostic information for administrators:\r\n\r\n");
+    out.push_str(&format!("Generating server: {host}\r\n\r\n"));
+    for recipient in report.recipients {
+        let enhanced = recipient.reply.enhanced.as_deref().unwrap_or("5.0.0");
+        let remote = recipient.remote_mta.as_deref().unwrap_or(host);
+        out.push_str(&format!(
+            "{}\r\n{remote}\r\n#{enhanced} smtp;{} #SMTP#\r\n\r\n",
+            recipient.address,
+            render_reply(&recipient.reply)
+        ));
+    }
+    // Machine-readable part (RFC 3464 §2).
+    out.push_str(&format!("--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"));
+    out.push_str(&format!("Reporting-MTA: dns;{host}\r\n"));
+    if let Some(envid) = report.envid {
+        out.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
+    }
+    out.push_str(&format!("Arrival-Date: {}\r\n", report.arrival.to_rfc2822()));
+    for recipient in report.recipients {
+        let status = recipient.reply.enhanced.as_deref().unwrap_or("5.0.0");
+        out.push_str("\r\n");
+        out.push_str(&format!("Final-Recipient: rfc822;{}\r\n", recipient.address));
+        if let Some(orcpt) = &recipient.orcpt {
+            out.push_str(&format!("Original-Recipient: {orcpt}\r\n"));
+        }
+        out.push_str(&format!("Action: failed\r\nStatus: {status}\r\n"));
+        if let Some(remote) = &recipient.remote_mta {
+            out.push_str(&format!("Remote-MTA: dns;{remote}\r\n"));
+        }
+        out.push_str(&format!("Diagnostic-Code: smtp;{}\r\n", render_reply(&recipient.reply)));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    if report.full {
+        bytes.extend_from_slice(format!("--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n").as_bytes());
+        bytes.extend_from_slice(report.original);
+    } else {
+        bytes.extend_from_slice(format!("--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n").as_bytes());
+        bytes.extend_from_slice(header_section(report.original));
+    }
+    if !bytes.ends_with(b"\r\n") {
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    bytes
+}
+
+/// Errors while submitting an NDR (temporary: the caller retries).
+#[derive(Debug, thiserror::Error)]
+pub enum NdrError {
+    /// The content or the event could not be appended.
+    #[error("storing the NDR: {0}")]
+    Store(#[from] content::ContentError),
+    /// The original content could not be read.
+    #[error("loading the original message: {0}")]
+    Original(content::ContentError),
+}
+
+/// Builds the NDR for `recipients` of `original` and appends it as a new
+/// message; returns its message id, or `None` when no NDR is due (null
+/// sender, NOTIFY, remote domain with NDRs disabled).
+pub async fn submit(
+    log: &dyn EventLog,
+    policy: &NdrPolicy,
+    producer: &str,
+    original_id: &str,
+    original: &MessageReceived,
+    recipients: &[FailedRecipient],
+    now: DateTime<Utc>,
+) -> Result<Option<String>, NdrError> {
+    let sender = &original.envelope.mail_from;
+    if recipients.is_empty() || !policy.sends_to(sender) {
+        return Ok(None);
+    }
+    let content = content::load(log, original_id, &original.content).await.map_err(NdrError::Original)?;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let report = Report {
+        to: sender,
+        subject: original.subject.as_deref(),
+        envid: original.envelope.dsn_envid.as_deref(),
+        arrival: original.received_at,
+        recipients,
+        original: &content,
+        full: original.envelope.dsn_return == Some(DsnReturn::Full),
+    };
+    let ndr = render(policy, &report, &id, now);
+    let reference = content::store(log, &id, producer, &ndr).await?;
+    let event = ReceivedEvent::MessageReceived(MessageReceived {
+        session: SmtpSession {
+            session_id: uuid::Uuid::now_v7(),
+            listener: SYSTEM_LISTENER.to_string(),
+            client_ip: "127.0.0.1".to_string(),
+            client_port: 0,
+            client_hostname: Some(policy.reporting_mta.clone()),
+            server_ip: None,
+            helo: Some(policy.reporting_mta.clone()),
+            tls: None,
+            authenticated_as: Some(policy.postmaster.clone()),
+        },
+        envelope: SmtpEnvelope {
+            mail_from: String::new(),
+            dsn_return: None,
+            dsn_envid: None,
+            body: Default::default(),
+            smtputf8: false,
+            declared_size: None,
+        },
+        recipients: vec![Recipient { address: sender.clone(), notify: vec![], orcpt: None, accepted_domain: None }],
+        connector: None,
+        directionality: Directionality::Originating,
+        content: reference,
+        received_at: now,
+        internet_message_id: Some(format!("<{id}@{}>", policy.reporting_mta)),
+        subject: Some(format!("Undeliverable: {}", original.subject.as_deref().unwrap_or(""))),
+        header_from: Some(policy.postmaster.clone()),
+        inline_checks: None,
+    });
+    let envelope = Envelope::new(&id, producer, now, event);
+    log.append(topic::RECEIVED, id.as_bytes(), &envelope.to_json()).await.map_err(content::ContentError::from)?;
+    Ok(Some(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(config: &str) -> NdrPolicy {
+        let config: Config = toml::from_str(config).expect("parses");
+        let accepted = std::sync::Arc::new(crate::policy::InboundPolicy::new(&config));
+        NdrPolicy::new(&config, accepted)
+    }
+
+    const CONFIG: &str = "[server]\nhostname = \"mx.contoso.com\"\n[[accepted_domains]]\nname = \"contoso.com\"\ndefault = true\n[[remote_domains]]\nname = \"quiet.example\"\nndr_enabled = false\n";
+
+    #[test]
+    fn the_postmaster_defaults_to_the_default_accepted_domain_and_can_be_set() {
+        // Spec 13.9.
+        assert_eq!(policy(CONFIG).postmaster, "postmaster@contoso.com");
+        let set = format!("{CONFIG}[transport]\npostmaster = \"bounces@contoso.com\"\n");
+        assert_eq!(policy(&set).postmaster, "bounces@contoso.com");
+    }
+
+    #[test]
+    fn no_ndr_to_the_null_sender_nor_to_a_remote_domain_that_disables_them() {
+        let policy = policy(CONFIG);
+        assert!(!policy.sends_to(""), "an NDR is never sent to <>");
+        assert!(!policy.sends_to("a@quiet.example"), "spec 13.5");
+        assert!(policy.sends_to("a@loud.example"));
+        assert!(policy.sends_to("anna@contoso.com"));
+    }
+
+    #[test]
+    fn notify_never_or_success_only_suppresses_the_failure_notice() {
+        let recipient = |notify: Vec<DsnNotify>| QueuedRecipient { address: "x@y.z".into(), notify, orcpt: None };
+        assert!(wants_failure_notice(Some(&recipient(vec![]))));
+        assert!(wants_failure_notice(Some(&recipient(vec![DsnNotify::Failure, DsnNotify::Delay]))));
+        assert!(!wants_failure_notice(Some(&recipient(vec![DsnNotify::Never]))));
+        assert!(!wants_failure_notice(Some(&recipient(vec![DsnNotify::Success]))));
+    }
+
+    #[test]
+    fn the_report_is_a_parseable_rfc_3464_delivery_status() {
+        let policy = policy(CONFIG);
+        let original =
+            b"From: anna@contoso.com\r\nSubject: Hello\r\nMessage-ID: <1@contoso.com>\r\n\r\nsecret body\r\n";
+        let failed = [FailedRecipient {
+            address: "bob@fabrikam.example".into(),
+            orcpt: Some("rfc822;bob@fabrikam.example".into()),
+            reply: SmtpReply { code: 550, enhanced: Some("5.1.1".into()), text: "User unknown".into() },
+            remote_mta: Some("mx.fabrikam.example".into()),
+        }];
+        let report = Report {
+            to: "anna@contoso.com",
+            subject: Some("Hello"),
+            envid: Some("ENV1"),
+            arrival: Utc::now(),
+            recipients: &failed,
+            original,
+            full: false,
+        };
+        let ndr = render(&policy, &report, "abc", Utc::now());
+        let parsed = mail_parser::MessageParser::default().parse(&ndr).expect("the NDR parses");
+        assert_eq!(parsed.subject(), Some("Undeliverable: Hello"));
+        assert_eq!(parsed.from().and_then(|f| f.first()).and_then(|a| a.address()), Some("postmaster@contoso.com"));
+        let text = String::from_utf8_lossy(&ndr);
+        assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status"), "{text}");
+        for line in [
+            "Reporting-MTA: dns;mx.contoso.com",
+            "Original-Envelope-Id: ENV1",
+            "Final-Recipient: rfc822;bob@fabrikam.example",
+            "Action: failed",
+            "Status: 5.1.1",
+            "Remote-MTA: dns;mx.fabrikam.example",
+            "Diagnostic-Code: smtp;550 5.1.1 User unknown",
+            "Generating server: mx.contoso.com",
+            "Subject: Hello",
+        ] {
+            assert!(text.contains(line), "missing `{line}` in\n{text}");
+        }
+        assert!(!text.contains("secret body"), "RET=HDRS (the default) carries the headers only");
+        assert_eq!(parsed.parts.len(), 4, "root, human part, delivery-status, headers");
+        let full = render(&policy, &Report { full: true, ..report }, "abc", Utc::now());
+        assert!(String::from_utf8_lossy(&full).contains("secret body"), "RET=FULL carries the message");
+    }
+}

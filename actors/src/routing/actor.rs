@@ -1,0 +1,176 @@
+//! The routing actor: a member of the `mailflow-routing` consumer group on
+//! `mailflow.verdicts`. For each `VerdictReached` it calls [`Router::route`],
+//! appends one `Queued` per destination to `mailflow.delivery` (key: the
+//! destination), records unroutable recipients as `Failed` (attempt 0) with
+//! their NDR, and only then commits. A crash in between routes the verdict
+//! again; the delivery state drops a `Queued` for a message already in the
+//! destination's queue, so the copy is not delivered twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, AsyncContext as _, Context, WrapFuture as _};
+use chrono::Utc;
+use mailflow_events::delivery::{DeliveryEvent, Failed};
+use mailflow_events::log::{EventLog, GroupMember, Record};
+use mailflow_events::verdicts::VerdictEvent;
+use mailflow_events::{Envelope, topic};
+
+use super::Router;
+use crate::ndr::{self, FailedRecipient, NdrPolicy};
+
+/// Consumer group of the routing role.
+pub const GROUP: &str = "mailflow-routing";
+
+/// What the routing actor works with.
+#[derive(Clone)]
+pub struct RoutingActor {
+    /// The event log.
+    pub log: Arc<dyn EventLog>,
+    /// Routing tables.
+    pub router: Arc<Router>,
+    /// NDR sender and policy.
+    pub ndr: Arc<NdrPolicy>,
+    /// Producer name in events.
+    pub producer: String,
+}
+
+impl std::fmt::Debug for RoutingActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutingActor").field("producer", &self.producer).finish_non_exhaustive()
+    }
+}
+
+impl Actor for RoutingActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let worker = self.clone();
+        ctx.spawn(worker.run().into_actor(self));
+    }
+}
+
+/// Appends until durable: committing the verdict first would lose the route.
+pub(crate) async fn append_until_durable(log: &dyn EventLog, topic: &str, key: &str, value: &[u8]) {
+    let mut backoff = Duration::from_millis(100);
+    while let Err(err) = log.append(topic, key.as_bytes(), value).await {
+        tracing::warn!(error = %err, topic, "append failed; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+impl RoutingActor {
+    async fn run(self) {
+        let mut member = loop {
+            match self.log.join(GROUP, &[topic::VERDICTS]).await {
+                Ok(member) => break member,
+                Err(err) => {
+                    tracing::warn!(error = %err, "routing role cannot join its group yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        loop {
+            match member.poll(Duration::from_secs(1)).await {
+                Ok(Some(record)) => self.handle(member.as_mut(), record).await,
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "routing role: poll failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, member: &mut dyn GroupMember, record: Record) {
+        match Envelope::<VerdictEvent>::from_json(&record.value) {
+            Ok(envelope) => {
+                if let VerdictEvent::VerdictReached(verdict) = &envelope.event {
+                    match &verdict.received {
+                        Some(received) => self.route(&envelope.message_id, verdict, received).await,
+                        None => {
+                            tracing::error!(message_id = %envelope.message_id, "verdict without its message; not routable")
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, offset = record.position.offset, "undecodable event on mailflow.verdicts; skipped")
+            }
+        }
+        let (partition, next) = (record.position.partition, record.position.offset + 1);
+        if let Err(err) = member.commit(topic::VERDICTS, partition, next).await {
+            tracing::warn!(error = %err, "commit failed; the verdict may be routed again");
+        }
+    }
+
+    async fn route(
+        &self,
+        message_id: &str,
+        verdict: &mailflow_events::verdicts::VerdictReached,
+        received: &mailflow_events::received::MessageReceived,
+    ) {
+        let routed = self.router.route(verdict, received);
+        for queued in routed.queued {
+            let key = queued.destination.key();
+            tracing::info!(message_id, destination = %key, recipients = queued.recipients.len(), "routed");
+            let event = Envelope::new(message_id, &self.producer, Utc::now(), DeliveryEvent::Queued(queued));
+            append_until_durable(self.log.as_ref(), topic::DELIVERY, &key, &event.to_json()).await;
+        }
+        for unroutable in routed.unroutable {
+            let failed: Vec<FailedRecipient> = unroutable
+                .recipients
+                .iter()
+                .filter(|address| {
+                    let original = received.recipients.iter().find(|r| r.address.eq_ignore_ascii_case(address));
+                    original.is_none_or(|r| {
+                        r.notify.is_empty() || r.notify.contains(&mailflow_events::received::DsnNotify::Failure)
+                    })
+                })
+                .map(|address| FailedRecipient {
+                    address: address.clone(),
+                    orcpt: None,
+                    reply: unroutable.reply.clone(),
+                    remote_mta: None,
+                })
+                .collect();
+            let ndr_message_id = loop {
+                match ndr::submit(
+                    self.log.as_ref(),
+                    &self.ndr,
+                    &self.producer,
+                    message_id,
+                    received,
+                    &failed,
+                    Utc::now(),
+                )
+                .await
+                {
+                    Ok(id) => break id,
+                    Err(ndr::NdrError::Original(err)) => {
+                        tracing::error!(error = %err, message_id, "original content unreadable; no NDR");
+                        break None;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, message_id, "NDR not stored yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            };
+            let key = unroutable.destination.key();
+            tracing::info!(message_id, destination = %key, reply = %unroutable.reply.text, "not routable");
+            let event = DeliveryEvent::Failed(Failed {
+                destination: unroutable.destination,
+                attempt: 0,
+                recipients: unroutable.recipients,
+                reply: unroutable.reply,
+                remote_host: None,
+                remote_ip: None,
+                ndr_message_id,
+            });
+            let event = Envelope::new(message_id, &self.producer, Utc::now(), event);
+            append_until_durable(self.log.as_ref(), topic::DELIVERY, &key, &event.to_json()).await;
+        }
+    }
+}
