@@ -25,7 +25,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Roles this process runs (default: all that exist).
-        #[arg(long, value_delimiter = ',', default_value = "connection,verdict")]
+        #[arg(long, value_delimiter = ',', default_value = "connection,verdict,routing,delivery")]
         roles: Vec<Role>,
     },
     /// Checks a configuration file and reports every problem at once.
@@ -185,6 +185,10 @@ enum Role {
     Connection,
     /// Authentication and filtering of accepted messages.
     Verdict,
+    /// Destinations for every recipient.
+    Routing,
+    /// Delivery, deferral and NDRs.
+    Delivery,
 }
 
 async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
@@ -192,7 +196,10 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     let log = event_log::open(&config.event_log, "mailflow").await.context("opening the event log")?;
     // One resolver, hence one DNS cache, for every role of the process.
     let resolver = crate::dns::resolver(&config.dns).context("building the DNS resolver")?;
-    let authenticator = std::sync::Arc::new(mail_auth::MessageAuthenticator(resolver));
+    let authenticator = std::sync::Arc::new(mail_auth::MessageAuthenticator(resolver.clone()));
+    let policy = std::sync::Arc::new(crate::policy::InboundPolicy::new(&config));
+    let router = std::sync::Arc::new(crate::routing::Router::new(&config, std::sync::Arc::clone(&policy)));
+    let ndr = std::sync::Arc::new(crate::ndr::NdrPolicy::new(&config, std::sync::Arc::clone(&policy)));
     let mut front_door = None;
     if roles.contains(&Role::Connection) {
         let started = front_door::start(
@@ -212,11 +219,25 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
             anti_spam: std::sync::Arc::new(config.anti_spam.clone()),
             connectors: std::sync::Arc::new(config.inbound_connectors.clone()),
             rules: std::sync::Arc::new(config.transport_rules.clone()),
-            policy: std::sync::Arc::new(crate::policy::InboundPolicy::new(&config)),
+            policy: std::sync::Arc::clone(&policy),
             hostname: config.server.hostname.clone(),
             producer: "mailflow/verdict".to_string(),
         }
         .start();
+    }
+    if roles.contains(&Role::Routing) {
+        crate::routing::actor::RoutingActor {
+            log: std::sync::Arc::clone(&log),
+            router: std::sync::Arc::clone(&router),
+            ndr: std::sync::Arc::clone(&ndr),
+            producer: "mailflow/routing".to_string(),
+        }
+        .start();
+    }
+    if roles.contains(&Role::Delivery) {
+        let shared = crate::delivery::actor::Shared::new(&config, std::sync::Arc::clone(&log), resolver, router, ndr)
+            .context("setting up delivery")?;
+        crate::delivery::actor::DeliveryActor { shared: std::sync::Arc::new(shared) }.start();
     }
     // One line per listener, then `ready`: scripts and the test harness read these.
     for (name, address) in front_door.iter().flat_map(|door| door.listeners.iter()) {

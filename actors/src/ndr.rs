@@ -19,6 +19,7 @@ use mailflow_events::received::{
     Directionality, DsnNotify, DsnReturn, MessageReceived, ReceivedEvent, Recipient, SmtpEnvelope, SmtpReply,
     SmtpSession,
 };
+use mailflow_events::content::ContentRef;
 use mailflow_events::{Envelope, content, topic};
 
 use crate::config::{Config, RemoteDomainConfig};
@@ -228,32 +229,78 @@ pub enum NdrError {
     Original(content::ContentError),
 }
 
+/// The message an NDR reports on.
+#[derive(Debug, Clone, Copy)]
+pub struct Original<'a> {
+    /// Its message id.
+    pub message_id: &'a str,
+    /// Its envelope sender (the NDR's recipient).
+    pub mail_from: &'a str,
+    /// Its `ENVID`.
+    pub envid: Option<&'a str>,
+    /// Its `RET=FULL`.
+    pub full: bool,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+    /// Its content.
+    pub content: &'a ContentRef,
+}
+
+impl<'a> Original<'a> {
+    /// From the `MessageReceived` of message `message_id`.
+    pub fn received(message_id: &'a str, received: &'a MessageReceived) -> Self {
+        Self {
+            message_id,
+            mail_from: &received.envelope.mail_from,
+            envid: received.envelope.dsn_envid.as_deref(),
+            full: received.envelope.dsn_return == Some(DsnReturn::Full),
+            received_at: received.received_at,
+            content: &received.content,
+        }
+    }
+
+    /// From a `Queued` copy of message `message_id`.
+    pub fn queued(message_id: &'a str, queued: &'a mailflow_events::delivery::Queued) -> Self {
+        Self {
+            message_id,
+            mail_from: &queued.mail_from,
+            envid: queued.dsn_envid.as_deref(),
+            full: queued.dsn_return == Some(DsnReturn::Full),
+            received_at: queued.received_at,
+            content: &queued.content,
+        }
+    }
+}
+
 /// Builds the NDR for `recipients` of `original` and appends it as a new
 /// message; returns its message id, or `None` when no NDR is due (null
-/// sender, NOTIFY, remote domain with NDRs disabled).
+/// sender, remote domain with NDRs disabled). The caller leaves out
+/// recipients whose `NOTIFY` excludes failures ([`wants_failure_notice`]).
 pub async fn submit(
     log: &dyn EventLog,
     policy: &NdrPolicy,
     producer: &str,
-    original_id: &str,
-    original: &MessageReceived,
+    original: &Original<'_>,
     recipients: &[FailedRecipient],
     now: DateTime<Utc>,
 ) -> Result<Option<String>, NdrError> {
-    let sender = &original.envelope.mail_from;
+    let sender = original.mail_from;
     if recipients.is_empty() || !policy.sends_to(sender) {
         return Ok(None);
     }
-    let content = content::load(log, original_id, &original.content).await.map_err(NdrError::Original)?;
+    let content = content::load(log, original.message_id, original.content).await.map_err(NdrError::Original)?;
+    let subject = mail_parser::MessageParser::default()
+        .parse_headers(&content)
+        .and_then(|m| m.subject().map(str::to_string));
     let id = uuid::Uuid::now_v7().simple().to_string();
     let report = Report {
         to: sender,
-        subject: original.subject.as_deref(),
-        envid: original.envelope.dsn_envid.as_deref(),
+        subject: subject.as_deref(),
+        envid: original.envid,
         arrival: original.received_at,
         recipients,
         original: &content,
-        full: original.envelope.dsn_return == Some(DsnReturn::Full),
+        full: original.full,
     };
     let ndr = render(policy, &report, &id, now);
     let reference = content::store(log, &id, producer, &ndr).await?;
@@ -277,13 +324,13 @@ pub async fn submit(
             smtputf8: false,
             declared_size: None,
         },
-        recipients: vec![Recipient { address: sender.clone(), notify: vec![], orcpt: None, accepted_domain: None }],
+        recipients: vec![Recipient { address: sender.to_string(), notify: vec![], orcpt: None, accepted_domain: None }],
         connector: None,
         directionality: Directionality::Originating,
         content: reference,
         received_at: now,
         internet_message_id: Some(format!("<{id}@{}>", policy.reporting_mta)),
-        subject: Some(format!("Undeliverable: {}", original.subject.as_deref().unwrap_or(""))),
+        subject: Some(format!("Undeliverable: {}", subject.as_deref().unwrap_or(""))),
         header_from: Some(policy.postmaster.clone()),
         inline_checks: None,
     });

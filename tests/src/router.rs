@@ -68,6 +68,13 @@ impl Router {
         } else {
             format!("{config}\n[event_log]\nkind = \"embedded\"\npath = {:?}\n", log.display().to_string())
         };
+        // Maildir in the test's directory too, unless the test brings a store.
+        let full = if full.contains("[mailbox_store]") {
+            full
+        } else {
+            let mail = dir.path().join("mail");
+            format!("{full}\n[mailbox_store]\nkind = \"maildir\"\npath = {:?}\n", mail.display().to_string())
+        };
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, full)?;
         let mut child = Command::new(binary()?)

@@ -5,3 +5,6 @@
 
 pub mod schedule;
 pub mod state;
+pub mod actor;
+pub mod mx;
+pub mod render;

@@ -86,10 +86,23 @@ pub struct Due {
     pub key: String,
     /// The destination.
     pub destination: Destination,
-    /// Messages to try, in queue order: (message id, offset of `Queued`, attempt number).
-    pub messages: Vec<(String, u64, u32)>,
+    /// Messages to try, in queue order.
+    pub messages: Vec<DueMessage>,
     /// The attempt number of a destination-level probe.
     pub destination_attempt: u32,
+}
+
+/// A message to try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueMessage {
+    /// The message id.
+    pub message_id: String,
+    /// Offset of its `Queued` event.
+    pub queued_offset: u64,
+    /// Number of this attempt, from 1.
+    pub attempt: u32,
+    /// Recipients still pending.
+    pub recipients: Vec<String>,
 }
 
 /// A message whose time is up.
@@ -238,12 +251,17 @@ impl PartitionState {
             if state.retry.as_ref().is_some_and(|retry| retry.next_attempt_at > now) {
                 continue;
             }
-            let messages: Vec<(String, u64, u32)> = state
+            let messages: Vec<DueMessage> = state
                 .queue
                 .iter()
                 .filter(|m| m.expires_at > now && m.next_attempt_at.is_none_or(|at| at <= now))
                 .take(batch)
-                .map(|m| (m.message_id.to_string(), m.queued_offset, m.attempts + 1))
+                .map(|m| DueMessage {
+                    message_id: m.message_id.to_string(),
+                    queued_offset: m.queued_offset,
+                    attempt: m.attempts + 1,
+                    recipients: m.pending.iter().map(|p| p.to_string()).collect(),
+                })
                 .collect();
             if messages.is_empty() {
                 continue;

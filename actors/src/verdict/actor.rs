@@ -166,6 +166,9 @@ impl VerdictActor {
 
     /// The verdict on one accepted message.
     pub async fn judge(&self, message_id: &str, received: &MessageReceived) -> VerdictEvent {
+        if received.session.listener == crate::ndr::SYSTEM_LISTENER {
+            return system_verdict(received);
+        }
         let content = match content::load(self.log.as_ref(), message_id, &received.content).await {
             Ok(content) => content,
             Err(err) => {
@@ -278,6 +281,34 @@ impl VerdictActor {
             received: Some(Box::new(received.clone())),
         })
     }
+}
+
+/// Messages the router generates itself (NDRs) skip filtering, as EOP's
+/// intra-organisation mail does (`SFV:SKI`, SCL -1).
+fn system_verdict(received: &MessageReceived) -> VerdictEvent {
+    VerdictEvent::VerdictReached(VerdictReached {
+        recipients: received.recipients.iter().map(|r| r.address.clone()).collect(),
+        authentication: Default::default(),
+        original_client_ip: received.session.client_ip.clone(),
+        scl: -1,
+        bcl: 0,
+        verdict: SpamVerdict::NotSpam,
+        sfv: "SKI".to_string(),
+        ipv: None,
+        category: Some("NONE".to_string()),
+        action: PolicyAction::Deliver,
+        headers_added: vec![mailflow_events::verdicts::Header {
+            name: "X-MS-Exchange-Organization-SCL".to_string(),
+            value: "-1".to_string(),
+        }],
+        subject_prefix: None,
+        redirect_to: vec![],
+        added_recipients: vec![],
+        route_via_connector: None,
+        reject_reply: None,
+        rules_matched: vec![],
+        received: Some(Box::new(received.clone())),
+    })
 }
 
 /// A rule's `SetSCL` (spec 9.4): -1 bypasses filtering (`SFV:SKN`), 5–6 is

@@ -83,9 +83,10 @@ fn never_busy(_: &str) -> bool {
 fn messages_are_due_in_the_order_they_were_queued() {
     let state = fold(&[queued("m1", 0), queued("m2", 1), queued("m3", 2)]);
     let due = state.due(at(3), &never_busy, 100);
-    let ids: Vec<_> = due[0].messages.iter().map(|(id, ..)| id.as_str()).collect();
+    let ids: Vec<_> = due[0].messages.iter().map(|m| m.message_id.as_str()).collect();
     assert_eq!(ids, ["m1", "m2", "m3"]);
-    assert_eq!(due[0].messages[0].1, 0, "the offset of the Queued event is kept");
+    assert_eq!(due[0].messages[0].queued_offset, 0, "the offset of the Queued event is kept");
+    assert_eq!(due[0].messages[0].recipients, ["a@example.org", "b@example.org"]);
 }
 
 #[test]
@@ -94,7 +95,7 @@ fn a_destination_in_retry_waits_with_its_whole_queue_and_new_mail_queues_behind(
     assert!(state.due(at(10), &never_busy, 100).is_empty(), "nothing before the next probe");
     let due = state.due(at(11), &never_busy, 100);
     assert_eq!(due[0].destination_attempt, 2);
-    let ids: Vec<_> = due[0].messages.iter().map(|(id, ..)| id.as_str()).collect();
+    let ids: Vec<_> = due[0].messages.iter().map(|m| m.message_id.as_str()).collect();
     assert_eq!(ids, ["m1", "m2"], "after recovery: arrival order");
     assert_eq!(state.next_wakeup(), Some(at(11)));
 }
@@ -103,10 +104,10 @@ fn a_destination_in_retry_waits_with_its_whole_queue_and_new_mail_queues_behind(
 fn a_message_level_deferral_holds_only_that_message() {
     let state = fold(&[queued("m1", 0), queued("m2", 1), deferred("m1", 1, Scope::Message, at(20))]);
     let due = state.due(at(2), &never_busy, 100);
-    let ids: Vec<_> = due[0].messages.iter().map(|(id, _, attempt)| (id.as_str(), *attempt)).collect();
+    let ids: Vec<_> = due[0].messages.iter().map(|m| (m.message_id.as_str(), m.attempt)).collect();
     assert_eq!(ids, [("m2", 1)]);
     let later = state.due(at(20), &never_busy, 100);
-    assert_eq!(later[0].messages[0], ("m1".to_string(), 0, 2), "attempt 2 at its own time");
+    assert_eq!((later[0].messages[0].message_id.as_str(), later[0].messages[0].attempt), ("m1", 2), "attempt 2 at its own time");
 }
 
 #[test]

@@ -1,0 +1,756 @@
+//! The delivery actor: a member of the `mailflow-delivery` consumer group on
+//! `mailflow.delivery`.
+//!
+//! For every assigned partition it folds the partition's events from offset 0
+//! into a [`PartitionState`] (the group never commits on this topic: the log
+//! is the queue, and the fold is the state). Until the fold has reached the
+//! end offset seen at assignment, the partition is *replaying* and nothing is
+//! delivered: replay has no side effects. Then, every tick, destinations with
+//! work due get one delivery task each (one connection per destination keeps
+//! strict arrival order, spec 11.4). A task appends each attempt's outcome to
+//! the destination's partition as it goes; the destination stays busy until
+//! the fold has applied the task's last event, so nothing is sent twice
+//! because the state had not caught up yet.
+//!
+//! A crash between a next hop's `250` and the `Delivered` append means the
+//! message is sent again after restart (at-least-once); the window is one
+//! message per destination.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, AsyncContext as _, Context, WrapFuture as _};
+use chrono::{DateTime, Utc};
+use hickory_resolver::TokioResolver;
+use mailflow_events::delivery::{
+    Deferred, Delivered, DeliveryEvent, DestinationKind, Expired, Failed, Queued, Scope,
+};
+use mailflow_events::log::{EventLog, Record};
+use mailflow_events::received::SmtpReply;
+use mailflow_events::{Envelope, content, topic};
+use tokio::sync::mpsc;
+
+use super::client::{ClientOptions, Connection, Hop, HopFailure, Outcome, Protocol, Timeouts, TlsPolicy, Transaction};
+use super::mx::{self, Resolution};
+use super::schedule::RetrySchedule;
+use super::state::{Due, DueMessage, ExpiredMessage, PartitionState};
+use crate::config::{Config, MailboxStoreConfig, TlsSettings};
+use crate::ndr::{self, FailedRecipient, NdrPolicy};
+use crate::routing::Router;
+
+/// Consumer group of the delivery role.
+pub const GROUP: &str = "mailflow-delivery";
+
+/// Messages handed to one delivery task at most.
+const BATCH: usize = 100;
+
+/// How often the scheduler looks for due work when nothing arrives.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Everything a delivery task needs, shared.
+#[derive(Debug)]
+pub struct Shared {
+    /// The event log.
+    pub log: Arc<dyn EventLog>,
+    /// DNS for MX and smart hosts.
+    pub resolver: TokioResolver,
+    /// Connector lookup.
+    pub router: Arc<Router>,
+    /// NDR sender.
+    pub ndr: Arc<NdrPolicy>,
+    /// Retry schedule.
+    pub schedule: RetrySchedule,
+    /// The mailbox store.
+    pub store: MailboxStoreConfig,
+    /// EHLO name, timeouts, trust anchors.
+    pub client: ClientOptions,
+    /// Port of MX hosts.
+    pub mx_port: u16,
+    /// Messages per connection.
+    pub max_messages_per_connection: usize,
+    /// Producer name in events.
+    pub producer: String,
+}
+
+impl Shared {
+    /// From a validated configuration.
+    pub fn new(
+        config: &Config,
+        log: Arc<dyn EventLog>,
+        resolver: TokioResolver,
+        router: Arc<Router>,
+        ndr: Arc<NdrPolicy>,
+    ) -> anyhow::Result<Self> {
+        let transport = &config.transport;
+        let mut roots = (*super::client::default_roots()).clone();
+        if let Some(path) = &transport.extra_ca {
+            super::client::add_pem_roots(&mut roots, path)?;
+        }
+        let timeouts = Timeouts {
+            connect: transport.connect_timeout,
+            greeting: transport.command_timeout,
+            ehlo: transport.command_timeout,
+            mail: transport.command_timeout,
+            rcpt: transport.command_timeout,
+            data_init: transport.command_timeout,
+            data_end: transport.command_timeout * 2,
+        };
+        Ok(Self {
+            log,
+            resolver,
+            router,
+            ndr,
+            schedule: RetrySchedule::new(transport.retry_schedule.clone()),
+            store: config.mailbox_store.clone(),
+            client: ClientOptions {
+                protocol: Protocol::Smtp,
+                helo_name: config.server.hostname.clone(),
+                tls: TlsPolicy::Opportunistic,
+                roots: Arc::new(roots),
+                timeouts,
+            },
+            mx_port: transport.mx_port,
+            max_messages_per_connection: transport.max_messages_per_connection,
+            producer: "mailflow/delivery".to_string(),
+        })
+    }
+}
+
+/// The actor.
+#[derive(Debug, Clone)]
+pub struct DeliveryActor {
+    /// Shared context of its tasks.
+    pub shared: Arc<Shared>,
+}
+
+impl Actor for DeliveryActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let shared = Arc::clone(&self.shared);
+        ctx.spawn(run(shared).into_actor(self));
+    }
+}
+
+/// A partition owned by this member.
+#[derive(Debug)]
+struct Owned {
+    state: PartitionState,
+    /// End offset when the partition was assigned: replay ends there.
+    replay_until: u64,
+}
+
+/// A finished task: the destination and the last offset it appended.
+#[derive(Debug)]
+struct Done {
+    key: String,
+    last_offset: Option<u64>,
+}
+
+/// Destination key → its partition and the offset the fold must pass before
+/// it is free again (`None`: its task still runs).
+type Busy = HashMap<String, (u32, Option<u64>)>;
+
+async fn run(shared: Arc<Shared>) {
+    let mut member = loop {
+        match shared.log.join(GROUP, &[topic::DELIVERY]).await {
+            Ok(member) => break member,
+            Err(err) => {
+                tracing::warn!(error = %err, "delivery role cannot join its group yet");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let mut owned: HashMap<u32, Owned> = HashMap::new();
+    let mut busy: Busy = HashMap::new();
+    // Bounded: at most one message per running task is ever in flight.
+    let (done_tx, mut done_rx) = mpsc::channel::<Done>(1024);
+    loop {
+        // Assignment: drop what was taken away, start replaying what was given.
+        let assigned: Vec<u32> =
+            member.assignment().into_iter().filter(|(t, _)| t == topic::DELIVERY).map(|(_, p)| p).collect();
+        owned.retain(|partition, _| assigned.contains(partition));
+        for partition in &assigned {
+            if !owned.contains_key(partition) {
+                match shared.log.end_offset(topic::DELIVERY, *partition).await {
+                    Ok(end) => {
+                        tracing::info!(partition, replay_until = end, "delivery partition assigned; replaying");
+                        owned.insert(*partition, Owned { state: PartitionState::default(), replay_until: end });
+                    }
+                    Err(err) => tracing::warn!(error = %err, partition, "end offset unknown; retrying"),
+                }
+            }
+        }
+        // Fold everything that is there, then look for work.
+        match member.poll(TICK).await {
+            Ok(Some(record)) => {
+                apply(&mut owned, &record);
+                while let Ok(Some(record)) = member.poll(Duration::ZERO).await {
+                    apply(&mut owned, &record);
+                }
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "delivery role: poll failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        while let Ok(done) = done_rx.try_recv() {
+            match (done.last_offset, busy.get_mut(&done.key)) {
+                (Some(offset), Some(entry)) => entry.1 = Some(offset),
+                _ => {
+                    busy.remove(&done.key);
+                }
+            }
+        }
+        // A destination is free once the fold has applied its task's last event.
+        busy.retain(|_, (partition, until)| match (until, owned.get(partition)) {
+            (None, _) => true,
+            (Some(offset), Some(owned)) => owned.state.next_offset <= *offset,
+            (Some(_), None) => false,
+        });
+        let now = Utc::now();
+        for (partition, owned) in &owned {
+            if owned.state.next_offset < owned.replay_until {
+                continue; // still replaying: no side effects
+            }
+            let is_busy = |key: &str| busy.contains_key(key);
+            let expired = owned.state.expired(now, &is_busy);
+            let due = owned.state.due(now, &is_busy, BATCH);
+            let mut by_key: HashMap<String, Vec<ExpiredMessage>> = HashMap::new();
+            for message in expired {
+                by_key.entry(message.key.clone()).or_default().push(message);
+            }
+            for (key, messages) in by_key {
+                busy.insert(key.clone(), (*partition, None));
+                let (shared, done_tx, partition) = (Arc::clone(&shared), done_tx.clone(), *partition);
+                tokio::spawn(async move {
+                    let last_offset = expire(&shared, partition, &messages).await;
+                    let _ = done_tx.send(Done { key, last_offset }).await;
+                });
+            }
+            for work in due {
+                if busy.contains_key(&work.key) {
+                    continue;
+                }
+                busy.insert(work.key.clone(), (*partition, None));
+                let (shared, done_tx, partition) = (Arc::clone(&shared), done_tx.clone(), *partition);
+                tokio::spawn(async move {
+                    let key = work.key.clone();
+                    let last_offset = deliver(&shared, partition, work).await;
+                    let _ = done_tx.send(Done { key, last_offset }).await;
+                });
+            }
+        }
+    }
+}
+
+fn apply(owned: &mut HashMap<u32, Owned>, record: &Record) {
+    let Some(partition) = owned.get_mut(&record.position.partition) else { return };
+    match Envelope::<DeliveryEvent>::from_json(&record.value) {
+        Ok(envelope) => partition.state.apply(record.position.offset, &envelope),
+        Err(err) => {
+            tracing::error!(error = %err, offset = record.position.offset, "undecodable delivery event; skipped");
+            partition.state.next_offset = partition.state.next_offset.max(record.position.offset + 1);
+        }
+    }
+}
+
+/// Appends an outcome until it is durable; returns its offset.
+async fn record(shared: &Shared, message_id: &str, event: DeliveryEvent) -> u64 {
+    let key = event.destination().key();
+    let envelope = Envelope::new(message_id, &shared.producer, Utc::now(), event);
+    let value = envelope.to_json();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match shared.log.append(topic::DELIVERY, key.as_bytes(), &value).await {
+            Ok(position) => return position.offset,
+            Err(err) => {
+                tracing::warn!(error = %err, "delivery outcome not appended yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Reads the `Queued` event at `offset`.
+async fn queued_at(shared: &Shared, partition: u32, offset: u64) -> Option<Queued> {
+    let records = shared.log.read(topic::DELIVERY, partition, offset, 1).await.ok()?;
+    let record = records.into_iter().next()?;
+    match Envelope::<DeliveryEvent>::from_json(&record.value).ok()?.event {
+        DeliveryEvent::Queued(queued) => Some(queued),
+        _ => None,
+    }
+}
+
+fn reply(code: u16, enhanced: &str, text: &str) -> SmtpReply {
+    SmtpReply { code, enhanced: Some(enhanced.to_string()), text: text.to_string() }
+}
+
+/// Fails `recipients` of a message, with an NDR to its sender.
+async fn fail(
+    shared: &Shared,
+    message_id: &str,
+    queued: &Queued,
+    attempt: u32,
+    failures: Vec<(String, SmtpReply)>,
+    hop: Option<&Hop>,
+) -> Option<u64> {
+    let mut last = None;
+    let notify: Vec<FailedRecipient> = failures
+        .iter()
+        .filter(|(address, _)| {
+            ndr::wants_failure_notice(queued.recipients.iter().find(|r| r.address.eq_ignore_ascii_case(address)))
+        })
+        .map(|(address, reply)| FailedRecipient {
+            address: address.clone(),
+            orcpt: queued.recipients.iter().find(|r| r.address.eq_ignore_ascii_case(address)).and_then(|r| r.orcpt.clone()),
+            reply: reply.clone(),
+            remote_mta: hop.map(|h| h.host.clone()),
+        })
+        .collect();
+    let original = ndr::Original::queued(message_id, queued);
+    let ndr_message_id = loop {
+        match ndr::submit(shared.log.as_ref(), &shared.ndr, &shared.producer, &original, &notify, Utc::now()).await {
+            Ok(id) => break id,
+            Err(ndr::NdrError::Original(err)) => {
+                tracing::error!(error = %err, message_id, "original content unreadable; no NDR");
+                break None;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, message_id, "NDR not stored yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    // One event per distinct reply, each naming its recipients.
+    let mut groups: Vec<(SmtpReply, Vec<String>)> = Vec::new();
+    for (address, reply) in failures {
+        match groups.iter_mut().find(|(r, _)| *r == reply) {
+            Some((_, recipients)) => recipients.push(address),
+            None => groups.push((reply, vec![address])),
+        }
+    }
+    for (reply, recipients) in groups {
+        tracing::info!(message_id, destination = %queued.destination.key(), code = reply.code, "failed");
+        let event = DeliveryEvent::Failed(Failed {
+            destination: queued.destination.clone(),
+            attempt,
+            recipients,
+            reply,
+            remote_host: hop.map(|h| h.host.clone()),
+            remote_ip: hop.map(|h| h.addr.ip().to_string()),
+            ndr_message_id: ndr_message_id.clone(),
+        });
+        last = Some(record(shared, message_id, event).await);
+    }
+    last
+}
+
+/// Expires messages with an NDR `4.4.7` (spec 11.3).
+async fn expire(shared: &Shared, partition: u32, messages: &[ExpiredMessage]) -> Option<u64> {
+    let mut last = None;
+    for message in messages {
+        let Some(queued) = queued_at(shared, partition, message.queued_offset).await else { continue };
+        let expiry = reply(550, "4.4.7", "QUEUE.Expired; message expired");
+        let notify: Vec<FailedRecipient> = message
+            .recipients
+            .iter()
+            .filter(|a| ndr::wants_failure_notice(queued.recipients.iter().find(|r| r.address.eq_ignore_ascii_case(a))))
+            .map(|address| FailedRecipient {
+                address: address.clone(),
+                orcpt: None,
+                reply: expiry.clone(),
+                remote_mta: None,
+            })
+            .collect();
+        let original = ndr::Original::queued(&message.message_id, &queued);
+        let ndr_message_id =
+            ndr::submit(shared.log.as_ref(), &shared.ndr, &shared.producer, &original, &notify, Utc::now())
+                .await
+                .unwrap_or_else(|err| {
+                    tracing::error!(error = %err, message_id = %message.message_id, "expiry NDR not stored");
+                    None
+                });
+        tracing::info!(message_id = %message.message_id, destination = %message.key, "expired");
+        let event = DeliveryEvent::Expired(Expired {
+            destination: message.destination.clone(),
+            attempts: message.attempts,
+            recipients: message.recipients.clone(),
+            reply: expiry,
+            last_reply: message.last_error.as_deref().map(|text| reply(450, "4.4.7", text)),
+            ndr_message_id,
+        });
+        last = Some(record(shared, &message.message_id, event).await);
+    }
+    last
+}
+
+/// The next hops of a destination, or why there are none.
+async fn next_hops(shared: &Shared, work: &Due, first_recipient: &str) -> Resolution {
+    let recipient_domain = first_recipient.rsplit_once('@').map_or("", |(_, d)| d);
+    match work.destination.kind {
+        DestinationKind::MailboxStore => match &shared.store {
+            MailboxStoreConfig::Lmtp { address, .. } => {
+                Resolution::Hops(vec![Hop { host: address.ip().to_string(), addr: *address }])
+            }
+            MailboxStoreConfig::Maildir { .. } => Resolution::Hops(vec![]),
+        },
+        DestinationKind::Internet => mx::resolve(&shared.resolver, &work.destination.name, shared.mx_port).await,
+        DestinationKind::OnPremises | DestinationKind::Partner | DestinationKind::SmartHost => {
+            let Some(connector) = shared.router.connector(&work.destination.name) else {
+                return Resolution::Defer(format!("4.4.0 outbound connector {} is not configured", work.destination.name));
+            };
+            if connector.smart_hosts.is_empty() {
+                return mx::resolve(&shared.resolver, recipient_domain, shared.mx_port).await;
+            }
+            let mut hops = Vec::new();
+            let mut error = None;
+            for host in &connector.smart_hosts {
+                match mx::host_hops(&shared.resolver, &host.host, host.port).await {
+                    Ok(found) => hops.extend(found),
+                    Err(err) => error = Some(err),
+                }
+            }
+            match (hops.is_empty(), error) {
+                (false, _) => Resolution::Hops(hops),
+                (true, Some(err)) => Resolution::Defer(format!("4.4.0 DNS query failed: {err}")),
+                (true, None) => Resolution::Defer("4.4.0 no smart host has an address".to_string()),
+            }
+        }
+    }
+}
+
+/// Client options for a destination: its connector's TLS, LMTP for the store.
+fn options_for(shared: &Shared, work: &Due, require_tls: bool) -> ClientOptions {
+    let mut options = shared.client.clone();
+    if work.destination.kind == DestinationKind::MailboxStore {
+        options.protocol = Protocol::Lmtp;
+        options.tls = TlsPolicy::Opportunistic;
+        return options;
+    }
+    if let Some(connector) = shared.router.connector(&work.destination.name) {
+        options.tls = match connector.tls {
+            TlsSettings::Opportunistic => TlsPolicy::Opportunistic,
+            TlsSettings::EncryptionOnly => TlsPolicy::EncryptionOnly,
+            TlsSettings::CertificateValidation => TlsPolicy::CertificateValidation,
+            TlsSettings::DomainValidation => {
+                TlsPolicy::DomainValidation { tls_domain: connector.tls_domain.clone().unwrap_or_default() }
+            }
+        };
+    }
+    if require_tls && matches!(options.tls, TlsPolicy::Opportunistic) {
+        options.tls = TlsPolicy::EncryptionOnly;
+    }
+    options
+}
+
+/// Defers the whole destination after a failure that is not one message's.
+async fn defer_destination(shared: &Shared, work: &Due, message: &DueMessage, failure: &HopFailure, hop: Option<&Hop>) -> u64 {
+    let now = Utc::now();
+    tracing::info!(destination = %work.key, attempt = work.destination_attempt, error = %failure.error, "destination deferred");
+    let event = DeliveryEvent::Deferred(Deferred {
+        destination: work.destination.clone(),
+        attempt: work.destination_attempt.max(message.attempt),
+        recipients: message.recipients.clone(),
+        scope: Scope::Destination,
+        reply: failure.reply.clone(),
+        error: Some(failure.error.clone()),
+        remote_host: hop.map(|h| h.host.clone()),
+        remote_ip: hop.map(|h| h.addr.ip().to_string()),
+        next_attempt_at: shared.schedule.next_attempt(work.destination_attempt, now),
+    });
+    record(shared, &message.message_id, event).await
+}
+
+/// Delivers the due messages of one destination, in order.
+async fn deliver(shared: &Shared, partition: u32, work: Due) -> Option<u64> {
+    let mut last = None;
+    let Some(first) = work.messages.first() else { return None };
+    let first_recipient = first.recipients.first().cloned().unwrap_or_default();
+    let maildir = match (&work.destination.kind, &shared.store) {
+        (DestinationKind::MailboxStore, MailboxStoreConfig::Maildir { path }) => Some(path.clone()),
+        _ => None,
+    };
+    let hops = if maildir.is_some() {
+        Vec::new()
+    } else {
+        match next_hops(shared, &work, &first_recipient).await {
+            Resolution::Hops(hops) => hops,
+            Resolution::Defer(error) => {
+                let failure = local_failure(error);
+                return Some(defer_destination(shared, &work, first, &failure, None).await);
+            }
+            Resolution::Fail(reply) => {
+                for message in &work.messages {
+                    let Some(queued) = queued_at(shared, partition, message.queued_offset).await else { continue };
+                    let failures = message.recipients.iter().map(|r| (r.clone(), reply.clone())).collect();
+                    last = fail(shared, &message.message_id, &queued, message.attempt, failures, None).await.or(last);
+                }
+                return last;
+            }
+        }
+    };
+    let mut connection: Option<Connection> = None;
+    let mut sent_on_connection = 0;
+    for message in &work.messages {
+        let Some(queued) = queued_at(shared, partition, message.queued_offset).await else {
+            tracing::error!(message_id = %message.message_id, "queued event unreadable; skipped");
+            continue;
+        };
+        let content = match content::load(shared.log.as_ref(), &message.message_id, &queued.content).await {
+            Ok(content) => super::render::render(&queued, &content),
+            Err(err) => {
+                tracing::error!(error = %err, message_id = %message.message_id, "content unreadable; deferred");
+                let failure = local_failure(format!("4.3.0 content unreadable: {err}"));
+                return Some(defer_message(shared, &work, message, &failure, None).await);
+            }
+        };
+        if let Some(root) = &maildir {
+            last = Some(deliver_maildir(shared, &work, message, &queued, root, content).await);
+            continue;
+        }
+        if connection.is_none() || sent_on_connection >= shared.max_messages_per_connection {
+            if let Some(old) = connection.take() {
+                old.quit().await;
+            }
+            let options = options_for(shared, &work, queued.require_tls);
+            match open_any(&hops, &options).await {
+                Ok(opened) => {
+                    connection = Some(opened);
+                    sent_on_connection = 0;
+                }
+                Err((failure, hop)) if failure.permanent => {
+                    // Every host refused to take mail at all: the message fails.
+                    let reply = failure.reply.clone().unwrap_or_else(|| reply(554, "5.0.350", &failure.error));
+                    let failures = message.recipients.iter().map(|r| (r.clone(), reply.clone())).collect();
+                    last = fail(shared, &message.message_id, &queued, message.attempt, failures, hop.as_ref())
+                        .await
+                        .or(last);
+                    continue;
+                }
+                Err((failure, hop)) => {
+                    return Some(defer_destination(shared, &work, message, &failure, hop.as_ref()).await);
+                }
+            }
+        }
+        let Some(open) = connection.as_mut() else { break };
+        let recipients: Vec<_> = queued
+            .recipients
+            .iter()
+            .filter(|r| message.recipients.iter().any(|p| p.eq_ignore_ascii_case(&r.address)))
+            .map(|r| {
+                let mut r = r.clone();
+                if work.destination.kind == DestinationKind::MailboxStore
+                    && queued.folder.is_some()
+                    && matches!(shared.store, MailboxStoreConfig::Lmtp { junk_detail: true, .. })
+                    && let Some((local, domain)) = r.address.rsplit_once('@')
+                {
+                    r.address = format!("{local}+{}@{domain}", queued.folder.as_deref().unwrap_or_default());
+                }
+                r
+            })
+            .collect();
+        let transaction = Transaction {
+            mail_from: &queued.mail_from,
+            recipients: &recipients,
+            dsn_return: queued.dsn_return,
+            dsn_envid: queued.dsn_envid.as_deref(),
+            body: queued.body,
+            smtputf8: queued.smtputf8,
+        };
+        sent_on_connection += 1;
+        let hop = open.hop().clone();
+        match open.send(&transaction, &content).await {
+            Ok(outcomes) => {
+                last = record_outcomes(shared, &work, message, &queued, outcomes, &hop).await.or(last);
+            }
+            Err(failure) => {
+                connection = None;
+                return Some(defer_destination(shared, &work, message, &failure, Some(&hop)).await);
+            }
+        }
+    }
+    if let Some(open) = connection {
+        open.quit().await;
+    }
+    last
+}
+
+/// A failure decided here, not by a next hop.
+fn local_failure(error: String) -> HopFailure {
+    HopFailure { stage: super::client::Stage::Connect, reply: None, error, permanent: false }
+}
+
+/// Tries the hops in order; the first that opens wins. The failure is
+/// permanent only when every hop refused permanently (`5xx` greeting).
+async fn open_any(hops: &[Hop], options: &ClientOptions) -> Result<Connection, (HopFailure, Option<Hop>)> {
+    let mut last = (local_failure("4.4.0 no next hop".to_string()), None);
+    let mut all_permanent = !hops.is_empty();
+    for hop in hops {
+        match Connection::open(hop, options).await {
+            Ok(connection) => return Ok(connection),
+            Err(failure) => {
+                tracing::info!(host = %hop.host, addr = %hop.addr, error = %failure.error, "next hop failed");
+                all_permanent &= failure.permanent;
+                last = (failure, Some(hop.clone()));
+            }
+        }
+    }
+    last.0.permanent = all_permanent;
+    Err(last)
+}
+
+async fn defer_message(shared: &Shared, work: &Due, message: &DueMessage, failure: &HopFailure, hop: Option<&Hop>) -> u64 {
+    let event = DeliveryEvent::Deferred(Deferred {
+        destination: work.destination.clone(),
+        attempt: message.attempt,
+        recipients: message.recipients.clone(),
+        scope: Scope::Message,
+        reply: failure.reply.clone(),
+        error: Some(failure.error.clone()),
+        remote_host: hop.map(|h| h.host.clone()),
+        remote_ip: hop.map(|h| h.addr.ip().to_string()),
+        next_attempt_at: shared.schedule.next_attempt(message.attempt, Utc::now()),
+    });
+    record(shared, &message.message_id, event).await
+}
+
+/// Records what the next hop said for each recipient.
+async fn record_outcomes(
+    shared: &Shared,
+    work: &Due,
+    message: &DueMessage,
+    queued: &Queued,
+    outcomes: Vec<super::client::RecipientOutcome>,
+    hop: &Hop,
+) -> Option<u64> {
+    let mut last = None;
+    // LMTP with a `+Junk` detail answers for the rewritten address: map back by position.
+    let original = |index: usize, address: &str| {
+        message.recipients.get(index).filter(|_| address.contains('+')).cloned().unwrap_or_else(|| address.to_string())
+    };
+    let mut delivered: Vec<(SmtpReply, Vec<String>)> = Vec::new();
+    let mut deferred: Vec<(SmtpReply, Vec<String>)> = Vec::new();
+    let mut failed = Vec::new();
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        let address = original(index, &outcome.address);
+        let bucket = match outcome.outcome {
+            Outcome::Delivered => &mut delivered,
+            Outcome::Deferred => &mut deferred,
+            Outcome::Failed => {
+                failed.push((address, outcome.reply));
+                continue;
+            }
+        };
+        match bucket.iter_mut().find(|(r, _)| *r == outcome.reply) {
+            Some((_, list)) => list.push(address),
+            None => bucket.push((outcome.reply, vec![address])),
+        }
+    }
+    for (reply, recipients) in delivered {
+        tracing::info!(message_id = %message.message_id, destination = %work.key, host = %hop.host, "delivered");
+        let event = DeliveryEvent::Delivered(Delivered {
+            destination: work.destination.clone(),
+            attempt: message.attempt,
+            recipients,
+            remote_host: Some(hop.host.clone()),
+            remote_ip: Some(hop.addr.ip().to_string()),
+            reply,
+        });
+        last = Some(record(shared, &message.message_id, event).await);
+    }
+    for (reply, recipients) in deferred {
+        let event = DeliveryEvent::Deferred(Deferred {
+            destination: work.destination.clone(),
+            attempt: message.attempt,
+            recipients,
+            scope: Scope::Message,
+            reply: Some(reply),
+            error: None,
+            remote_host: Some(hop.host.clone()),
+            remote_ip: Some(hop.addr.ip().to_string()),
+            next_attempt_at: shared.schedule.next_attempt(message.attempt, Utc::now()),
+        });
+        last = Some(record(shared, &message.message_id, event).await);
+    }
+    if !failed.is_empty() {
+        last = fail(shared, &message.message_id, queued, message.attempt, failed, Some(hop)).await.or(last);
+    }
+    last
+}
+
+/// Delivers one message into Maildir, one file per recipient mailbox.
+async fn deliver_maildir(
+    shared: &Shared,
+    work: &Due,
+    message: &DueMessage,
+    queued: &Queued,
+    root: &std::path::Path,
+    content: Vec<u8>,
+) -> u64 {
+    let content = Arc::new(content);
+    let mut delivered = Vec::new();
+    let mut undelivered = Vec::new();
+    let mut error = None;
+    for recipient in &message.recipients {
+        let (root, mailbox, folder, content) =
+            (root.to_path_buf(), recipient.to_ascii_lowercase(), queued.folder.clone(), Arc::clone(&content));
+        let written = tokio::task::spawn_blocking(move || {
+            crate::mailbox::maildir::deliver(&root, &mailbox, folder.as_deref(), &content)
+        })
+        .await;
+        match written {
+            Ok(Ok(_)) => delivered.push(recipient.clone()),
+            Ok(Err(err)) => {
+                undelivered.push(recipient.clone());
+                error = Some(err.to_string());
+            }
+            Err(err) => {
+                undelivered.push(recipient.clone());
+                error = Some(err.to_string());
+            }
+        }
+    }
+    let mut last = 0;
+    if !delivered.is_empty() {
+        let event = DeliveryEvent::Delivered(Delivered {
+            destination: work.destination.clone(),
+            attempt: message.attempt,
+            recipients: delivered,
+            remote_host: None,
+            remote_ip: None,
+            reply: reply(250, "2.0.0", "Delivered to Maildir"),
+        });
+        tracing::info!(message_id = %message.message_id, "delivered to Maildir");
+        last = record(shared, &message.message_id, event).await;
+    }
+    if let Some(error) = error {
+        let failure = local_failure(format!("4.3.0 mailbox store: {error}"));
+        let remaining = DueMessage { recipients: undelivered, ..message.clone() };
+        last = defer_message(shared, work, &remaining, &failure, None).await;
+    }
+    last
+}
+
+/// Used by tests and `mailflow replay`: the state of a partition from its events.
+pub async fn rebuild(log: &dyn EventLog, partition: u32, until: Option<DateTime<Utc>>) -> Result<PartitionState, mailflow_events::log::LogError> {
+    let mut state = PartitionState::default();
+    let mut offset = 0;
+    loop {
+        let records = log.read(topic::DELIVERY, partition, offset, 4096).await?;
+        if records.is_empty() {
+            return Ok(state);
+        }
+        for record in &records {
+            offset = record.position.offset + 1;
+            let Ok(envelope) = Envelope::<DeliveryEvent>::from_json(&record.value) else { continue };
+            if until.is_some_and(|until| envelope.occurred_at > until) {
+                return Ok(state);
+            }
+            state.apply(record.position.offset, &envelope);
+        }
+    }
+}

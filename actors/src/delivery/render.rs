@@ -1,0 +1,101 @@
+//! The bytes a copy is delivered as: the headers the verdict stage added
+//! (`Authentication-Results`, `X-Forefront-Antispam-Report`, SCL, rule
+//! headers), then the stored content, with the subject prefix of a policy or
+//! rule applied. The stored content itself is never rewritten.
+
+use mailflow_events::delivery::Queued;
+
+/// The header section's end (the offset after the empty line), or `None` without a body.
+fn header_end(content: &[u8]) -> Option<usize> {
+    if content.starts_with(b"\r\n") {
+        return Some(0);
+    }
+    memchr::memmem::find(content, b"\r\n\r\n").map(|at| at + 2)
+}
+
+/// Renders one copy for delivery.
+pub fn render(queued: &Queued, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 512);
+    for header in &queued.prepend_headers {
+        // Values are single lines (the verdict stage unfolds them); a stray
+        // line break would inject a header, so it is folded away.
+        let value = header.value.replace(['\r', '\n'], " ");
+        out.extend_from_slice(format!("{}: {}\r\n", header.name, value).as_bytes());
+    }
+    let Some(prefix) = queued.subject_prefix.as_deref().filter(|p| !p.is_empty()) else {
+        out.extend_from_slice(content);
+        return out;
+    };
+    let end = header_end(content).unwrap_or(content.len());
+    let headers = &content[..end];
+    let mut at = 0;
+    let mut found = None;
+    while at < headers.len() {
+        let line_end = memchr::memmem::find(&headers[at..], b"\r\n").map_or(headers.len(), |n| at + n + 2);
+        if headers[at..].len() >= 8 && headers[at..at + 8].eq_ignore_ascii_case(b"subject:") {
+            found = Some(at + 8);
+            break;
+        }
+        at = line_end;
+    }
+    match found {
+        Some(value_at) => {
+            let skip = content[value_at..].iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+            out.extend_from_slice(&content[..value_at]);
+            out.push(b' ');
+            out.extend_from_slice(prefix.as_bytes());
+            out.extend_from_slice(&content[value_at + skip..]);
+        }
+        None => {
+            out.extend_from_slice(format!("Subject: {}\r\n", prefix.trim_end()).as_bytes());
+            out.extend_from_slice(content);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use mailflow_events::content::ContentRef;
+    use mailflow_events::delivery::{Destination, DestinationKind, RouteReason};
+    use mailflow_events::verdicts::Header;
+
+    use super::*;
+
+    fn queued(prefix: Option<&str>) -> Queued {
+        Queued {
+            destination: Destination { kind: DestinationKind::MailboxStore, name: "mailbox".into(), next_hop: None },
+            route: RouteReason::AcceptedDomain,
+            recipients: vec![],
+            mail_from: String::new(),
+            dsn_return: None,
+            dsn_envid: None,
+            body: Default::default(),
+            smtputf8: false,
+            require_tls: false,
+            content: ContentRef { partition: 0, first_offset: 0, chunks: 0, size: 0, crc32: 0 },
+            prepend_headers: vec![Header { name: "X-MS-Exchange-Organization-SCL".into(), value: "5\r\nBcc: x".into() }],
+            subject_prefix: prefix.map(str::to_string),
+            folder: None,
+            received_at: Utc::now(),
+            expires_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn verdict_headers_come_first_and_cannot_inject_headers() {
+        let out = render(&queued(None), b"Subject: hi\r\n\r\nbody\r\n");
+        assert_eq!(out, b"X-MS-Exchange-Organization-SCL: 5  Bcc: x\r\nSubject: hi\r\n\r\nbody\r\n");
+    }
+
+    #[test]
+    fn the_subject_prefix_is_prepended_to_the_header_not_the_body() {
+        let out = render(&queued(Some("[SPAM] ")), b"From: a@b.c\r\nSUBJECT:   Win\r\n\r\nSubject: body line\r\n");
+        let text = String::from_utf8(out).expect("ascii");
+        assert!(text.contains("SUBJECT: [SPAM] Win\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nSubject: body line\r\n"), "{text}");
+        let out = render(&queued(Some("[SPAM] ")), b"From: a@b.c\r\n\r\nno subject\r\n");
+        assert!(String::from_utf8(out).expect("ascii").contains("Subject: [SPAM]\r\nFrom: a@b.c"));
+    }
+}

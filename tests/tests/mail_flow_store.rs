@@ -1,0 +1,120 @@
+//! Mail flow into the organisation's own mailboxes (spec 8.1: all mailboxes in
+//! the service), end to end through every role: SMTP → verdict → routing →
+//! delivery into Maildir, and NDRs back into the sender's mailbox (spec 13).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mailflow_tests::clients::python;
+use mailflow_tests::dns::DnsServer;
+use mailflow_tests::router::{BASE_CONFIG, Router};
+
+/// Files in `<root>/<mailbox>/<folder>new/`, waiting until there are `count`.
+fn wait_for_mail(root: &Path, mailbox: &str, folder: &str, count: usize) -> anyhow::Result<Vec<String>> {
+    let dir = root.join(mailbox).join(folder).join("new");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
+        if files.len() >= count {
+            files.sort();
+            return files.iter().map(|f| Ok(std::fs::read_to_string(f)?)).collect();
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{} holds {} messages, expected {count}", dir.display(), files.len());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn send(router: &Router, sender: &str, recipients: &[&str], subject: &str, body: &str) -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+s = smtplib.SMTP(ADDR, PORT)
+s.ehlo("client.example")
+s.sendmail({sender:?}, {recipients:?}, b"From: {sender}\r\nSubject: {subject}\r\nMessage-ID: <{subject}@client.example>\r\n\r\n{body}\r\n")
+s.quit()
+print(json.dumps("sent"))
+"#
+    );
+    python(router.smtp(), &script)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_for_our_mailboxes_lands_in_maildir_with_its_verdict_headers_and_gtube_in_junk() -> anyhow::Result<()> {
+    let dns = DnsServer::start("")?;
+    let config = format!("{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n", dns.address);
+    let router = Router::start(&config)?;
+    let mail = router.dir.path().join("mail");
+    send(&router, "news@example.net", &["a.liddell@contoso.com", "bob@contoso.com"], "clean", "hello")?;
+    send(
+        &router,
+        "news@example.net",
+        &["alice@contoso.com"],
+        "gtube",
+        "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X",
+    )?;
+
+    // The alias reaches the mailbox of the primary address.
+    let alice = wait_for_mail(&mail, "alice@contoso.com", "", 1)?;
+    let bob = wait_for_mail(&mail, "bob@contoso.com", "", 1)?;
+    for copy in [&alice[0], &bob[0]] {
+        assert!(copy.contains("Subject: clean\r\n"), "{copy}");
+        assert!(copy.starts_with("Authentication-Results: mx.contoso.test;"), "verdict headers come first: {copy}");
+        assert!(copy.contains("X-MS-Exchange-Organization-SCL: 1\r\n"), "{copy}");
+        assert!(copy.contains("X-Forefront-Antispam-Report: CIP:127.0.0.1;"), "{copy}");
+        assert!(copy.contains("\r\nReceived: from client.example"), "the front door's Received: {copy}");
+    }
+    // Spec 9.3: high-confidence spam is moved to the Junk Email folder.
+    let junk = wait_for_mail(&mail, "alice@contoso.com", ".Junk/", 1)?;
+    assert!(junk[0].contains("Subject: gtube\r\n"), "{}", junk[0]);
+    assert!(junk[0].contains("SFV:SPM;"), "{}", junk[0]);
+    assert_eq!(wait_for_mail(&mail, "alice@contoso.com", "", 1)?.len(), 1, "GTUBE did not reach the inbox");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeliverable_outbound_mail_comes_back_as_an_ndr_in_the_senders_mailbox() -> anyhow::Result<()> {
+    // The on-premises server (127.0.0.1 here) relays its users' mail out
+    // through us; the recipients' domains take no mail.
+    let zone = "nullmx.example. 300 IN MX 0 .\n";
+    let dns = DnsServer::start(zone)?;
+    let config = format!(
+        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[[inbound_connectors]]\nname = \"onprem\"\nkind = \"on_premises\"\nsender_ip_addresses = [\"127.0.0.1\"]\n",
+        dns.address
+    );
+    let router = Router::start(&config)?;
+    let mail = router.dir.path().join("mail");
+    send(&router, "alice@contoso.com", &["x@nullmx.example"], "null-mx", "hello")?;
+    let ndr = wait_for_mail(&mail, "alice@contoso.com", "", 1)?;
+    let ndr = &ndr[0];
+    // RFC 7505: a null MX fails at once with 556 5.1.10.
+    for line in [
+        "From: Mail Delivery System <postmaster@contoso.com>",
+        "Subject: Undeliverable: null-mx",
+        "Content-Type: multipart/report; report-type=delivery-status",
+        "Final-Recipient: rfc822;x@nullmx.example",
+        "Action: failed",
+        "Status: 5.1.10",
+        "Diagnostic-Code: smtp;556 5.1.10 Recipient address has null MX",
+        "Message-ID: <null-mx@client.example>",
+    ] {
+        assert!(ndr.contains(line), "missing `{line}` in\n{ndr}");
+    }
+    assert!(ndr.contains("X-MS-Exchange-Organization-SCL: -1"), "an NDR skips filtering: {ndr}");
+
+    // A domain that does not exist: 550 5.4.4 (spec 13.3), again as an NDR.
+    send(&router, "alice@contoso.com", &["y@nowhere.example"], "nxdomain", "hello")?;
+    let both = wait_for_mail(&mail, "alice@contoso.com", "", 2)?;
+    let second = both.iter().find(|m| m.contains("Undeliverable: nxdomain")).expect("second NDR");
+    assert!(second.contains("Status: 5.4.4"), "{second}");
+
+    // The null sender never gets an NDR: a bounce of a bounce cannot happen.
+    send(&router, "", &["z@nullmx.example"], "from-null", "hello")?;
+    send(&router, "alice@contoso.com", &["w@nullmx.example"], "after", "hello")?;
+    let all = wait_for_mail(&mail, "alice@contoso.com", "", 3)?;
+    assert!(all.iter().any(|m| m.contains("Undeliverable: after")));
+    assert!(!all.iter().any(|m| m.contains("from-null")), "no NDR for <>");
+    Ok(())
+}
