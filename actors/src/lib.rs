@@ -8,6 +8,7 @@ pub mod delivery;
 pub mod dns;
 pub mod event_log;
 pub mod front_door;
+pub mod mailbox;
 pub mod ndr;
 pub mod policy;
 pub mod routing;
