@@ -13,13 +13,13 @@
 //! dropped for senders whose remote domain has NDRs disabled (spec 13.5).
 
 use chrono::{DateTime, Utc};
+use mailflow_events::content::ContentRef;
 use mailflow_events::delivery::QueuedRecipient;
 use mailflow_events::log::EventLog;
 use mailflow_events::received::{
     Directionality, DsnNotify, DsnReturn, MessageReceived, ReceivedEvent, Recipient, SmtpEnvelope, SmtpReply,
     SmtpSession,
 };
-use mailflow_events::content::ContentRef;
 use mailflow_events::{Envelope, content, topic};
 
 use crate::config::{Config, RemoteDomainConfig};
@@ -289,9 +289,8 @@ pub async fn submit(
         return Ok(None);
     }
     let content = content::load(log, original.message_id, original.content).await.map_err(NdrError::Original)?;
-    let subject = mail_parser::MessageParser::default()
-        .parse_headers(&content)
-        .and_then(|m| m.subject().map(str::to_string));
+    let subject =
+        mail_parser::MessageParser::default().parse_headers(&content).and_then(|m| m.subject().map(str::to_string));
     let id = uuid::Uuid::now_v7().simple().to_string();
     let report = Report {
         to: sender,

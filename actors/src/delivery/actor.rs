@@ -23,9 +23,7 @@ use std::time::Duration;
 use actix::{Actor, AsyncContext as _, Context, WrapFuture as _};
 use chrono::{DateTime, Utc};
 use hickory_resolver::TokioResolver;
-use mailflow_events::delivery::{
-    Deferred, Delivered, DeliveryEvent, DestinationKind, Expired, Failed, Queued, Scope,
-};
+use mailflow_events::delivery::{Deferred, Delivered, DeliveryEvent, DestinationKind, Expired, Failed, Queued, Scope};
 use mailflow_events::log::{EventLog, Record};
 use mailflow_events::received::SmtpReply;
 use mailflow_events::{Envelope, content, topic};
@@ -83,6 +81,10 @@ impl Shared {
         ndr: Arc<NdrPolicy>,
     ) -> anyhow::Result<Self> {
         let transport = &config.transport;
+        if let MailboxStoreConfig::Maildir { path } = &config.mailbox_store {
+            std::fs::create_dir_all(path)
+                .map_err(|err| anyhow::anyhow!("creating the Maildir root {}: {err}", path.display()))?;
+        }
         let mut roots = (*super::client::default_roots()).clone();
         if let Some(path) = &transport.extra_ca {
             super::client::add_pem_roots(&mut roots, path)?;
@@ -94,6 +96,7 @@ impl Shared {
             mail: transport.command_timeout,
             rcpt: transport.command_timeout,
             data_init: transport.command_timeout,
+            data_block: transport.command_timeout,
             data_end: transport.command_timeout * 2,
         };
         Ok(Self {
@@ -247,7 +250,10 @@ async fn run(shared: Arc<Shared>) {
 }
 
 fn apply(owned: &mut HashMap<u32, Owned>, record: &Record) {
-    let Some(partition) = owned.get_mut(&record.position.partition) else { return };
+    let Some(partition) = owned.get_mut(&record.position.partition) else {
+        tracing::warn!(partition = record.position.partition, "event of a partition not owned (yet)");
+        return;
+    };
     match Envelope::<DeliveryEvent>::from_json(&record.value) {
         Ok(envelope) => partition.state.apply(record.position.offset, &envelope),
         Err(err) => {
@@ -306,7 +312,11 @@ async fn fail(
         })
         .map(|(address, reply)| FailedRecipient {
             address: address.clone(),
-            orcpt: queued.recipients.iter().find(|r| r.address.eq_ignore_ascii_case(address)).and_then(|r| r.orcpt.clone()),
+            orcpt: queued
+                .recipients
+                .iter()
+                .find(|r| r.address.eq_ignore_ascii_case(address))
+                .and_then(|r| r.orcpt.clone()),
             reply: reply.clone(),
             remote_mta: hop.map(|h| h.host.clone()),
         })
@@ -401,7 +411,10 @@ async fn next_hops(shared: &Shared, work: &Due, first_recipient: &str) -> Resolu
         DestinationKind::Internet => mx::resolve(&shared.resolver, &work.destination.name, shared.mx_port).await,
         DestinationKind::OnPremises | DestinationKind::Partner | DestinationKind::SmartHost => {
             let Some(connector) = shared.router.connector(&work.destination.name) else {
-                return Resolution::Defer(format!("4.4.0 outbound connector {} is not configured", work.destination.name));
+                return Resolution::Defer(format!(
+                    "4.4.0 outbound connector {} is not configured",
+                    work.destination.name
+                ));
             };
             if connector.smart_hosts.is_empty() {
                 return mx::resolve(&shared.resolver, recipient_domain, shared.mx_port).await;
@@ -448,7 +461,13 @@ fn options_for(shared: &Shared, work: &Due, require_tls: bool) -> ClientOptions 
 }
 
 /// Defers the whole destination after a failure that is not one message's.
-async fn defer_destination(shared: &Shared, work: &Due, message: &DueMessage, failure: &HopFailure, hop: Option<&Hop>) -> u64 {
+async fn defer_destination(
+    shared: &Shared,
+    work: &Due,
+    message: &DueMessage,
+    failure: &HopFailure,
+    hop: Option<&Hop>,
+) -> u64 {
     let now = Utc::now();
     tracing::info!(destination = %work.key, attempt = work.destination_attempt, error = %failure.error, "destination deferred");
     let event = DeliveryEvent::Deferred(Deferred {
@@ -568,7 +587,6 @@ async fn deliver(shared: &Shared, partition: u32, work: Due) -> Option<u64> {
                 last = record_outcomes(shared, &work, message, &queued, outcomes, &hop).await.or(last);
             }
             Err(failure) => {
-                connection = None;
                 return Some(defer_destination(shared, &work, message, &failure, Some(&hop)).await);
             }
         }
@@ -603,7 +621,14 @@ async fn open_any(hops: &[Hop], options: &ClientOptions) -> Result<Connection, (
     Err(last)
 }
 
-async fn defer_message(shared: &Shared, work: &Due, message: &DueMessage, failure: &HopFailure, hop: Option<&Hop>) -> u64 {
+async fn defer_message(
+    shared: &Shared,
+    work: &Due,
+    message: &DueMessage,
+    failure: &HopFailure,
+    hop: Option<&Hop>,
+) -> u64 {
+    tracing::info!(message_id = %message.message_id, destination = %work.key, error = %failure.error, "message deferred");
     let event = DeliveryEvent::Deferred(Deferred {
         destination: work.destination.clone(),
         attempt: message.attempt,
@@ -736,7 +761,11 @@ async fn deliver_maildir(
 }
 
 /// Used by tests and `mailflow replay`: the state of a partition from its events.
-pub async fn rebuild(log: &dyn EventLog, partition: u32, until: Option<DateTime<Utc>>) -> Result<PartitionState, mailflow_events::log::LogError> {
+pub async fn rebuild(
+    log: &dyn EventLog,
+    partition: u32,
+    until: Option<DateTime<Utc>>,
+) -> Result<PartitionState, mailflow_events::log::LogError> {
     let mut state = PartitionState::default();
     let mut offset = 0;
     loop {

@@ -41,7 +41,9 @@ pub async fn host_hops(resolver: &TokioResolver, host: &str, port: u16) -> Resul
         return Ok(vec![Hop { host: host.to_string(), addr: SocketAddr::new(ip, port) }]);
     }
     match resolver.lookup_ip(format!("{}.", host.trim_end_matches('.'))).await {
-        Ok(lookup) => Ok(lookup.iter().map(|ip| Hop { host: host.to_string(), addr: SocketAddr::new(ip, port) }).collect()),
+        Ok(lookup) => {
+            Ok(lookup.iter().map(|ip| Hop { host: host.to_string(), addr: SocketAddr::new(ip, port) }).collect())
+        }
         Err(err) if err.is_no_records_found() || err.is_nx_domain() => Ok(Vec::new()),
         Err(err) => Err(err.to_string()),
     }

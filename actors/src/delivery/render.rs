@@ -75,7 +75,10 @@ mod tests {
             smtputf8: false,
             require_tls: false,
             content: ContentRef { partition: 0, first_offset: 0, chunks: 0, size: 0, crc32: 0 },
-            prepend_headers: vec![Header { name: "X-MS-Exchange-Organization-SCL".into(), value: "5\r\nBcc: x".into() }],
+            prepend_headers: vec![Header {
+                name: "X-MS-Exchange-Organization-SCL".into(),
+                value: "5\r\nBcc: x".into(),
+            }],
             subject_prefix: prefix.map(str::to_string),
             folder: None,
             received_at: Utc::now(),

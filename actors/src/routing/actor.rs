@@ -135,18 +135,9 @@ impl RoutingActor {
                     remote_mta: None,
                 })
                 .collect();
+            let original = ndr::Original::received(message_id, received);
             let ndr_message_id = loop {
-                match ndr::submit(
-                    self.log.as_ref(),
-                    &self.ndr,
-                    &self.producer,
-                    message_id,
-                    received,
-                    &failed,
-                    Utc::now(),
-                )
-                .await
-                {
+                match ndr::submit(self.log.as_ref(), &self.ndr, &self.producer, &original, &failed, Utc::now()).await {
                     Ok(id) => break id,
                     Err(ndr::NdrError::Original(err)) => {
                         tracing::error!(error = %err, message_id, "original content unreadable; no NDR");

@@ -107,7 +107,11 @@ fn a_message_level_deferral_holds_only_that_message() {
     let ids: Vec<_> = due[0].messages.iter().map(|m| (m.message_id.as_str(), m.attempt)).collect();
     assert_eq!(ids, [("m2", 1)]);
     let later = state.due(at(20), &never_busy, 100);
-    assert_eq!((later[0].messages[0].message_id.as_str(), later[0].messages[0].attempt), ("m1", 2), "attempt 2 at its own time");
+    assert_eq!(
+        (later[0].messages[0].message_id.as_str(), later[0].messages[0].attempt),
+        ("m1", 2),
+        "attempt 2 at its own time"
+    );
 }
 
 #[test]
