@@ -4,8 +4,10 @@
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod delivery;
 pub mod dns;
 pub mod event_log;
 pub mod front_door;
+pub mod mailbox;
 pub mod policy;
 pub mod verdict;
