@@ -7,5 +7,8 @@ pub mod clients;
 pub mod conformance;
 pub mod crash;
 pub mod dns;
+pub mod dovecot;
 pub mod logs;
+pub mod postfix;
 pub mod router;
+pub mod sink;
