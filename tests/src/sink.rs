@@ -224,7 +224,13 @@ pub struct Sink {
 impl Sink {
     /// Starts serving `script` on a free loopback port (inside a tokio runtime).
     pub async fn start(script: Script) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), script).await
+    }
+
+    /// Like [`Sink::start`], on a given address (e.g. a [`Sink::closed_port`]
+    /// that a router was refused on, to let it recover).
+    pub async fn start_at(address: SocketAddr, script: Script) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
         let record = Arc::new(Mutex::new(Record::default()));
         let script = Arc::new(script);

@@ -188,9 +188,9 @@ async fn run(shared: Arc<Shared>) {
         // Fold everything that is there, then look for work.
         match member.poll(TICK).await {
             Ok(Some(record)) => {
-                apply(&mut owned, &record);
+                apply(&shared, &mut owned, &record).await;
                 while let Ok(Some(record)) = member.poll(Duration::ZERO).await {
-                    apply(&mut owned, &record);
+                    apply(&shared, &mut owned, &record).await;
                 }
             }
             Ok(None) => {}
@@ -249,11 +249,16 @@ async fn run(shared: Arc<Shared>) {
     }
 }
 
-fn apply(owned: &mut HashMap<u32, Owned>, record: &Record) {
-    let Some(partition) = owned.get_mut(&record.position.partition) else {
-        tracing::warn!(partition = record.position.partition, "event of a partition not owned (yet)");
-        return;
-    };
+/// Folds one record into its partition's state, taking the partition on
+/// when this is its first record (the poll that rebalanced delivered it).
+async fn apply(shared: &Shared, owned: &mut HashMap<u32, Owned>, record: &Record) {
+    let partition = record.position.partition;
+    if !owned.contains_key(&partition) {
+        let replay_until = shared.log.end_offset(topic::DELIVERY, partition).await.unwrap_or(0);
+        tracing::info!(partition, replay_until, "delivery partition assigned; replaying");
+        owned.insert(partition, Owned { state: PartitionState::default(), replay_until });
+    }
+    let Some(partition) = owned.get_mut(&partition) else { return };
     match Envelope::<DeliveryEvent>::from_json(&record.value) {
         Ok(envelope) => partition.state.apply(record.position.offset, &envelope),
         Err(err) => {

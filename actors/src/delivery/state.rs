@@ -8,8 +8,8 @@
 //! by comparing serialised states.
 //!
 //! Invariants:
-//! - a destination's queue holds its messages in log order, which is the order
-//!   routing appended them, i.e. the order received (spec 11.4);
+//! - a destination's queue holds its messages in the order received (spec
+//!   11.4): by the receipt time recorded in `Queued`, then message id;
 //! - a message is in a queue while it has pending recipients; `Delivered`,
 //!   `Failed`, `Expired` and `Deleted` remove recipients or the message;
 //! - a message is queued once per destination: a second `Queued` for the same
@@ -148,16 +148,28 @@ impl PartitionState {
             if state.queue.iter().any(|m| &*m.message_id == message_id) {
                 return;
             }
-            state.queue.push_back(QueuedMessage {
-                message_id: message_id.into(),
-                queued_offset: offset,
-                pending: queued.recipients.iter().map(|r| r.address.as_str().into()).collect(),
-                attempts: 0,
-                next_attempt_at: None,
-                expires_at: queued.expires_at,
-                received_at: queued.received_at,
-                last_error: None,
-            });
+            // Receipt order (spec 11.4): routing handles messages from many
+            // partitions, so its appends are only nearly in order; the
+            // recorded receipt time decides, and the insertion point is
+            // almost always the end.
+            let at = state
+                .queue
+                .iter()
+                .rposition(|m| (m.received_at, &*m.message_id) <= (queued.received_at, message_id))
+                .map_or(0, |i| i + 1);
+            state.queue.insert(
+                at,
+                QueuedMessage {
+                    message_id: message_id.into(),
+                    queued_offset: offset,
+                    pending: queued.recipients.iter().map(|r| r.address.as_str().into()).collect(),
+                    attempts: 0,
+                    next_attempt_at: None,
+                    expires_at: queued.expires_at,
+                    received_at: queued.received_at,
+                    last_error: None,
+                },
+            );
             return;
         }
         let Some(state) = self.destinations.get_mut(&key) else { return };

@@ -168,3 +168,12 @@ fn replaying_the_same_events_gives_the_same_state() {
     let b = serde_json::to_string(&fold(&events)).expect("serialises");
     assert_eq!(a, b);
 }
+
+#[test]
+fn the_queue_follows_receipt_time_even_when_routing_appended_out_of_order() {
+    // Routing consumes verdicts from many partitions: its appends are only nearly in order.
+    let state = fold(&[queued("m2", 2), queued("m3", 3), queued("m1", 1)]);
+    let due = state.due(at(4), &never_busy, 100);
+    let ids: Vec<_> = due[0].messages.iter().map(|m| m.message_id.as_str()).collect();
+    assert_eq!(ids, ["m1", "m2", "m3"]);
+}

@@ -1,0 +1,274 @@
+//! Delivery to next hops end to end (spec 6, 11, 13; DESIGN §3): an
+//! on-premises server (127.0.0.1, matched by an on-premises inbound
+//! connector) relays its users' mail to the internet through the router,
+//! which finds the recipient domain's MX on a real DNS server and delivers to
+//! a real peer (Postfix's smtp-sink) or, for faults, to the scriptable sink.
+
+use std::time::{Duration, Instant};
+
+use mailflow_events::Envelope;
+use mailflow_events::delivery::{DeliveryEvent, Scope};
+use mailflow_tests::clients::python;
+use mailflow_tests::dns::DnsServer;
+use mailflow_tests::postfix::SmtpSink;
+use mailflow_tests::router::{BASE_CONFIG, Router};
+use mailflow_tests::sink::{Script, Sink};
+
+const ZONE: &str = "example.org. 300 IN MX 10 mx.example.org.\nmx.example.org. 300 IN A 127.0.0.1\n";
+
+fn config(dns: &DnsServer, mx_port: u16, transport: &str) -> String {
+    format!(
+        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[transport]\nmx_port = {mx_port}\n{transport}\n\n\
+         [[inbound_connectors]]\nname = \"onprem\"\nkind = \"on_premises\"\nsender_ip_addresses = [\"127.0.0.1\"]\n",
+        dns.address
+    )
+}
+
+/// Sends `count` messages in one session, numbered in their subjects.
+fn send_numbered(router: &Router, sender: &str, recipient: &str, count: usize) -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+s = smtplib.SMTP(ADDR, PORT)
+s.ehlo("onprem.contoso.com")
+for n in range({count}):
+    s.sendmail({sender:?}, [{recipient:?}], ("From: {sender}\r\nSubject: message %03d\r\n\r\nbody %d\r\n" % (n, n)).encode())
+s.quit()
+print(json.dumps("sent"))
+"#
+    );
+    python(router.smtp(), &script)?;
+    Ok(())
+}
+
+/// Every event of `mailflow.delivery` so far (read beside the running router).
+async fn delivery_events(router: &Router) -> anyhow::Result<Vec<Envelope<DeliveryEvent>>> {
+    let records = router.wait_for_records(mailflow_events::topic::DELIVERY, 0).await?;
+    records.iter().map(|r| Ok(Envelope::from_json(&r.value)?)).collect()
+}
+
+/// Polls the delivery events until `done` holds for them.
+async fn wait_for_events(
+    router: &Router,
+    what: &str,
+    done: impl Fn(&[Envelope<DeliveryEvent>]) -> bool,
+) -> anyhow::Result<Vec<Envelope<DeliveryEvent>>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = delivery_events(router).await?;
+        if done(&events) {
+            return Ok(events);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "timed out waiting for {what}; events: {:#?}",
+                events.iter().map(|e| &e.event).collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn subject(content: &[u8]) -> String {
+    let text = String::from_utf8_lossy(content);
+    text.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().trim().to_string()
+}
+
+async fn wait_for_sink(sink: &Sink, count: usize) -> anyhow::Result<Vec<mailflow_tests::sink::Received>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let received = sink.received();
+        if received.len() >= count || Instant::now() > deadline {
+            return Ok(received);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_mail_is_delivered_to_the_recipient_domains_mx_a_real_postfix_peer() -> anyhow::Result<()> {
+    let dns = DnsServer::start(ZONE)?;
+    let peer = SmtpSink::start(&[])?;
+    let router = Router::start(&config(&dns, peer.address.port(), ""))?;
+    send_numbered(&router, "alice@contoso.com", "bob@example.org", 1)?;
+    let dumped = peer.wait_for_dumps(1)?;
+    assert_eq!(dumped[0].mail_args.split_whitespace().next(), Some("<alice@contoso.com>"));
+    assert_eq!(
+        dumped[0].rcpt_args.iter().map(|r| r.split_whitespace().next().unwrap_or("")).collect::<Vec<_>>(),
+        ["<bob@example.org>"]
+    );
+    assert!(dumped[0].message.contains("Subject: message 000"), "{}", dumped[0].message);
+    let events = wait_for_events(&router, "Delivered", |events| {
+        events.iter().any(|e| matches!(e.event, DeliveryEvent::Delivered(_)))
+    })
+    .await?;
+    let delivered = events
+        .iter()
+        .find_map(|e| match &e.event {
+            DeliveryEvent::Delivered(d) => Some(d),
+            _ => None,
+        })
+        .expect("delivered");
+    assert_eq!(delivered.destination.key(), "internet:example.org");
+    assert_eq!(delivered.remote_host.as_deref(), Some("mx.example.org"));
+    assert_eq!(delivered.remote_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!((delivered.reply.code, delivered.attempt), (250, 1));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_next_hop_defers_on_schedule_and_after_recovery_100_messages_arrive_in_receipt_order()
+-> anyhow::Result<()> {
+    // DESIGN §3 and spec 11.4 T; time comes from a schedule in seconds.
+    let dns = DnsServer::start(ZONE)?;
+    let port = Sink::closed_port()?;
+    let router = Router::start(&config(&dns, port.port(), "retry_schedule = [\"1s\", \"2s\"]"))?;
+    send_numbered(&router, "alice@contoso.com", "bob@example.org", 100)?;
+    // The destination is probed on the schedule while it refuses connections.
+    let events = wait_for_events(&router, "three destination deferrals", |events| {
+        events
+            .iter()
+            .filter(|e| matches!(&e.event, DeliveryEvent::Deferred(d) if d.scope == Scope::Destination))
+            .count()
+            >= 3
+    })
+    .await?;
+    let deferrals: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            DeliveryEvent::Deferred(d) => Some((e.occurred_at, d)),
+            _ => None,
+        })
+        .collect();
+    for (n, (at, deferred)) in deferrals.iter().take(3).enumerate() {
+        assert_eq!(deferred.attempt, n as u32 + 1, "attempts count up");
+        assert!(deferred.error.as_deref().is_some_and(|e| e.starts_with("4.4.316 Connection refused")), "{deferred:?}");
+        let delay = (deferred.next_attempt_at - *at).num_milliseconds();
+        let expected = if n == 0 { 1000 } else { 2000 };
+        assert!((expected - 50..=expected + 50).contains(&delay), "attempt {} waits {delay} ms", n + 1);
+    }
+    for pair in deferrals.windows(2).take(2) {
+        assert!(pair[1].0 >= pair[0].1.next_attempt_at, "no probe before its time");
+    }
+    assert!(
+        !events.iter().any(|e| matches!(e.event, DeliveryEvent::Delivered(_) | DeliveryEvent::Failed(_))),
+        "nothing else happened while the destination was down"
+    );
+    // The next hop comes back: everything arrives, in the order received.
+    let sink = Sink::start_at(port, Script::smtp()).await?;
+    let received = wait_for_sink(&sink, 100).await?;
+    let subjects: Vec<String> = received.iter().map(|r| subject(&r.content)).collect();
+    let expected: Vec<String> = (0..100).map(|n| format!("message {n:03}")).collect();
+    assert_eq!(subjects, expected);
+    let events = wait_for_events(&router, "100 deliveries", |events| {
+        events.iter().filter(|e| matches!(e.event, DeliveryEvent::Delivered(_))).count() >= 100
+    })
+    .await?;
+    assert_eq!(events.iter().filter(|e| matches!(e.event, DeliveryEvent::Delivered(_))).count(), 100, "exactly once");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_router_rebuilds_its_queue_from_the_log_and_delivers_each_message_once_in_order() -> anyhow::Result<()>
+{
+    let dns = DnsServer::start(ZONE)?;
+    let port = Sink::closed_port()?;
+    let transport = "retry_schedule = [\"1s\"]";
+    let router = Router::start(&config(&dns, port.port(), transport))?;
+    send_numbered(&router, "alice@contoso.com", "bob@example.org", 20)?;
+    let before = wait_for_events(&router, "a deferral", |events| {
+        events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_)))
+    })
+    .await?;
+    assert!(before.iter().filter(|e| matches!(e.event, DeliveryEvent::Queued(_))).count() == 20);
+    // kill -9, then the next hop recovers while the router is down.
+    let dir = router.into_dir();
+    let sink = Sink::start_at(port, Script::smtp()).await?;
+    let router = Router::start_in(dir, &config(&dns, port.port(), transport))?;
+    let received = wait_for_sink(&sink, 20).await?;
+    let subjects: Vec<String> = received.iter().map(|r| subject(&r.content)).collect();
+    let expected: Vec<String> = (0..20).map(|n| format!("message {n:03}")).collect();
+    assert_eq!(subjects, expected, "the rebuilt queue keeps receipt order; nothing delivered twice");
+    let events = wait_for_events(&router, "20 deliveries", |events| {
+        events.iter().filter(|e| matches!(e.event, DeliveryEvent::Delivered(_))).count() >= 20
+    })
+    .await?;
+    assert_eq!(
+        events.iter().filter(|e| matches!(e.event, DeliveryEvent::Queued(_))).count(),
+        20,
+        "routing was not repeated"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_fails_the_recipient_at_once_and_its_ndr_reaches_the_senders_mailbox() -> anyhow::Result<()> {
+    let dns = DnsServer::start(ZONE)?;
+    let sink =
+        Sink::start(Script::smtp().rcpt("gone@example.org", "550 5.1.1 <gone@example.org>: User unknown")).await?;
+    let router = Router::start(&config(&dns, sink.address.port(), ""))?;
+    send_numbered(&router, "alice@contoso.com", "gone@example.org", 1)?;
+    let events = wait_for_events(&router, "a failure", |events| {
+        events.iter().any(|e| matches!(e.event, DeliveryEvent::Failed(_)))
+    })
+    .await?;
+    let failed = events
+        .iter()
+        .find_map(|e| match &e.event {
+            DeliveryEvent::Failed(f) => Some(f),
+            _ => None,
+        })
+        .expect("failed");
+    assert_eq!((failed.reply.code, failed.reply.enhanced.as_deref(), failed.attempt), (550, Some("5.1.1"), 1));
+    assert!(failed.ndr_message_id.is_some(), "an NDR was sent");
+    assert!(!events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_))), "spec 11.1: no deferral for 5xx");
+    let ndr = wait_for_file(&router.dir.path().join("mail/alice@contoso.com/new"))?;
+    for line in [
+        "Status: 5.1.1",
+        "Diagnostic-Code: smtp;550 5.1.1 <gone@example.org>: User unknown",
+        "Remote-MTA: dns;mx.example.org",
+        "Subject: Undeliverable: message 000",
+    ] {
+        assert!(ndr.contains(line), "missing `{line}` in\n{ndr}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_cannot_be_delivered_in_time_expires_with_an_ndr_4_4_7() -> anyhow::Result<()> {
+    let dns = DnsServer::start(ZONE)?;
+    let port = Sink::closed_port()?;
+    let router = Router::start(&config(&dns, port.port(), "retry_schedule = [\"1s\"]\nmessage_expiration = \"3s\""))?;
+    send_numbered(&router, "alice@contoso.com", "bob@example.org", 1)?;
+    let events = wait_for_events(&router, "expiry", |events| {
+        events.iter().any(|e| matches!(e.event, DeliveryEvent::Expired(_)))
+    })
+    .await?;
+    let expired = events
+        .iter()
+        .find_map(|e| match &e.event {
+            DeliveryEvent::Expired(x) => Some(x),
+            _ => None,
+        })
+        .expect("expired");
+    assert_eq!((expired.reply.code, expired.reply.enhanced.as_deref()), (550, Some("4.4.7")));
+    assert!(expired.attempts >= 1, "{expired:?}");
+    assert!(expired.last_reply.as_ref().is_some_and(|r| r.text.contains("Connection refused")), "{expired:?}");
+    let ndr = wait_for_file(&router.dir.path().join("mail/alice@contoso.com/new"))?;
+    assert!(ndr.contains("Diagnostic-Code: smtp;550 4.4.7 QUEUE.Expired; message expired"), "{ndr}");
+    assert!(ndr.contains("The server has tried to deliver this message, without success"), "{ndr}");
+    Ok(())
+}
+
+/// The first file that appears in `dir`.
+fn wait_for_file(dir: &std::path::Path) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(entry) = std::fs::read_dir(dir).ok().and_then(|mut d| d.next()) {
+            return Ok(std::fs::read_to_string(entry?.path())?);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("nothing arrived in {}", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
