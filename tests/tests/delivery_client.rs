@@ -513,7 +513,7 @@ async fn required_tls_at_a_peer_without_starttls_is_a_temporary_hop_failure() {
         assert_hop_failure(&failure, Stage::StartTls, false, "4.7.10 TLS required but not available");
     }
     let refused = Sink::start(Script::smtp().extensions(&["STARTTLS"])).await.expect("sink");
-    // The sink answers 502 to STARTTLS: opportunistic goes on in clear text, required TLS fails.
+    // The sink answers 502 to STARTTLS by default: opportunistic goes on in clear text, required TLS fails.
     let mut connection = open(refused.address).await;
     assert_eq!(connection.tls(), None);
     let rcpts = recipients(&["a@fabrikam.test"]);
@@ -523,6 +523,26 @@ async fn required_tls_at_a_peer_without_starttls_is_a_temporary_hop_failure() {
     let failure = open_failure(refused.address, &opts).await;
     assert_hop_failure(&failure, Stage::StartTls, false, "4.7.10 TLS required but not available");
     assert_eq!(failure.reply.map(|r| r.code), Some(502));
+}
+
+#[tokio::test]
+async fn a_failed_tls_handshake_fails_the_hop_even_when_tls_is_opportunistic() {
+    let script = Script::smtp().extensions(&["PIPELINING", "STARTTLS"]).starttls("220 2.0.0 Ready to start TLS");
+    let sink = Sink::start(script).await.expect("sink");
+    let failure = open_failure(sink.address, &options(Protocol::Smtp)).await;
+    assert_hop_failure(&failure, Stage::StartTls, false, "4.7.5 TLS negotiation failed");
+    // Clear text sent together with the 220 would be read as if it came over
+    // TLS (the STARTTLS injection of CVE-2011-0411, seen from the client).
+    let injecting = Script::smtp().extensions(&["STARTTLS"]).starttls("220 2.0.0 Ready\r\n250 injected");
+    let sink = Sink::start(injecting).await.expect("sink");
+    let failure = open_failure(sink.address, &options(Protocol::Smtp)).await;
+    assert_hop_failure(&failure, Stage::StartTls, false, "4.5.0 Invalid reply from remote server");
+    assert!(failure.error.contains("after the reply to STARTTLS"), "{failure:?}");
+    let refused = Sink::start(Script::smtp().extensions(&["STARTTLS"]).starttls("454 4.7.0 TLS not available"))
+        .await
+        .expect("sink");
+    let failure = open_failure(refused.address, &options(Protocol::Smtp)).await;
+    assert_hop_failure(&failure, Stage::StartTls, false, "454 4.7.0 TLS not available");
 }
 
 // ---------------------------------------------------------------- scriptable sink: LMTP
