@@ -7,6 +7,8 @@
 //! Replies are written as scripted plus CRLF, so a multi-line reply is given
 //! with `\r\n` between its lines, and garbage is just a string that is not a
 //! reply. A connection refused is a port nobody listens on: [`Sink::closed_port`].
+//! The sink has no TLS (the real STARTTLS peer is `crate::postfix::PostfixTls`);
+//! it can only answer STARTTLS and then fail the handshake.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -59,6 +61,7 @@ pub struct Script {
     end_of_data: String,
     lmtp_replies: HashMap<String, String>,
     lmtp_drop: Option<String>,
+    starttls: String,
     faults: HashMap<Stage, Fault>,
 }
 
@@ -81,6 +84,7 @@ impl Script {
             end_of_data: "250 2.0.0 Ok: queued as SINK".into(),
             lmtp_replies: HashMap::new(),
             lmtp_drop: None,
+            starttls: "502 5.5.1 STARTTLS not implemented".into(),
             faults: HashMap::new(),
         }
     }
@@ -155,6 +159,14 @@ impl Script {
     /// `address`, after the replies for the recipients before it.
     pub fn lmtp_drop_at(mut self, address: &str) -> Self {
         self.lmtp_drop = Some(address.to_ascii_lowercase());
+        self
+    }
+
+    /// The reply to STARTTLS. The sink has no TLS: after a `220` it sends
+    /// clear text where the handshake should be and closes, which is how a
+    /// broken TLS peer looks to the client.
+    pub fn starttls(mut self, reply: &str) -> Self {
+        self.starttls = reply.into();
         self
     }
 
@@ -373,6 +385,15 @@ async fn serve(stream: TcpStream, connection: usize, script: &Script, record: &M
                 mail = None;
                 rcpts.clear();
                 write.write_all(b"250 2.0.0 Ok\r\n").await?;
+            }
+            "STARTTLS" => {
+                write.write_all(format!("{}\r\n", script.starttls).as_bytes()).await?;
+                if script.starttls.starts_with("220") {
+                    // Wait for the ClientHello, so that the garbage is the answer to it.
+                    let _ = reader.fill_buf().await?;
+                    write.write_all(b"this is not a TLS server hello\r\n").await?;
+                    return Ok(());
+                }
             }
             "NOOP" => write.write_all(b"250 2.0.0 Ok\r\n").await?,
             "QUIT" => {

@@ -1,5 +1,6 @@
 //! The delivery client against real peers: Postfix's smtp-sink (SMTP,
-//! PIPELINING, DSN, connection reuse, its own soft and hard rejections),
+//! PIPELINING, DSN, connection reuse, its own soft and hard rejections), a
+//! private Postfix with STARTTLS (every TLS policy, certificate checks),
 //! Dovecot LMTP (per-recipient replies, mail landing in a Maildir), and the
 //! scriptable sink for what no real peer does on demand (chosen 4xx/5xx at
 //! each stage, drops, hangs, garbage).
@@ -9,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use mailflow_actors::delivery::client::{
     ClientOptions, Connection, Hop, HopFailure, Outcome, Protocol, RecipientOutcome, Stage, Timeouts, TlsPolicy,
-    Transaction, default_roots,
+    Transaction, default_roots, pem_roots,
 };
 use mailflow_events::delivery::QueuedRecipient;
 use mailflow_events::received::{BodyType, DsnNotify, DsnReturn};
 use mailflow_tests::dovecot::Dovecot;
-use mailflow_tests::postfix::SmtpSink;
+use mailflow_tests::postfix::{PostfixTls, SmtpSink};
 use mailflow_tests::sink::{self, Fault, Script, Sink};
 
 const MESSAGE: &[u8] =
@@ -512,7 +513,7 @@ async fn required_tls_at_a_peer_without_starttls_is_a_temporary_hop_failure() {
         assert_hop_failure(&failure, Stage::StartTls, false, "4.7.10 TLS required but not available");
     }
     let refused = Sink::start(Script::smtp().extensions(&["STARTTLS"])).await.expect("sink");
-    // The sink answers 502 to STARTTLS: opportunistic goes on in clear text, required TLS fails.
+    // The sink answers 502 to STARTTLS by default: opportunistic goes on in clear text, required TLS fails.
     let mut connection = open(refused.address).await;
     assert_eq!(connection.tls(), None);
     let rcpts = recipients(&["a@fabrikam.test"]);
@@ -522,6 +523,26 @@ async fn required_tls_at_a_peer_without_starttls_is_a_temporary_hop_failure() {
     let failure = open_failure(refused.address, &opts).await;
     assert_hop_failure(&failure, Stage::StartTls, false, "4.7.10 TLS required but not available");
     assert_eq!(failure.reply.map(|r| r.code), Some(502));
+}
+
+#[tokio::test]
+async fn a_failed_tls_handshake_fails_the_hop_even_when_tls_is_opportunistic() {
+    let script = Script::smtp().extensions(&["PIPELINING", "STARTTLS"]).starttls("220 2.0.0 Ready to start TLS");
+    let sink = Sink::start(script).await.expect("sink");
+    let failure = open_failure(sink.address, &options(Protocol::Smtp)).await;
+    assert_hop_failure(&failure, Stage::StartTls, false, "4.7.5 TLS negotiation failed");
+    // Clear text sent together with the 220 would be read as if it came over
+    // TLS (the STARTTLS injection of CVE-2011-0411, seen from the client).
+    let injecting = Script::smtp().extensions(&["STARTTLS"]).starttls("220 2.0.0 Ready\r\n250 injected");
+    let sink = Sink::start(injecting).await.expect("sink");
+    let failure = open_failure(sink.address, &options(Protocol::Smtp)).await;
+    assert_hop_failure(&failure, Stage::StartTls, false, "4.5.0 Invalid reply from remote server");
+    assert!(failure.error.contains("after the reply to STARTTLS"), "{failure:?}");
+    let refused = Sink::start(Script::smtp().extensions(&["STARTTLS"]).starttls("454 4.7.0 TLS not available"))
+        .await
+        .expect("sink");
+    let failure = open_failure(refused.address, &options(Protocol::Smtp)).await;
+    assert_hop_failure(&failure, Stage::StartTls, false, "454 4.7.0 TLS not available");
 }
 
 // ---------------------------------------------------------------- scriptable sink: LMTP
@@ -563,4 +584,78 @@ async fn lmtp_connection_lost_after_the_end_of_data_keeps_the_replies_received_a
     let failure = connection.send(&transaction(&rcpts), MESSAGE).await.expect_err("hop failure");
     assert_hop_failure(&failure, Stage::EndOfData, false, "4.4.2 Connection dropped after the end of data");
     assert_eq!(sink.received().len(), 1);
+}
+
+// ---------------------------------------------------------------- Postfix with STARTTLS
+
+/// A private CA and a server certificate for `mx.fabrikam.test`, written to
+/// `dir`: returns (server chain PEM, server key PEM, CA file).
+fn certificates(dir: &std::path::Path) -> anyhow::Result<(String, String, std::path::PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let server_key = KeyPair::generate()?;
+    let server = CertificateParams::new(vec!["mx.fabrikam.test".to_string()])?.signed_by(&server_key, &issuer)?;
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem())?;
+    Ok((server.pem(), server_key.serialize_pem(), ca_file))
+}
+
+#[tokio::test]
+async fn starttls_to_postfix_encrypts_and_checks_the_certificate_as_the_policy_says() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (chain, key, ca_file) = certificates(dir.path()).expect("certificates");
+    let postfix = PostfixTls::start(&chain, &key, "fabrikam.test").expect("postfix");
+    let private_ca = pem_roots(&ca_file).expect("CA file");
+    let named = |host: &str| Hop { host: host.into(), addr: postfix.address };
+    let with = |tls: TlsPolicy, roots| ClientOptions { tls, roots, ..options(Protocol::Smtp) };
+
+    // Accepted: each policy with a hop and roots that satisfy it; a message goes through encrypted.
+    let accepted = [
+        (TlsPolicy::Opportunistic, default_roots(), "localhost"),
+        (TlsPolicy::EncryptionOnly, default_roots(), "localhost"),
+        (TlsPolicy::CertificateValidation, private_ca.clone(), "mx.fabrikam.test"),
+        (TlsPolicy::DomainValidation { tls_domain: "*.fabrikam.test".into() }, private_ca.clone(), "localhost"),
+        (TlsPolicy::DomainValidation { tls_domain: "MX.fabrikam.test".into() }, private_ca.clone(), "127.0.0.1"),
+    ];
+    for (policy, roots, host) in accepted {
+        let mut connection = Connection::open(&named(host), &with(policy.clone(), roots))
+            .await
+            .unwrap_or_else(|f| panic!("{policy:?}: {f}"));
+        let (protocol, cipher) = connection.tls().unwrap_or_else(|| panic!("{policy:?}: not encrypted"));
+        assert!(protocol == "TLSv1.3" || protocol == "TLSv1.2", "{protocol}");
+        assert!(!cipher.is_empty() && cipher != "unknown");
+        assert!(!connection.capabilities().starttls, "the EHLO after STARTTLS does not offer it again");
+        let rcpts = recipients(&["bob@fabrikam.test"]);
+        let outcomes = connection.send(&transaction(&rcpts), MESSAGE).await.expect("send");
+        assert_outcome(&outcomes[0], "bob@fabrikam.test", Outcome::Delivered, 250, "2.0.0");
+        assert!(outcomes[0].reply.text.starts_with("Ok: queued as "), "{:?}", outcomes[0].reply);
+        connection.quit().await;
+    }
+
+    // Refused: a certificate check fails; the hop failure is temporary (spec 6.4).
+    let refused = [
+        (TlsPolicy::CertificateValidation, default_roots(), "mx.fabrikam.test"),
+        (TlsPolicy::CertificateValidation, private_ca.clone(), "localhost"),
+        (TlsPolicy::DomainValidation { tls_domain: "*.contoso.test".into() }, private_ca.clone(), "mx.fabrikam.test"),
+        (TlsPolicy::DomainValidation { tls_domain: "fabrikam.test".into() }, private_ca.clone(), "mx.fabrikam.test"),
+        (TlsPolicy::DomainValidation { tls_domain: "*.fabrikam.test".into() }, default_roots(), "mx.fabrikam.test"),
+    ];
+    for (policy, roots, host) in refused {
+        let failure = Connection::open(&named(host), &with(policy.clone(), roots)).await.expect_err("accepted");
+        assert_hop_failure(&failure, Stage::StartTls, false, "4.7.5 TLS negotiation failed");
+        assert_eq!(failure.reply, None, "{policy:?}");
+    }
+    // Postfix hands the messages to its discard transport after the 250: poll its log.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut log = postfix.log();
+    while log.matches("status=sent").count() < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        log = postfix.log();
+    }
+    assert!(log.contains("TLS connection established from"), "{log}");
+    assert_eq!(log.matches("status=sent").count(), 5, "{log}");
 }

@@ -54,7 +54,7 @@ mod transaction;
 pub mod wire;
 
 pub use reply::Capabilities;
-pub use tls::{RootsError, add_pem_roots, default_roots};
+pub use tls::{RootsError, add_pem_roots, default_roots, pem_roots};
 
 /// The protocol spoken to the hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -71,6 +71,14 @@ pub fn add_pem_roots(roots: &mut RootCertStore, path: &Path) -> Result<usize, Ro
     Ok(added)
 }
 
+/// Trust anchors from a PEM file only (e.g. the private CA of an on-premises
+/// organisation's connector), without the public roots.
+pub fn pem_roots(path: &Path) -> Result<Arc<RootCertStore>, RootsError> {
+    let mut roots = RootCertStore::empty();
+    add_pem_roots(&mut roots, path)?;
+    Ok(Arc::new(roots))
+}
+
 /// The client configuration for `policy`.
 pub fn client_config(policy: &TlsPolicy, roots: &Arc<RootCertStore>) -> Result<Arc<ClientConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
