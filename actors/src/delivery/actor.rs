@@ -252,13 +252,15 @@ async fn run(shared: Arc<Shared>) {
 /// Folds one record into its partition's state, taking the partition on
 /// when this is its first record (the poll that rebalanced delivered it).
 async fn apply(shared: &Shared, owned: &mut HashMap<u32, Owned>, record: &Record) {
-    let partition = record.position.partition;
-    if !owned.contains_key(&partition) {
-        let replay_until = shared.log.end_offset(topic::DELIVERY, partition).await.unwrap_or(0);
-        tracing::info!(partition, replay_until, "delivery partition assigned; replaying");
-        owned.insert(partition, Owned { state: PartitionState::default(), replay_until });
-    }
-    let Some(partition) = owned.get_mut(&partition) else { return };
+    let number = record.position.partition;
+    let partition = match owned.entry(number) {
+        std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+        std::collections::hash_map::Entry::Vacant(entry) => {
+            let replay_until = shared.log.end_offset(topic::DELIVERY, number).await.unwrap_or(0);
+            tracing::info!(partition = number, replay_until, "delivery partition assigned; replaying");
+            entry.insert(Owned { state: PartitionState::default(), replay_until })
+        }
+    };
     match Envelope::<DeliveryEvent>::from_json(&record.value) {
         Ok(envelope) => partition.state.apply(record.position.offset, &envelope),
         Err(err) => {
@@ -492,7 +494,7 @@ async fn defer_destination(
 /// Delivers the due messages of one destination, in order.
 async fn deliver(shared: &Shared, partition: u32, work: Due) -> Option<u64> {
     let mut last = None;
-    let Some(first) = work.messages.first() else { return None };
+    let first = work.messages.first()?;
     let first_recipient = first.recipients.first().cloned().unwrap_or_default();
     let maildir = match (&work.destination.kind, &shared.store) {
         (DestinationKind::MailboxStore, MailboxStoreConfig::Maildir { path }) => Some(path.clone()),
