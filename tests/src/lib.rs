@@ -9,3 +9,4 @@ pub mod crash;
 pub mod dns;
 pub mod logs;
 pub mod router;
+pub mod rspamd;
