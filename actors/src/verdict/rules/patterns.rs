@@ -33,7 +33,8 @@ impl Patterns {
                 Err(err) => {
                     // The crate's message spans lines (a caret under the error); keep its last line.
                     let why = err.to_string();
-                    let why = why.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().trim().to_string();
+                    let why = why.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().trim();
+                    let why = why.strip_prefix("error: ").unwrap_or(why);
                     patterns.problems.push(format!("`{source}` is not a valid pattern: {why}"));
                 }
             }
