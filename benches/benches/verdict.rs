@@ -75,6 +75,11 @@ fn verdict(c: &mut Criterion) {
                 sender_blocked: false,
                 dnsbl_listed: false,
                 gtube: has_gtube(&content),
+                phish: Default::default(),
+                engine: Default::default(),
+                bcl: 0,
+                bulk_threshold: 7,
+                mark_bulk_as_spam: true,
                 authentication: &authentication,
             });
             std::hint::black_box(verdict);

@@ -259,6 +259,28 @@ pub struct RuleMatch {
     pub actions: Vec<String>,
 }
 
+/// One scan by rspamd: its answer, or why there was none (the message was
+/// then judged without it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RspamdScan {
+    /// rspamd's action, e.g. `no action`, `add header`, `rewrite subject`, `reject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// rspamd's score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// The score of rspamd's `reject` action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_score: Option<f64>,
+    /// The symbols that fired, sorted, e.g. `GTUBE`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub symbols: Vec<String>,
+    /// Why there is no answer: a timeout, a refused connection, an HTTP
+    /// error status or an undecodable reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Payload of [`VerdictEvent::VerdictReached`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct VerdictReached {
@@ -283,6 +305,9 @@ pub struct VerdictReached {
     /// `CAT` value stamped, e.g. `NONE`, `SPM`, `HPHSH`, `BULK`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+    /// What rspamd answered, when it is configured as an external engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rspamd: Option<RspamdScan>,
     /// The action taken.
     pub action: PolicyAction,
     /// Headers to add to the message, in order.

@@ -11,4 +11,5 @@ pub mod dovecot;
 pub mod logs;
 pub mod postfix;
 pub mod router;
+pub mod rspamd;
 pub mod sink;

@@ -348,3 +348,157 @@ print(json.dumps({"reply": "%d %s" % (code, msg.decode()), "seconds": time.time(
     assert_eq!(verdict.authentication.spf.as_ref().map(|s| s.result), Some(AuthResult::TempError), "{verdict:?}");
     Ok(())
 }
+
+/// Sends each (MAIL FROM, raw message) to alice from 127.0.0.1.
+fn send_all(router: &Router, messages: &[(&str, String)]) -> anyhow::Result<()> {
+    let list: Vec<String> =
+        messages.iter().map(|(sender, body)| format!("({sender:?}, {:?})", b64(body.as_bytes()))).collect();
+    let script = format!(
+        "import base64\nfor sender, body in [{}]:\n    s = smtplib.SMTP(ADDR, PORT)\n    s.ehlo('client.example')\n    s.sendmail(sender, ['alice@contoso.com'], base64.b64decode(body))\n    s.quit()\nprint(json.dumps('sent'))",
+        list.join(", ")
+    );
+    python(router.smtp(), &script)?;
+    Ok(())
+}
+
+fn header<'a>(verdict: &'a VerdictReached, name: &str) -> &'a str {
+    verdict.headers_added.iter().find(|h| h.name == name).map_or("", |h| h.value.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_and_phish_verdicts_carry_their_bcl_category_and_action() -> anyhow::Result<()> {
+    let zone = format!("{ZONE}bad.example.dbl.test. 300 IN A 127.0.1.4\n");
+    let dns = DnsServer::start(&zone)?;
+    let config = format!(
+        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[anti_spam]\nbulk_senders = {{ \"esp.example\" = 8 }}\n\
+         phish_url_domains = [\"phish.example\"]\nuri_dnsbl_zones = [\"dbl.test\"]\nallowed_senders = [\"friend@allowed.example\"]\n",
+        dns.address
+    );
+    let router = Router::start(&config)?;
+    let message = |from: &str, subject: &str, extra: &str, body: &str| {
+        format!("From: {from}\r\nTo: alice@contoso.com\r\nSubject: {subject}\r\n{extra}\r\n{body}\r\n")
+    };
+    send_all(
+        &router,
+        &[
+            // Unauthenticated bulk nobody can unsubscribe from: BCL 7, the default threshold.
+            ("news@bulk.example", message("news@bulk.example", "bulk", "Precedence: bulk\r\n", "offers")),
+            // Signed-off bulk with one-click unsubscribe, SPF passing: BCL 2.
+            (
+                "news@pass.example",
+                message(
+                    "news@pass.example",
+                    "newsletter",
+                    "List-Unsubscribe: <https://pass.example/u/1>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+                    "news",
+                ),
+            ),
+            // Configured reputation of the envelope sender's ESP.
+            ("bounce@mail.esp.example", message("promo@shop.example", "reputation", "", "sale")),
+            (
+                "news@pass.example",
+                message("news@pass.example", "phish link", "", "Log in at https://login.phish.example/x"),
+            ),
+            ("news@pass.example", message("news@pass.example", "listed link", "", "See http://www.bad.example/x")),
+            (
+                "friend@allowed.example",
+                message("friend@allowed.example", "allowed phish", "", "https://phish.example/"),
+            ),
+            // Our own domain, from outside, nothing vouching for it.
+            ("ceo@contoso.com", message("ceo@contoso.com", "intra-org spoof", "", "wire the money")),
+        ],
+    )?;
+    let by_subject = verdicts_by_subject(&router, 7).await?;
+    let stamps = |subject: &str| {
+        let v = &by_subject[subject];
+        (v.scl, v.bcl, v.verdict, v.sfv.clone(), v.category.clone().unwrap_or_default(), v.action)
+    };
+    use PolicyAction::{Deliver, MoveToJunk, Quarantine};
+    use SpamVerdict::{Bulk, HighConfidencePhish, NotSpam, Phish};
+    assert_eq!(stamps("bulk"), (6, 7, Bulk, "SPM".into(), "BULK".into(), MoveToJunk));
+    let bulk = &by_subject["bulk"];
+    assert_eq!(header(bulk, "X-Microsoft-Antispam"), "BCL:7;");
+    assert!(header(bulk, "X-Forefront-Antispam-Report").contains(";SCL:6;SRV:BULK;IPV:NLI;SFV:SPM;"), "{bulk:?}");
+    // pass.example publishes no DMARC record: DMARC none, SPF passing is a compauth softpass.
+    let newsletter = &by_subject["newsletter"];
+    assert_eq!(newsletter.authentication.dmarc.as_ref().map(|d| (d.result, d.policy)), Some((AuthResult::None, None)));
+    assert_eq!(stamps("newsletter"), (1, 2, NotSpam, "NSPM".into(), "NONE".into(), Deliver));
+    assert_eq!(header(&by_subject["newsletter"], "X-Microsoft-Antispam"), "BCL:2;");
+    assert_eq!(stamps("reputation"), (6, 8, Bulk, "SPM".into(), "BULK".into(), MoveToJunk));
+    assert_eq!(stamps("phish link"), (9, 0, HighConfidencePhish, "SPM".into(), "HPHSH".into(), Quarantine));
+    assert_eq!(stamps("listed link"), (9, 0, HighConfidencePhish, "SPM".into(), "HPHSH".into(), Quarantine));
+    assert_eq!(
+        stamps("allowed phish"),
+        (9, 0, HighConfidencePhish, "SPM".into(), "HPHSH".into(), Quarantine),
+        "an allowed sender does not override high-confidence phish"
+    );
+    assert_eq!(stamps("intra-org spoof"), (6, 0, Phish, "SPM".into(), "SPOOF".into(), Quarantine));
+    let spoof = &by_subject["intra-org spoof"];
+    assert_eq!(spoof.authentication.compauth.as_ref().map(|c| c.reason.as_str()), Some("601"));
+    assert!(header(spoof, "Authentication-Results").ends_with("compauth=fail reason=601"), "{spoof:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rspamd_actions_map_to_the_documented_scl() -> anyhow::Result<()> {
+    let dns = DnsServer::start(ZONE)?;
+    let rspamd = mailflow_tests::rspamd::Rspamd::start(dns.address)?;
+    let config = format!(
+        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[anti_spam.rspamd]\nurl = \"{}\"\ntimeout = \"5s\"\n",
+        dns.address, rspamd.url
+    );
+    let router = Router::start(&config)?;
+    let message =
+        |subject: &str, body: &str| format!("From: news@pass.example\r\nSubject: {subject}\r\n\r\n{body}\r\n");
+    send_all(
+        &router,
+        &[
+            ("news@pass.example", message("clean", "hello, nothing to see")),
+            ("news@pass.example", message("gtube", std::str::from_utf8(mailflow_actors::verdict::score::GTUBE)?)),
+            ("news@pass.example", message("add header", mailflow_tests::rspamd::GTUBE_ADD_HEADER)),
+        ],
+    )?;
+    let by_subject = verdicts_by_subject(&router, 3).await?;
+    let scan = |subject: &str| by_subject[subject].rspamd.clone().with_context(|| format!("{subject}: no rspamd scan"));
+
+    let clean = &by_subject["clean"];
+    assert_eq!(scan("clean")?.action.as_deref(), Some("no action"), "{:?}\n{}", clean.rspamd, rspamd.log());
+    assert_eq!((clean.scl, clean.verdict, clean.sfv.as_str()), (1, SpamVerdict::NotSpam, "NSPM"));
+
+    let gtube = scan("gtube")?;
+    assert_eq!((gtube.action.as_deref(), gtube.symbols.as_slice()), (Some("reject"), ["GTUBE".to_string()].as_slice()));
+    assert_eq!(gtube.required_score, Some(15.0));
+    let verdict = &by_subject["gtube"];
+    assert_eq!((verdict.scl, verdict.category.as_deref()), (9, Some("HSPM")));
+
+    // Only rspamd knows this variant: the SCL 5 comes from its `add header`.
+    assert_eq!(scan("add header")?.action.as_deref(), Some("add header"));
+    let spam = &by_subject["add header"];
+    assert_eq!(
+        (spam.scl, spam.verdict, spam.sfv.as_str(), spam.category.as_deref(), spam.action),
+        (5, SpamVerdict::Spam, "SPM", Some("SPM"), PolicyAction::MoveToJunk)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_rspamd_is_recorded_and_the_message_judged_without_it() -> anyhow::Result<()> {
+    let dns = DnsServer::start(ZONE)?;
+    // A port just released: connections are refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let config = format!(
+        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[anti_spam.rspamd]\nurl = \"http://127.0.0.1:{port}\"\n",
+        dns.address
+    );
+    let router = Router::start(&config)?;
+    send_all(
+        &router,
+        &[("news@pass.example", "From: news@pass.example\r\nSubject: no engine\r\n\r\nhello\r\n".to_string())],
+    )?;
+    let (_, verdict) = verdicts(&router, 1).await?.into_iter().next().context("a verdict")?;
+    let scan = verdict.rspamd.as_ref().context("the failed scan is recorded")?;
+    assert!(scan.error.as_deref().is_some_and(|e| e.starts_with("connecting:")), "{scan:?}");
+    assert_eq!(scan.action, None);
+    assert_eq!((verdict.scl, verdict.verdict, verdict.sfv.as_str()), (1, SpamVerdict::NotSpam, "NSPM"));
+    Ok(())
+}

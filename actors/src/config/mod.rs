@@ -251,6 +251,8 @@ impl Config {
                 problems.push(format!("transport rule {}: set_scl must be -1..=9", rule.name));
             }
         }
+        problems.extend(crate::verdict::rules::problems(&self.transport_rules));
+        self.anti_spam.validate(&mut problems);
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
@@ -425,6 +427,7 @@ mod tests {
         assert_eq!(format!("{:?}", example.accepted_domains), format!("{:?}", builtin.accepted_domains));
         assert_eq!(format!("{:?}", example.directory), format!("{:?}", builtin.directory));
         assert_eq!(format!("{:?}", example.event_log), format!("{:?}", builtin.event_log));
+        assert_eq!(format!("{:?}", example.anti_spam), format!("{:?}", builtin.anti_spam));
     }
 
     #[test]
@@ -437,6 +440,18 @@ mod tests {
         let Err(ConfigError::Invalid(problems)) = config.validate() else { panic!("must be invalid") };
         assert!(problems.iter().any(|p| p.contains("a.*.b")), "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("match_subdomains")), "{problems:?}");
+    }
+
+    #[test]
+    fn invalid_rule_patterns_and_anti_spam_settings_are_reported_with_the_rest() {
+        let config: Config = toml::from_str(
+            "[anti_spam]\nbulk_threshold = 10\n[anti_spam.rspamd]\nurl = \"https://127.0.0.1:11333\"\n\
+             [[transport_rules]]\nname = \"r\"\npriority = 0\nconditions = { subject_matches_patterns = [\"(x\"] }\n",
+        )
+        .expect("parses");
+        let Err(ConfigError::Invalid(problems)) = config.validate() else { panic!("must be invalid") };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("subject_matches_patterns: `(x`")), "{problems:?}");
     }
 
     #[test]

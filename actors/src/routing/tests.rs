@@ -105,6 +105,7 @@ fn verdict(recipients: &[&str], action: PolicyAction) -> VerdictReached {
         sfv: "NSPM".into(),
         ipv: None,
         category: None,
+        rspamd: None,
         action,
         headers_added: vec![],
         subject_prefix: None,

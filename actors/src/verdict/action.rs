@@ -1,9 +1,10 @@
 //! The policy action of a verdict (spec 9.3): what the anti-spam policy says
-//! to do with spam and high-confidence spam, as fields of `VerdictReached`.
+//! to do with spam, high-confidence spam, phish, high-confidence phish and
+//! bulk, as fields of `VerdictReached`.
 
 use mailflow_events::verdicts::{Header, PolicyAction, SpamVerdict};
 
-use super::{AntiSpamConfig, SpamAction};
+use super::{AntiSpamConfig, BulkAction, HighConfidencePhishAction, SpamAction};
 
 /// The fixed value of the `AddXHeader` header (spec 9.3).
 pub const X_HEADER_TEXT: &str = "This message appears to be spam.";
@@ -26,7 +27,16 @@ pub fn apply(config: &AntiSpamConfig, verdict: SpamVerdict) -> Applied {
     let configured = match verdict {
         SpamVerdict::Spam => config.spam_action,
         SpamVerdict::HighConfidenceSpam => config.high_confidence_spam_action,
-        _ => return Applied::default(),
+        SpamVerdict::Phish => config.phish_action,
+        SpamVerdict::HighConfidencePhish => match config.high_confidence_phish_action {
+            HighConfidencePhishAction::Quarantine => SpamAction::Quarantine,
+            HighConfidencePhishAction::Redirect => SpamAction::Redirect,
+        },
+        SpamVerdict::Bulk => match config.bulk_action {
+            BulkAction::NoAction => return Applied { action: Some(PolicyAction::Deliver), ..Applied::default() },
+            BulkAction::Spam(action) => action,
+        },
+        SpamVerdict::NotSpam | SpamVerdict::Malware => return Applied::default(),
     };
     match configured {
         SpamAction::MoveToJmf => Applied { action: Some(PolicyAction::MoveToJunk), ..Applied::default() },
@@ -82,5 +92,31 @@ mod tests {
         assert_eq!(apply(&config, SpamVerdict::HighConfidenceSpam).action, Some(PolicyAction::Quarantine));
         config.high_confidence_spam_action = SpamAction::Delete;
         assert_eq!(apply(&config, SpamVerdict::HighConfidenceSpam).action, Some(PolicyAction::Delete));
+    }
+
+    #[test]
+    fn phish_high_confidence_phish_and_bulk_take_their_own_actions() {
+        let mut config = AntiSpamConfig::default();
+        let action = |config: &AntiSpamConfig, verdict| apply(config, verdict).action;
+        assert_eq!(action(&config, SpamVerdict::Phish), Some(PolicyAction::Quarantine), "spec 9.3 default");
+        assert_eq!(action(&config, SpamVerdict::HighConfidencePhish), Some(PolicyAction::Quarantine));
+        assert_eq!(action(&config, SpamVerdict::Bulk), Some(PolicyAction::MoveToJunk));
+        config.phish_action = SpamAction::ModifySubject;
+        config.bulk_action = BulkAction::NoAction;
+        config.high_confidence_phish_action = HighConfidencePhishAction::Redirect;
+        config.redirect_to_recipients = vec!["soc@contoso.com".into()];
+        assert_eq!(action(&config, SpamVerdict::Phish), Some(PolicyAction::PrependSubject));
+        assert_eq!(action(&config, SpamVerdict::Bulk), Some(PolicyAction::Deliver));
+        let redirected = apply(&config, SpamVerdict::HighConfidencePhish);
+        assert_eq!(
+            (redirected.action, redirected.redirect_to),
+            (Some(PolicyAction::Redirect), vec!["soc@contoso.com".to_string()])
+        );
+        config.bulk_action = BulkAction::Spam(SpamAction::AddXHeader);
+        assert_eq!(
+            apply(&config, SpamVerdict::Bulk).header,
+            Some(Header { name: "X-This-Is-Spam".into(), value: X_HEADER_TEXT.into() })
+        );
+        assert_eq!(apply(&config, SpamVerdict::Malware), Applied::default());
     }
 }

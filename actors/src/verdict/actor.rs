@@ -14,7 +14,7 @@ use mail_auth::MessageAuthenticator;
 use mail_parser::MimeHeaders as _;
 use mailflow_events::log::{EventLog, GroupMember, Record};
 use mailflow_events::received::{Directionality, MessageReceived, ReceivedEvent};
-use mailflow_events::verdicts::{PolicyAction, SpamVerdict, VerdictEvent, VerdictReached};
+use mailflow_events::verdicts::{PolicyAction, VerdictEvent, VerdictReached};
 use mailflow_events::{Envelope, content, topic};
 
 use super::auth::{Arrival, authenticate};
@@ -193,7 +193,7 @@ impl VerdictActor {
         };
         // The session may already have run every check before its reply
         // (anonymous mail only, so never with Enhanced Filtering).
-        let authentication = match &received.inline_checks {
+        let mut authentication = match &received.inline_checks {
             Some(checks) if checks.dmarc.is_some() && original.is_none() => checks.clone(),
             _ => {
                 authenticate(
@@ -219,6 +219,19 @@ impl VerdictActor {
         };
         let anti_spam = &self.anti_spam;
         let dnsbl = super::dnsbl::listed_in(&self.authenticator.0, ip, &anti_spam.dnsbl_zones).await;
+        let message = super::signals::Message {
+            message_id,
+            received,
+            content: &content,
+            ip,
+            helo: &helo,
+            authentication: &authentication,
+        };
+        let ours = |domain: &str| self.policy.within_accepted_domain(domain);
+        let found = super::signals::gather(anti_spam, &self.authenticator.0, &ours, message).await;
+        if let Some(compauth) = found.spoof_compauth.clone() {
+            authentication.compauth = Some(compauth);
+        }
         let score = score(&Signals {
             ip_allowed: anti_spam.ip_allow_list.iter().any(|net| net.contains(ip)),
             ip_blocked: anti_spam.ip_block_list.iter().any(|net| net.contains(ip)),
@@ -226,10 +239,15 @@ impl VerdictActor {
             sender_blocked: on_list(&anti_spam.blocked_senders, &anti_spam.blocked_sender_domains),
             dnsbl_listed: dnsbl.is_some(),
             gtube: has_gtube(&content),
+            phish: found.phish,
+            engine: found.engine(),
+            bcl: found.bcl,
+            bulk_threshold: anti_spam.bulk_threshold,
+            mark_bulk_as_spam: anti_spam.mark_as_spam_bulk_mail,
             authentication: &authentication,
         });
         let outcome = self.run_rules(received, &content, score.scl);
-        let score = rule_scl(score, outcome.set_scl);
+        let score = super::score::with_rule_scl(score, outcome.set_scl);
         let applied = super::action::apply(anti_spam, score.verdict);
         let direction = match received.directionality {
             Directionality::Inbound => "INB",
@@ -241,6 +259,7 @@ impl VerdictActor {
             headers::authentication_results(&self.hostname, &authentication),
             headers::antispam_report(&score, &ip.to_string(), &helo, &ptr, direction),
             headers::organization_scl(&score),
+            headers::microsoft_antispam(&score),
         ];
         headers_added.extend(applied.header);
         headers_added.extend(outcome.set_headers);
@@ -252,11 +271,12 @@ impl VerdictActor {
             authentication,
             original_client_ip: ip.to_string(),
             scl: score.scl,
-            bcl: 0,
+            bcl: score.bcl,
             verdict: score.verdict,
             sfv: score.sfv.to_string(),
             ipv: Some(score.ipv.to_string()),
             category: Some(score.category.to_string()),
+            rspamd: found.rspamd,
             action: if outcome.reject.is_some() {
                 PolicyAction::Reject
             } else if outcome.delete {
@@ -292,10 +312,11 @@ fn system_verdict(received: &MessageReceived) -> VerdictEvent {
         original_client_ip: received.session.client_ip.clone(),
         scl: -1,
         bcl: 0,
-        verdict: SpamVerdict::NotSpam,
+        verdict: mailflow_events::verdicts::SpamVerdict::NotSpam,
         sfv: "SKI".to_string(),
         ipv: None,
         category: Some("NONE".to_string()),
+        rspamd: None,
         action: PolicyAction::Deliver,
         headers_added: vec![mailflow_events::verdicts::Header {
             name: "X-MS-Exchange-Organization-SCL".to_string(),
@@ -309,37 +330,4 @@ fn system_verdict(received: &MessageReceived) -> VerdictEvent {
         rules_matched: vec![],
         received: Some(Box::new(received.clone())),
     })
-}
-
-/// A rule's `SetSCL` (spec 9.4): -1 bypasses filtering (`SFV:SKN`), 5–6 is
-/// spam and 7–9 high-confidence spam (`SFV:SKS`), 0–4 leaves the verdict.
-fn rule_scl(score: super::score::Score, set: Option<i8>) -> super::score::Score {
-    use super::score::Score;
-    match set {
-        Some(-1) => Score {
-            scl: -1,
-            verdict: SpamVerdict::NotSpam,
-            sfv: "SKN",
-            category: "NONE",
-            action: PolicyAction::Deliver,
-            ..score
-        },
-        Some(scl @ 5..=6) => Score {
-            scl,
-            verdict: SpamVerdict::Spam,
-            sfv: "SKS",
-            category: "SPM",
-            action: PolicyAction::MoveToJunk,
-            ..score
-        },
-        Some(scl @ 7..=9) => Score {
-            scl,
-            verdict: SpamVerdict::HighConfidenceSpam,
-            sfv: "SKS",
-            category: "HSPM",
-            action: PolicyAction::MoveToJunk,
-            ..score
-        },
-        _ => score,
-    }
 }

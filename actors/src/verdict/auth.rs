@@ -75,8 +75,9 @@ pub async fn authenticate(
     let from = message.from();
     let header_from = (!from.is_empty()).then(|| from.rsplit_once('@').map_or(from, |(_, d)| d).to_string());
     // mail-auth leaves both results `None` when nothing aligned passed; a
-    // policy found for the author domain is what says DMARC applies.
-    let has_record = dmarc_output.policy() != Policy::Unspecified;
+    // record found for the author domain is what says DMARC applies (its
+    // output without a record still says `Policy::None`).
+    let has_record = dmarc_output.dmarc_record().is_some();
     let results = [dmarc_output.spf_result(), dmarc_output.dkim_result()];
     let dmarc_result = if results.iter().any(|r| matches!(r, DmarcResult::Pass)) {
         AuthResult::Pass
@@ -90,6 +91,7 @@ pub async fn authenticate(
         AuthResult::None
     };
     let policy = match dmarc_output.policy() {
+        _ if !has_record => None,
         Policy::None => Some(DmarcPolicy::None),
         Policy::Quarantine => Some(DmarcPolicy::Quarantine),
         Policy::Reject => Some(DmarcPolicy::Reject),

@@ -6,11 +6,20 @@
 //! applies to every message; all actions of a matching rule apply;
 //! `stop_processing`, `delete` and `quarantine` end evaluation; disabled rules
 //! are skipped; `audit` mode records the match without acting. Text matches
-//! are case-insensitive whole words or phrases (spec 12.2).
+//! are case-insensitive whole words or phrases (spec 12.2); `…_patterns`
+//! conditions are regular expressions ([`patterns`]), compiled once at load,
+//! and a pattern that does not compile is a configuration error
+//! ([`problems`]). Exceptions take every condition.
+
+mod patterns;
+
+use std::sync::LazyLock;
 
 use mailflow_events::received::SmtpReply;
 use mailflow_events::verdicts::{Header, RuleMatch};
 use serde::Deserialize;
+
+pub use patterns::Patterns;
 
 /// `[[transport_rules]]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +104,62 @@ pub struct Conditions {
     pub message_size_over: Option<u64>,
     /// `AttachmentExtensionMatchesWords`: e.g. `exe`, `js`.
     pub attachment_extension_matches_words: Vec<String>,
+    /// `FromAddressContainsWords`: words in the sender address.
+    pub from_address_contains_words: Vec<String>,
+    /// `FromAddressMatchesPatterns`: the sender address.
+    pub from_address_matches_patterns: Patterns,
+    /// `RecipientAddressContainsWords`: words in any recipient address.
+    pub recipient_address_contains_words: Vec<String>,
+    /// `RecipientAddressMatchesPatterns`: any recipient address.
+    pub recipient_address_matches_patterns: Patterns,
+    /// `AnyOfToHeader`: an address of the `To:` header is one of these.
+    pub any_of_to_header: Vec<String>,
+    /// `AnyOfCcHeader`: an address of the `Cc:` header is one of these.
+    pub any_of_cc_header: Vec<String>,
+    /// `AnyOfToCcHeader`: an address of `To:` or `Cc:` is one of these.
+    pub any_of_to_cc_header: Vec<String>,
+    /// `SubjectMatchesPatterns`.
+    pub subject_matches_patterns: Patterns,
+    /// `SubjectOrBodyMatchesPatterns`.
+    pub subject_or_body_matches_patterns: Patterns,
+    /// `HeaderMatchesMessageHeader`: the header to match …
+    pub header_matches_message_header: Option<String>,
+    /// … `HeaderMatchesPatterns`: … against these patterns (unfolded value).
+    pub header_matches_patterns: Patterns,
+    /// `AttachmentNameMatchesPatterns`: any attachment file name.
+    pub attachment_name_matches_patterns: Patterns,
+    /// `WithImportance`: the `Importance:` header (else `X-Priority:`; else normal).
+    pub with_importance: Option<Importance>,
+}
+
+/// Message importance (`WithImportance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Importance {
+    /// `Importance: low`, `X-Priority: 4` or `5`.
+    Low,
+    /// No header, `Importance: normal`, `X-Priority: 3`.
+    Normal,
+    /// `Importance: high`, `X-Priority: 1` or `2`.
+    High,
+}
+
+impl Importance {
+    /// The importance the header fields declare.
+    pub fn of(headers: &[(String, String)]) -> Self {
+        let field = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim());
+        match (field("Importance").map(str::to_ascii_lowercase).as_deref(), field("X-Priority")) {
+            (Some("high"), _) => Importance::High,
+            (Some("low"), _) => Importance::Low,
+            (Some(_), _) => Importance::Normal,
+            (None, Some(priority)) => match priority.chars().next() {
+                Some('1' | '2') => Importance::High,
+                Some('4' | '5') => Importance::Low,
+                _ => Importance::Normal,
+            },
+            (None, None) => Importance::Normal,
+        }
+    }
 }
 
 /// Actions (spec 12.4).
@@ -210,6 +275,23 @@ fn eq_any(value: &str, list: &[String]) -> bool {
     list.iter().any(|item| item.eq_ignore_ascii_case(value))
 }
 
+/// A header value as one line (RFC 5322 unfolding).
+fn unfold(value: &str) -> String {
+    value.replace("\r\n", "").replace('\n', "")
+}
+
+// A literal: compiling it cannot fail (the tests compile it).
+static ADDRESS: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r#"[^\s<>,;:"()\[\]]+@[^\s<>,;:"()\[\]]+"#).expect("address pattern"));
+
+/// The addresses of the header fields named one of `names`.
+fn header_addresses<'a>(headers: &'a [(String, String)], names: &'a [&str]) -> impl Iterator<Item = &'a str> {
+    headers
+        .iter()
+        .filter(|(name, _)| names.iter().any(|n| n.eq_ignore_ascii_case(name)))
+        .flat_map(|(_, value)| ADDRESS.find_iter(value).map(|m| m.as_str()))
+}
+
 impl Conditions {
     /// Whether every condition that is set holds (all unset: true).
     fn all_hold(&self, input: &RuleInput<'_>) -> bool {
@@ -256,8 +338,73 @@ impl Conditions {
                     eq_any(extension, &self.attachment_extension_matches_words)
                 })
             }),
+            set(&self.from_address_contains_words, &|| contains_words(input.sender, &self.from_address_contains_words)),
+            pattern(&self.from_address_matches_patterns, &|p| p.matches(input.sender)),
+            set(&self.recipient_address_contains_words, &|| {
+                input.recipients.iter().any(|(r, _)| contains_words(r, &self.recipient_address_contains_words))
+            }),
+            pattern(&self.recipient_address_matches_patterns, &|p| input.recipients.iter().any(|(r, _)| p.matches(r))),
+            set(&self.any_of_to_header, &|| {
+                header_addresses(input.headers, &["To"]).any(|a| eq_any(a, &self.any_of_to_header))
+            }),
+            set(&self.any_of_cc_header, &|| {
+                header_addresses(input.headers, &["Cc"]).any(|a| eq_any(a, &self.any_of_cc_header))
+            }),
+            set(&self.any_of_to_cc_header, &|| {
+                header_addresses(input.headers, &["To", "Cc"]).any(|a| eq_any(a, &self.any_of_to_cc_header))
+            }),
+            pattern(&self.subject_matches_patterns, &|p| p.matches(input.subject)),
+            pattern(&self.subject_or_body_matches_patterns, &|p| p.matches(input.subject) || p.matches(input.body)),
+            self.header_matches_message_header.as_ref().map(|name| {
+                input
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .any(|(_, v)| self.header_matches_patterns.matches(&unfold(v)))
+            }),
+            pattern(&self.attachment_name_matches_patterns, &|p| input.attachments.iter().any(|a| p.matches(a))),
+            self.with_importance.map(|importance| Importance::of(input.headers) == importance),
         ]
     }
+
+    /// Configuration problems of these conditions, each prefixed with `what`.
+    fn problems(&self, what: &str, problems: &mut Vec<String>) {
+        let patterns = [
+            ("from_address_matches_patterns", &self.from_address_matches_patterns),
+            ("recipient_address_matches_patterns", &self.recipient_address_matches_patterns),
+            ("subject_matches_patterns", &self.subject_matches_patterns),
+            ("subject_or_body_matches_patterns", &self.subject_or_body_matches_patterns),
+            ("header_matches_patterns", &self.header_matches_patterns),
+            ("attachment_name_matches_patterns", &self.attachment_name_matches_patterns),
+        ];
+        for (field, patterns) in patterns {
+            problems.extend(patterns.problems().iter().map(|problem| format!("{what}.{field}: {problem}")));
+        }
+        if self.header_matches_message_header.is_some() != self.header_matches_patterns.is_set() {
+            problems.push(format!("{what}: header_matches_message_header and header_matches_patterns go together"));
+        }
+        if self.header_contains_message_header.is_some() == self.header_contains_words.is_empty() {
+            problems.push(format!("{what}: header_contains_message_header and header_contains_words go together"));
+        }
+    }
+}
+
+/// `None` when no pattern was given, else whether `held` holds.
+fn pattern(patterns: &Patterns, held: &dyn Fn(&Patterns) -> bool) -> Option<bool> {
+    patterns.is_set().then(|| held(patterns))
+}
+
+/// Every configuration problem of `rules` that types cannot catch: patterns
+/// that do not compile, header conditions without their other half. One line
+/// per problem, for `check-config`.
+pub fn problems(rules: &[TransportRuleConfig]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for rule in rules {
+        let name = &rule.name;
+        rule.conditions.problems(&format!("transport rule {name}: conditions"), &mut problems);
+        rule.exceptions.problems(&format!("transport rule {name}: exceptions"), &mut problems);
+    }
+    problems
 }
 
 /// Evaluates `rules` (any order; sorted by priority here) against `input`.

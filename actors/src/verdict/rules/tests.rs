@@ -185,3 +185,94 @@ fn each_action_of_the_subset() {
         (Some("5.7.1"), "Delivery not authorized, message refused")
     );
 }
+
+#[test]
+fn each_pattern_and_address_condition() {
+    let recipients = [("alice@contoso.com".to_string(), true), ("partner@tailspin.example".to_string(), false)];
+    let headers = [
+        ("X-Campaign".to_string(), "spring\r\n sale 2026".to_string()),
+        ("To".to_string(), "Alice <alice@contoso.com>, \"Bob, B\" <bob@contoso.com>".to_string()),
+        ("Cc".to_string(), "carol@fabrikam.example".to_string()),
+        ("X-Priority".to_string(), "1 (Highest)".to_string()),
+    ];
+    let attachments = ["invoice.PDF".to_string(), "setup.exe".to_string()];
+    let table: &[(&str, bool)] = &[
+        (r#"from_address_contains_words = ["fabrikam"]"#, true),
+        (r#"from_address_contains_words = ["fab"]"#, false),
+        (r#"from_address_matches_patterns = ['^ceo@.*\.example$']"#, true),
+        (r#"from_address_matches_patterns = ['^cfo@']"#, false),
+        (r#"recipient_address_contains_words = ["tailspin"]"#, true),
+        (r#"recipient_address_contains_words = ["tail"]"#, false),
+        (r#"recipient_address_matches_patterns = ['@tailspin\.example$']"#, true),
+        (r#"recipient_address_matches_patterns = ['@wingtip\.example$']"#, false),
+        (r#"any_of_to_header = ["BOB@contoso.com"]"#, true),
+        (r#"any_of_to_header = ["carol@fabrikam.example"]"#, false),
+        (r#"any_of_cc_header = ["carol@fabrikam.example"]"#, true),
+        (r#"any_of_to_cc_header = ["carol@fabrikam.example"]"#, true),
+        (r#"any_of_to_cc_header = ["dave@fabrikam.example"]"#, false),
+        (r#"subject_matches_patterns = ['quarterly\s+report']"#, true),
+        (r#"subject_matches_patterns = ['^report']"#, false),
+        (r#"subject_or_body_matches_patterns = ['wire\s+the\s+money']"#, true),
+        (r#"subject_or_body_matches_patterns = ['\bbitcoin\b']"#, false),
+        (
+            r#"header_matches_message_header = "x-campaign"
+            header_matches_patterns = ['spring sale \d{4}']"#,
+            true,
+        ),
+        (
+            r#"header_matches_message_header = "X-Other"
+            header_matches_patterns = ['.*']"#,
+            false,
+        ),
+        (r#"attachment_name_matches_patterns = ['^setup\.(exe|msi)$']"#, true),
+        (r#"attachment_name_matches_patterns = ['\.docm$']"#, false),
+        (r#"with_importance = "high""#, true),
+        (r#"with_importance = "normal""#, false),
+    ];
+    for (condition, expected) in table {
+        let set = rules(&format!(
+            "[[transport_rules]]\nname = \"r\"\npriority = 0\n[transport_rules.conditions]\n{condition}\n[transport_rules.actions]\nset_scl = 6\n"
+        ));
+        assert!(problems(&set).is_empty(), "{condition}: {:?}", problems(&set));
+        let matched = !evaluate(&set, &input(&recipients, &headers, &attachments)).matched.is_empty();
+        assert_eq!(matched, *expected, "{condition}");
+        // The same condition as an exception vetoes a rule that otherwise applies to everything.
+        let excepted = rules(&format!(
+            "[[transport_rules]]\nname = \"r\"\npriority = 0\n[transport_rules.exceptions]\n{condition}\n[transport_rules.actions]\nset_scl = 6\n"
+        ));
+        let applied = !evaluate(&excepted, &input(&recipients, &headers, &attachments)).matched.is_empty();
+        assert_eq!(applied, !*expected, "except {condition}");
+    }
+}
+
+#[test]
+fn importance_comes_from_importance_then_x_priority() {
+    let of = |name: &str, value: &str| Importance::of(&[(name.to_string(), value.to_string())]);
+    assert_eq!(of("Importance", "Low"), Importance::Low);
+    assert_eq!(of("Importance", "high"), Importance::High);
+    assert_eq!(of("X-Priority", "5 (Lowest)"), Importance::Low);
+    assert_eq!(of("X-Priority", "3"), Importance::Normal);
+    assert_eq!(Importance::of(&[]), Importance::Normal);
+}
+
+#[test]
+fn invalid_patterns_and_half_header_conditions_are_configuration_problems() {
+    let set = rules(
+        r#"
+        [[transport_rules]]
+        name = "broken"
+        priority = 0
+        conditions = { subject_matches_patterns = ["(unclosed", "fine"], header_matches_patterns = ["x"] }
+        exceptions = { attachment_name_matches_patterns = ["[z-a]"], header_contains_message_header = "X-A" }
+        "#,
+    );
+    let found = problems(&set);
+    assert_eq!(found.len(), 4, "{found:#?}");
+    assert!(
+        found[0].starts_with("transport rule broken: conditions.subject_matches_patterns: `(unclosed`"),
+        "{found:#?}"
+    );
+    assert!(found.iter().any(|p| p.contains("exceptions.attachment_name_matches_patterns: `[z-a]`")), "{found:#?}");
+    assert!(found.iter().any(|p| p.contains("conditions: header_matches_message_header and header_matches_patterns")));
+    assert!(found.iter().any(|p| p.contains("exceptions: header_contains_message_header and header_contains_words")));
+}
