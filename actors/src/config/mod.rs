@@ -427,6 +427,8 @@ mod tests {
         assert_eq!(format!("{:?}", example.accepted_domains), format!("{:?}", builtin.accepted_domains));
         assert_eq!(format!("{:?}", example.directory), format!("{:?}", builtin.directory));
         assert_eq!(format!("{:?}", example.event_log), format!("{:?}", builtin.event_log));
+        assert_eq!(format!("{:?}", example.transport), format!("{:?}", builtin.transport));
+        assert_eq!(format!("{:?}", example.mailbox_store), format!("{:?}", builtin.mailbox_store));
         assert_eq!(format!("{:?}", example.anti_spam), format!("{:?}", builtin.anti_spam));
     }
 
