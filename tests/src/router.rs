@@ -161,12 +161,15 @@ impl Router {
     }
 }
 
-/// The accepted messages among `events`, as (message id, payload), in log order.
+/// The messages accepted over SMTP among `events`, as (message id, payload),
+/// in log order; NDRs the router generated itself (listener `system`) are left out.
 pub fn messages_received(events: &[Envelope<ReceivedEvent>]) -> Vec<(String, MessageReceived)> {
     events
         .iter()
         .filter_map(|e| match &e.event {
-            ReceivedEvent::MessageReceived(m) => Some((e.message_id.clone(), m.clone())),
+            ReceivedEvent::MessageReceived(m) if m.session.listener != mailflow_actors::ndr::SYSTEM_LISTENER => {
+                Some((e.message_id.clone(), m.clone()))
+            }
             _ => None,
         })
         .collect()
