@@ -298,7 +298,10 @@ impl Router {
                     }
                     dsn.address = target;
                     let reason = reason.unwrap_or(route_reason);
-                    match groups.iter_mut().find(|(d, r, f, _)| *d == destination && *r == reason && *f == folder) {
+                    // One copy per destination (and folder): the delivery state keeps
+                    // one entry per message and destination. The first recipient's
+                    // reason names the copy.
+                    match groups.iter_mut().find(|(d, _, f, _)| *d == destination && *f == folder) {
                         Some((_, _, _, recipients)) => recipients.push(dsn),
                         None => groups.push((destination, reason, folder, vec![dsn])),
                     }

@@ -149,9 +149,12 @@ fn every_kind_of_recipient_gets_its_route() {
                 RouteReason::AcceptedDomain,
                 vec!["anna@contoso.com".into(), "petra@fabrikam.com".into()]
             ),
-            ("on_premises:to-onprem".into(), RouteReason::OutboundConnector, vec!["olga@contoso.com".into()]),
+            (
+                "on_premises:to-onprem".into(),
+                RouteReason::OutboundConnector,
+                vec!["olga@contoso.com".into(), "x@sales.fabrikam.com".into()]
+            ),
             ("internet:tailspin.example".into(), RouteReason::Mx, vec!["mu@tailspin.example".into()]),
-            ("on_premises:to-onprem".into(), RouteReason::InternalRelay, vec!["x@sales.fabrikam.com".into()]),
             (
                 "partner:to-woodgrove".into(),
                 RouteReason::OutboundConnector,

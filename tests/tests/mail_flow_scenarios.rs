@@ -1,0 +1,214 @@
+//! The mail-flow scenarios of spec §8 end to end, with real peers on
+//! loopback: Postfix's smtp-sink plays the on-premises server and the
+//! internet's MX hosts, Dovecot LMTP the mailbox store, a real DNS server the
+//! zones. Internet clients connect from 127.0.0.1; the on-premises server
+//! from 127.0.0.2, which the on-premises inbound connector identifies. Each
+//! test checks where every recipient's copy arrived and that nothing else got one.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mailflow_events::Envelope;
+use mailflow_events::delivery::DeliveryEvent;
+use mailflow_tests::clients::python;
+use mailflow_tests::dns::DnsServer;
+use mailflow_tests::dovecot::Dovecot;
+use mailflow_tests::postfix::{Dumped, SmtpSink};
+use mailflow_tests::router::Router;
+
+const ZONE: &str = "example.org. 300 IN MX 10 mx.example.org.\nmx.example.org. 300 IN A 127.0.0.1\n\
+archive.example. 300 IN MX 10 mx.archive.example.\nmx.archive.example. 300 IN A 127.0.0.1\n";
+
+/// contoso.com (authoritative: alice in the service, olga on-premises) and
+/// fabrikam.com (internal relay), the on-premises server at 127.0.0.2 both ways.
+fn hybrid(dns: &DnsServer, internet: &SmtpSink, on_premises: &SmtpSink, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+hostname = "mx.contoso.test"
+[[server.listeners]]
+name = "smtp"
+address = "127.0.0.1:0"
+[dns]
+nameservers = ["{dns}"]
+[transport]
+mx_port = {mx_port}
+[[accepted_domains]]
+name = "contoso.com"
+default = true
+[[accepted_domains]]
+name = "fabrikam.com"
+type = "internal_relay"
+[[directory.recipients]]
+address = "alice@contoso.com"
+[[directory.recipients]]
+address = "olga@contoso.com"
+kind = "on_premises"
+[[inbound_connectors]]
+name = "from-onprem"
+kind = "on_premises"
+sender_ip_addresses = ["127.0.0.2"]
+[[outbound_connectors]]
+name = "to-onprem"
+kind = "on_premises"
+all_accepted_domains = true
+smart_hosts = ["127.0.0.1:{onprem_port}"]
+{extra}
+"#,
+        dns = dns.address,
+        mx_port = internet.address.port(),
+        onprem_port = on_premises.address.port(),
+    )
+}
+
+/// Sends one message from `source` (an address on lo).
+fn send(router: &Router, source: &str, sender: &str, recipients: &[&str], subject: &str) -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+s = smtplib.SMTP(ADDR, PORT, source_address=({source:?}, 0))
+s.ehlo("client.example")
+s.sendmail({sender:?}, {recipients:?}, b"From: {sender}\r\nSubject: {subject}\r\n\r\nhello\r\n")
+s.quit()
+print(json.dumps("sent"))
+"#
+    );
+    python(router.smtp(), &script)?;
+    Ok(())
+}
+
+/// Messages in `<root>/<mailbox>/new`.
+fn maildir_count(root: &Path, mailbox: &str) -> usize {
+    std::fs::read_dir(root.join(mailbox).join("new")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Recipients of every transaction a sink dumped, sorted.
+fn recipients(dumped: &[Dumped]) -> Vec<String> {
+    let mut all: Vec<String> = dumped
+        .iter()
+        .flat_map(|d| d.rcpt_args.iter().filter_map(|r| r.split_whitespace().next()).map(str::to_string))
+        .collect();
+    all.sort();
+    all
+}
+
+/// Waits until the router has recorded outcomes (delivered or failed) for
+/// `count` recipients and returns every delivery event.
+async fn wait_for_outcomes(router: &Router, count: usize) -> anyhow::Result<Vec<Envelope<DeliveryEvent>>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let records = router.wait_for_records(mailflow_events::topic::DELIVERY, 0).await?;
+        let events: Vec<Envelope<DeliveryEvent>> =
+            records.iter().map(|r| Envelope::from_json(&r.value)).collect::<Result<_, _>>()?;
+        let done: usize = events
+            .iter()
+            .map(|e| match &e.event {
+                DeliveryEvent::Delivered(d) => d.recipients.len(),
+                DeliveryEvent::Failed(f) => f.recipients.len(),
+                _ => 0,
+            })
+            .sum();
+        if done >= count {
+            return Ok(events);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{done} outcomes, expected {count}: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_cloud_and_on_premises_mailboxes_each_get_their_copy_and_on_premises_mail_leaves_by_mx()
+-> anyhow::Result<()> {
+    // Spec 8.2 S1: MX to the service; connectors both ways.
+    let dns = DnsServer::start(ZONE)?;
+    let (internet, on_premises) = (SmtpSink::start(&[])?, SmtpSink::start(&[])?);
+    let router = Router::start(&hybrid(&dns, &internet, &on_premises, ""))?;
+    let mail = router.dir.path().join("mail");
+    send(&router, "127.0.0.1", "news@example.net", &["alice@contoso.com", "olga@contoso.com", "x@fabrikam.com"], "in")?;
+    wait_for_outcomes(&router, 3).await?;
+    assert_eq!(maildir_count(&mail, "alice@contoso.com"), 1, "the cloud mailbox");
+    let dumped = on_premises.wait_for_dumps(1)?;
+    assert_eq!(
+        recipients(&dumped),
+        ["<olga@contoso.com>", "<x@fabrikam.com>"],
+        "on-premises mailbox and internal relay"
+    );
+    // The on-premises server sends to a cloud mailbox and to the internet.
+    send(&router, "127.0.0.2", "olga@contoso.com", &["alice@contoso.com", "bob@example.org"], "out")?;
+    wait_for_outcomes(&router, 5).await?;
+    assert_eq!(maildir_count(&mail, "alice@contoso.com"), 2);
+    assert_eq!(recipients(&internet.wait_for_dumps(1)?), ["<bob@example.org>"]);
+    assert_eq!(on_premises.dumped()?.len(), 1, "one transaction for both, and nothing went back on-premises");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centralized_mail_transport_sends_internet_mail_on_premises_first() -> anyhow::Result<()> {
+    // Spec 6.6 / 8.2 S2: with CMT on, mail from the internet goes on-premises
+    // first, even for cloud mailboxes; on-premises mail comes back and is delivered.
+    let dns = DnsServer::start(ZONE)?;
+    let (internet, on_premises) = (SmtpSink::start(&[])?, SmtpSink::start(&[])?);
+    let router = Router::start(&hybrid(&dns, &internet, &on_premises, "route_all_messages_via_on_premises = true"))?;
+    let mail = router.dir.path().join("mail");
+    send(&router, "127.0.0.1", "news@example.net", &["alice@contoso.com"], "via-onprem")?;
+    assert_eq!(recipients(&on_premises.wait_for_dumps(1)?), ["<alice@contoso.com>"]);
+    assert_eq!(maildir_count(&mail, "alice@contoso.com"), 0, "not straight into the cloud mailbox");
+    // On-premises hands it back: now it is delivered to the mailbox.
+    send(&router, "127.0.0.2", "news@example.net", &["alice@contoso.com"], "back")?;
+    wait_for_outcomes(&router, 2).await?;
+    assert_eq!(maildir_count(&mail, "alice@contoso.com"), 1);
+    assert_eq!(on_premises.dumped()?.len(), 1, "no loop");
+    assert!(internet.dumped()?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archiving_service_gets_a_copy_of_every_message_through_a_rule() -> anyhow::Result<()> {
+    // Spec 8.3: a third-party archive receiving all mail (a BlindCopyTo rule).
+    let dns = DnsServer::start(ZONE)?;
+    let (archive, on_premises) = (SmtpSink::start(&[])?, SmtpSink::start(&[])?);
+    let rule = "[[transport_rules]]\nname = \"archive all\"\npriority = 0\nactions = { add_to_recipients = [\"journal@archive.example\"] }\n";
+    let router = Router::start(&hybrid(&dns, &archive, &on_premises, rule))?;
+    let mail = router.dir.path().join("mail");
+    send(&router, "127.0.0.1", "news@example.net", &["alice@contoso.com"], "one")?;
+    send(&router, "127.0.0.1", "news@example.net", &["alice@contoso.com", "olga@contoso.com"], "two")?;
+    wait_for_outcomes(&router, 5).await?;
+    assert_eq!(maildir_count(&mail, "alice@contoso.com"), 2);
+    assert_eq!(recipients(&on_premises.wait_for_dumps(1)?), ["<olga@contoso.com>"]);
+    let archived = archive.wait_for_dumps(2)?;
+    assert_eq!(recipients(&archived), ["<journal@archive.example>", "<journal@archive.example>"]);
+    assert!(archived.iter().any(|d| d.message.contains("Subject: two")));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dovecot_over_lmtp_as_the_mailbox_store_answers_per_recipient() -> anyhow::Result<()> {
+    let dns = DnsServer::start(ZONE)?;
+    let (internet, on_premises) = (SmtpSink::start(&[])?, SmtpSink::start(&[])?);
+    // Dovecot knows alice only; bob is in our directory but has no mailbox there.
+    let dovecot = Dovecot::start(&["alice@contoso.com"])?;
+    let store = format!(
+        "[[directory.recipients]]\naddress = \"bob@contoso.com\"\n[mailbox_store]\nkind = \"lmtp\"\naddress = \"{}\"\n",
+        dovecot.address
+    );
+    let router = Router::start(&hybrid(&dns, &internet, &on_premises, &store))?;
+    send(&router, "127.0.0.1", "news@example.org", &["alice@contoso.com", "bob@contoso.com"], "lmtp")?;
+    let events = wait_for_outcomes(&router, 2).await?;
+    let messages = dovecot.new_messages("alice@contoso.com")?;
+    assert_eq!(messages.len(), 1);
+    assert!(String::from_utf8_lossy(&messages[0]).contains("X-MS-Exchange-Organization-SCL:"));
+    let failed = events
+        .iter()
+        .find_map(|e| match &e.event {
+            DeliveryEvent::Failed(f) => Some(f),
+            _ => None,
+        })
+        .expect("bob failed");
+    assert_eq!(failed.recipients, ["bob@contoso.com"]);
+    assert_eq!((failed.reply.code, failed.reply.enhanced.as_deref()), (550, Some("5.1.1")), "{failed:?}");
+    // The NDR goes back to the (internet) sender by MX.
+    let ndr = internet.wait_for_dumps(1)?;
+    assert_eq!(recipients(&ndr), ["<news@example.org>"]);
+    assert!(ndr[0].mail_args.starts_with("<>"), "NDRs have a null sender: {}", ndr[0].mail_args);
+    assert!(ndr[0].message.contains("Status: 5.1.1"), "{}", ndr[0].message);
+    Ok(())
+}
