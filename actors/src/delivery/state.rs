@@ -145,18 +145,21 @@ impl PartitionState {
                 retry: None,
                 suspended: false,
             });
-            if state.queue.iter().any(|m| &*m.message_id == message_id) {
-                return;
-            }
             // Receipt order (spec 11.4): routing handles messages from many
             // partitions, so its appends are only nearly in order; the
-            // recorded receipt time decides, and the insertion point is
-            // almost always the end.
-            let at = state
-                .queue
-                .iter()
-                .rposition(|m| (m.received_at, &*m.message_id) <= (queued.received_at, message_id))
-                .map_or(0, |i| i + 1);
+            // recorded receipt time decides. A second `Queued` of the same
+            // message (routing ran again) carries the same receipt time, so
+            // it is found where it would be inserted: O(log n), no index.
+            let order = (queued.received_at, message_id);
+            // Nearly always the new message goes last: compare with the tail
+            // before searching (a search touches cold memory in long queues).
+            let at = match state.queue.back() {
+                Some(last) if (last.received_at, &*last.message_id) < order => state.queue.len(),
+                _ => state.queue.partition_point(|m| (m.received_at, &*m.message_id) < order),
+            };
+            if state.queue.get(at).is_some_and(|m| &*m.message_id == message_id) {
+                return;
+            }
             state.queue.insert(
                 at,
                 QueuedMessage {
