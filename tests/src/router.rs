@@ -61,6 +61,11 @@ impl Router {
 
     /// Like [`Router::start`], in an existing directory (to restart on the same log).
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> anyhow::Result<Self> {
+        Self::start_with(dir, config, &[])
+    }
+
+    /// Like [`Router::start_in`], with more `serve` arguments (e.g. `--roles delivery`).
+    pub fn start_with(dir: tempfile::TempDir, config: &str, args: &[&str]) -> anyhow::Result<Self> {
         let log = dir.path().join("log");
         // The embedded log in the test's directory, unless the test brings its own.
         let full = if config.contains("[event_log]") {
@@ -81,7 +86,9 @@ impl Router {
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "warn")
+            .args(args)
+            // `MAILFLOW_TEST_LOG=info cargo test …` shows what the router did.
+            .env("RUST_LOG", std::env::var("MAILFLOW_TEST_LOG").unwrap_or_else(|_| "warn".to_string()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -115,7 +115,12 @@ impl Shared {
             },
             mx_port: transport.mx_port,
             max_messages_per_connection: transport.max_messages_per_connection,
-            producer: "mailflow/delivery".to_string(),
+            // Which process delivered is part of the audit trail (pods come and go).
+            producer: format!(
+                "mailflow/delivery@{}/{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_string()),
+                std::process::id()
+            ),
         })
     }
 }

@@ -44,6 +44,12 @@ pub struct KafkaOptions {
     /// Consumer group session timeout (default 6 s): how soon a dead member's
     /// partitions move to the others.
     pub session_timeout: Duration,
+    /// Longest a member may go between polls before the group drops it, and
+    /// also how long a rebalance waits for members to rejoin
+    /// (`max.poll.interval.ms`, default 30 s; Kafka's own default of 5 minutes
+    /// would hold a take-over after a `kill -9` that long on some brokers).
+    /// Every role polls at least once a second.
+    pub max_poll_interval: Duration,
     /// Replication factor of created topics (default 1; 3 in production).
     pub replication_factor: i32,
     /// Timeout of metadata, watermark and admin requests (default 10 s).
@@ -58,6 +64,7 @@ impl Default for KafkaOptions {
             client_id: "mailflow".to_string(),
             message_timeout: Duration::from_secs(600),
             session_timeout: Duration::from_secs(6),
+            max_poll_interval: Duration::from_secs(30),
             replication_factor: 1,
             request_timeout: Duration::from_secs(10),
         }
@@ -283,6 +290,7 @@ impl EventLog for KafkaLog {
             .set("session.timeout.ms", self.options.session_timeout.as_millis().to_string())
             .set("heartbeat.interval.ms", (self.options.session_timeout.as_millis() / 12).max(100).to_string())
             .set("partition.assignment.strategy", "range")
+            .set("max.poll.interval.ms", self.options.max_poll_interval.as_millis().to_string())
             .create()
             .map_err(kafka_error)?;
         let names: Vec<String> = topics.iter().map(|t| self.full_name(t)).collect();
