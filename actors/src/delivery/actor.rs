@@ -497,7 +497,50 @@ async fn defer_destination(
 }
 
 /// Delivers the due messages of one destination, in order.
-async fn deliver(shared: &Shared, partition: u32, work: Due) -> Option<u64> {
+/// Most `Delivered` appends a delivery task has in flight: the next message is
+/// sent while the previous one's event is being made durable. A crash loses at
+/// most these (the messages are then delivered again: at-least-once).
+const MAX_IN_FLIGHT: usize = 32;
+
+/// Outcome appends in flight, and the highest offset appended so far.
+#[derive(Debug, Default)]
+struct InFlight {
+    handles: std::collections::VecDeque<tokio::task::JoinHandle<u64>>,
+    last: Option<u64>,
+}
+
+impl InFlight {
+    fn note(&mut self, offset: Option<u64>) {
+        self.last = self.last.max(offset);
+    }
+
+    async fn push(&mut self, shared: &Arc<Shared>, message_id: &str, event: DeliveryEvent) {
+        if self.handles.len() >= MAX_IN_FLIGHT
+            && let Some(handle) = self.handles.pop_front()
+        {
+            self.note(handle.await.ok());
+        }
+        let (shared, message_id) = (Arc::clone(shared), message_id.to_string());
+        self.handles.push_back(tokio::spawn(async move { record(&shared, &message_id, event).await }));
+    }
+
+    async fn finish(mut self) -> Option<u64> {
+        while let Some(handle) = self.handles.pop_front() {
+            self.note(handle.await.ok());
+        }
+        self.last
+    }
+}
+
+/// Delivers the due messages of one destination, in order; returns the
+/// highest offset it appended.
+async fn deliver(shared: &Arc<Shared>, partition: u32, work: Due) -> Option<u64> {
+    let mut in_flight = InFlight::default();
+    let last = deliver_batch(shared, partition, work, &mut in_flight).await;
+    last.max(in_flight.finish().await)
+}
+
+async fn deliver_batch(shared: &Arc<Shared>, partition: u32, work: Due, in_flight: &mut InFlight) -> Option<u64> {
     let mut last = None;
     let first = work.messages.first()?;
     let first_recipient = first.recipients.first().cloned().unwrap_or_default();
@@ -596,7 +639,7 @@ async fn deliver(shared: &Shared, partition: u32, work: Due) -> Option<u64> {
         let hop = open.hop().clone();
         match open.send(&transaction, &content).await {
             Ok(outcomes) => {
-                last = record_outcomes(shared, &work, message, &queued, outcomes, &hop).await.or(last);
+                last = record_outcomes(shared, &work, message, &queued, outcomes, &hop, in_flight).await.max(last);
             }
             Err(failure) => {
                 return Some(defer_destination(shared, &work, message, &failure, Some(&hop)).await);
@@ -657,12 +700,13 @@ async fn defer_message(
 
 /// Records what the next hop said for each recipient.
 async fn record_outcomes(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     work: &Due,
     message: &DueMessage,
     queued: &Queued,
     outcomes: Vec<super::client::RecipientOutcome>,
     hop: &Hop,
+    in_flight: &mut InFlight,
 ) -> Option<u64> {
     let mut last = None;
     // LMTP with a `+Junk` detail answers for the rewritten address: map back by position.
@@ -697,7 +741,7 @@ async fn record_outcomes(
             remote_ip: Some(hop.addr.ip().to_string()),
             reply,
         });
-        last = Some(record(shared, &message.message_id, event).await);
+        in_flight.push(shared, &message.message_id, event).await;
     }
     for (reply, recipients) in deferred {
         let event = DeliveryEvent::Deferred(Deferred {

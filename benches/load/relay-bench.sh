@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# End-to-end relay throughput: accept → verdict → route → deliver to smtp-sink,
+# mailflow (embedded log, release build) against the private Postfix peer of
+# ../shared/bench, in the same run, with the same driver (smtp-source), the same
+# sink (smtp-sink on 127.0.0.1:2526) and the same measurement (relay-bench.sh).
+#
+# Usage: benches/load/relay-bench.sh [COUNT]      (run as root; Postfix needs it)
+# Env:   SIZES ("1024 102400"), CONCS ("1 20"), REPS (2), BENCH_DIR (../shared/bench)
+#
+# mailflow's route: bench.test is an internal-relay accepted domain; its
+# recipients go through an on-premises outbound connector whose smart host is
+# the sink, so every message runs every role (verdict with SPF/DMARC lookups
+# against an unreachable resolver is avoided with a local DNS setting: none
+# answers, so the checks record temperrors after the configured timeout is
+# not hit, see [dns] below).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+COUNT=${1:-2000}
+SIZES=${SIZES:-"1024 102400"}
+CONCS=${CONCS:-"1 20"}
+REPS=${REPS:-2}
+BENCH_DIR=${BENCH_DIR:-$ROOT/../shared/bench}
+MF_PORT=2527
+
+cargo build --release -q -p mailflow-actors --bin mailflow
+WORK=$(mktemp -d)
+trap 'kill ${MF_PID:-} ${DNS_PID:-} 2>/dev/null || true; "$BENCH_DIR/postfix-peer.sh" stop >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
+
+# A real DNS server that answers authoritatively (NXDOMAIN) for the test names,
+# so SPF/DMARC lookups are real but fast, as with a warm production resolver.
+DNS_PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+echo 'source.test. 300 IN TXT "v=spf1 ip4:127.0.0.1 -all"' > "$WORK/zone"
+python3 -m dnslib.zoneresolver --address 127.0.0.1 --port "$DNS_PORT" --zone "$WORK/zone" --log=-request,-reply,-truncated,-error > /dev/null 2>&1 &
+DNS_PID=$!
+sleep 1
+
+start_mailflow() {
+  rm -rf "$WORK/mf"; mkdir -p "$WORK/mf"
+  cat > "$WORK/mf/config.toml" <<TOML
+[server]
+hostname = "mailflow.bench"
+max_connections_per_ip = 1000
+[[server.listeners]]
+name = "smtp"
+address = "127.0.0.1:$MF_PORT"
+[event_log]
+kind = "embedded"
+path = "$WORK/mf/log"
+[dns]
+nameservers = ["127.0.0.1:$DNS_PORT"]
+[mailbox_store]
+kind = "maildir"
+path = "$WORK/mf/mail"
+[[accepted_domains]]
+name = "bench.test"
+type = "internal_relay"
+[[outbound_connectors]]
+name = "sink"
+kind = "on_premises"
+all_accepted_domains = true
+smart_hosts = ["127.0.0.1:2526"]
+TOML
+  RUST_LOG=warn "$ROOT/target/release/mailflow" serve --config "$WORK/mf/config.toml" > "$WORK/mf/out" 2>&1 &
+  MF_PID=$!
+  for _ in $(seq 100); do grep -q '^ready' "$WORK/mf/out" 2>/dev/null && return; sleep 0.1; done
+  echo "mailflow did not start" >&2; cat "$WORK/mf/out" >&2; exit 1
+}
+
+printf 'server\tsize\tconc\trep\tresult\n'
+for rep in $(seq "$REPS"); do
+  for size in $SIZES; do
+    for conc in $CONCS; do
+      start_mailflow
+      line=$(TIMEOUT=300 "$BENCH_DIR/relay-bench.sh" 127.0.0.1:$MF_PORT 2526 "$COUNT" "$size" "$conc" 2>/dev/null || true)
+      kill $MF_PID; wait $MF_PID 2>/dev/null || true
+      printf 'mailflow\t%s\t%s\t%s\t%s\n' "$size" "$conc" "$rep" "$line"
+
+      "$BENCH_DIR/postfix-peer.sh" start >/dev/null
+      line=$(TIMEOUT=300 "$BENCH_DIR/relay-bench.sh" 127.0.0.1:2525 2526 "$COUNT" "$size" "$conc" 2>/dev/null || true)
+      "$BENCH_DIR/postfix-peer.sh" stop >/dev/null; "$BENCH_DIR/postfix-peer.sh" purge >/dev/null 2>&1 || true
+      printf 'postfix\t%s\t%s\t%s\t%s\n' "$size" "$conc" "$rep" "$line"
+    done
+  done
+done
