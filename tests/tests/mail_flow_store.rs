@@ -112,3 +112,28 @@ async fn undeliverable_outbound_mail_comes_back_as_an_ndr_in_the_senders_mailbox
 
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_that_loops_back_to_us_ends_in_an_ndr_for_hop_count_exceeded() -> anyhow::Result<()> {
+    // Spec 6.5 T: a smart host pointing back at ourselves. Every pass adds a
+    // Received: header; past the limit the front door refuses the message
+    // (554 5.4.14), delivery fails it, and the sender gets the NDR.
+    let dns = DnsServer::start("")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let config = BASE_CONFIG
+        .replace("address = \"127.0.0.1:0\"", &format!("address = \"127.0.0.1:{port}\""))
+        .replace("hostname = \"mx.contoso.test\"", "hostname = \"mx.contoso.test\"\nmax_received_headers = 10");
+    let config = format!(
+        "{config}\n[dns]\nnameservers = [\"{}\"]\n\n[[inbound_connectors]]\nname = \"onprem\"\nkind = \"on_premises\"\nsender_ip_addresses = [\"127.0.0.1\"]\n\n[[outbound_connectors]]\nname = \"loop\"\nkind = \"partner\"\nrecipient_domains = [\"loop.example\"]\nsmart_hosts = [\"127.0.0.1:{port}\"]\n",
+        dns.address
+    );
+    let router = Router::start(&config)?;
+    let mail = router.dir.path().join("mail");
+    send(&router, "alice@contoso.com", &["x@loop.example"], "looping", "round and round")?;
+    let ndr = wait_for_mail(&mail, "alice@contoso.com", "", 1)?;
+    let ndr = &ndr[0];
+    assert!(ndr.contains("Status: 5.4.14"), "{ndr}");
+    assert!(ndr.contains("Diagnostic-Code: smtp;554 5.4.14 Hop count exceeded - possible mail loop"), "{ndr}");
+    assert!(ndr.contains("Subject: Undeliverable: looping"), "{ndr}");
+    Ok(())
+}
