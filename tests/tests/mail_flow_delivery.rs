@@ -272,3 +272,38 @@ fn wait_for_file(dir: &std::path::Path) -> anyhow::Result<String> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_mail_from_a_domain_with_a_key_is_dkim_signed_and_verifies_against_dns() -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let pkcs8 = mail_auth::common::crypto::Ed25519Key::generate_pkcs8()?;
+    let key = mail_auth::common::crypto::Ed25519Key::from_pkcs8_der(&pkcs8)?;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let body = engine.encode(&pkcs8);
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n");
+    let record = format!("v=DKIM1\\; k=ed25519\\; p={}", engine.encode(key.public_key()));
+    let dns = DnsServer::start(&format!("{ZONE}s1._domainkey.contoso.com. 300 IN TXT \"{record}\"\n"))?;
+    let sink = Sink::start(Script::smtp()).await?;
+    let key_file = tempfile::NamedTempFile::new()?;
+    std::fs::write(key_file.path(), pem)?;
+    let signing = format!(
+        "\n[[dkim_signing]]\ndomain = \"contoso.com\"\nselector = \"s1\"\nalgorithm = \"ed25519\"\nprivate_key = {:?}\n",
+        key_file.path().display().to_string()
+    );
+    let router = Router::start(&format!("{}{signing}", config(&dns, sink.address.port(), "")))?;
+    send_numbered(&router, "alice@contoso.com", "bob@example.org", 1)?;
+    let received = wait_for_sink(&sink, 1).await?;
+    let content = &received.first().expect("delivered").content;
+    assert!(content.starts_with(b"DKIM-Signature: v=1; a=ed25519-sha256;"), "{}", String::from_utf8_lossy(content));
+    // Verify as a receiver would, against the published key.
+    let resolver = mailflow_actors::dns::resolver(&mailflow_actors::dns::DnsConfig {
+        nameservers: vec![dns.address],
+        ..Default::default()
+    })?;
+    let authenticator = mail_auth::MessageAuthenticator(resolver);
+    let message = mail_auth::AuthenticatedMessage::parse(content).expect("parses");
+    let outputs = authenticator.verify_dkim(&message).await;
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(outputs[0].result(), &mail_auth::DkimResult::Pass, "{outputs:?}");
+    Ok(())
+}

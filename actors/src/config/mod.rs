@@ -51,6 +51,8 @@ pub struct Config {
     pub outbound_connectors: Vec<OutboundConnectorConfig>,
     /// Per-domain settings for mail to remote domains (default: NDRs and forwards allowed everywhere).
     pub remote_domains: Vec<RemoteDomainConfig>,
+    /// DKIM keys of our domains; outbound mail from them is signed (default none).
+    pub dkim_signing: Vec<crate::delivery::dkim::DkimSigningConfig>,
 }
 
 /// `[organization]` (EOP's `Set-OrganizationConfig`).
@@ -242,6 +244,7 @@ impl Config {
             }
         }
         self.validate_routing(&mut problems);
+        crate::delivery::dkim::validate(&self.dkim_signing, &mut problems);
         let mut priorities = HashSet::new();
         for rule in &self.transport_rules {
             if !priorities.insert(rule.priority) {

@@ -67,6 +67,8 @@ pub struct Shared {
     pub mx_port: u16,
     /// Messages per connection.
     pub max_messages_per_connection: usize,
+    /// DKIM signers of our domains.
+    pub dkim: super::dkim::DkimSigners,
     /// Producer name in events.
     pub producer: String,
 }
@@ -115,6 +117,7 @@ impl Shared {
             },
             mx_port: transport.mx_port,
             max_messages_per_connection: transport.max_messages_per_connection,
+            dkim: super::dkim::DkimSigners::load(&config.dkim_signing)?,
             // Which process delivered is part of the audit trail (pods come and go).
             producer: format!(
                 "mailflow/delivery@{}/{}",
@@ -575,7 +578,10 @@ async fn deliver_batch(shared: &Arc<Shared>, partition: u32, work: Due, in_fligh
             continue;
         };
         let content = match content::load(shared.log.as_ref(), &message.message_id, &queued.content).await {
-            Ok(content) => super::render::render(&queued, &content),
+            Ok(content) if work.destination.kind == DestinationKind::MailboxStore => {
+                super::render::render(&queued, &content)
+            }
+            Ok(content) => shared.dkim.sign(super::render::render(&queued, &content)),
             Err(err) => {
                 tracing::error!(error = %err, message_id = %message.message_id, "content unreadable; deferred");
                 let failure = local_failure(format!("4.3.0 content unreadable: {err}"));

@@ -10,6 +10,7 @@
 
 pub mod actor;
 pub mod client;
+pub mod dkim;
 pub mod mx;
 pub mod render;
 pub mod schedule;
