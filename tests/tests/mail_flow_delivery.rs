@@ -307,3 +307,33 @@ async fn outbound_mail_from_a_domain_with_a_key_is_dkim_signed_and_verifies_agai
     assert_eq!(outputs[0].result(), &mail_auth::DkimResult::Pass, "{outputs:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_connections_to_one_destination_take_messages_in_receipt_order() -> anyhow::Result<()> {
+    let dns = DnsServer::start(ZONE)?;
+    let port = Sink::closed_port()?;
+    let transport = "retry_schedule = [\"1s\"]\nmax_connections_per_destination = 4";
+    let router = Router::start(&config(&dns, port.port(), transport))?;
+    send_numbered(&router, "alice@contoso.com", "bob@example.org", 40)?;
+    wait_for_events(&router, "40 queued and a deferral", |events| {
+        events.iter().filter(|e| matches!(e.event, DeliveryEvent::Queued(_))).count() == 40
+            && events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_)))
+    })
+    .await?;
+    let sink = Sink::start_at(port, Script::smtp()).await?;
+    let received = wait_for_sink(&sink, 40).await?;
+    let mut subjects: Vec<String> = received.iter().map(|r| subject(&r.content)).collect();
+    assert!(sink.connections() >= 2, "more than one connection was used: {}", sink.connections());
+    // Each connection took the next message in receipt order.
+    for connection in 0..sink.connections() {
+        let mine: Vec<String> =
+            received.iter().filter(|r| r.connection == connection).map(|r| subject(&r.content)).collect();
+        let mut sorted = mine.clone();
+        sorted.sort();
+        assert_eq!(mine, sorted, "connection {connection} went out of order");
+    }
+    subjects.sort();
+    let expected: Vec<String> = (0..40).map(|n| format!("message {n:03}")).collect();
+    assert_eq!(subjects, expected, "every message exactly once");
+    Ok(())
+}

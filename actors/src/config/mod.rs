@@ -267,6 +267,9 @@ impl Config {
         if transport.message_expiration.is_zero() || transport.message_expiration > Duration::from_secs(7 * 86400) {
             problems.push("transport.message_expiration must be more than 0 and at most 7d".to_string());
         }
+        if !(1..=100).contains(&transport.max_connections_per_destination) {
+            problems.push("transport.max_connections_per_destination must be 1..=100".to_string());
+        }
         if transport.max_messages_per_connection == 0 {
             problems.push("transport.max_messages_per_connection must be at least 1".to_string());
         }

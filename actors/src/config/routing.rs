@@ -25,6 +25,12 @@ pub struct TransportConfig {
     /// one repeats (spec 11.2). Default `1m, 5m, 10m, 15m, 30m, 45m, 60m`.
     #[serde(deserialize_with = "humane_list")]
     pub retry_schedule: Vec<Duration>,
+    /// Connections a delivery process opens at once to one destination; each
+    /// takes the next message in receipt order. Default 1: with one
+    /// connection messages also *arrive* in receipt order (spec 11.4); more
+    /// connections drain a busy destination faster, like Postfix's
+    /// `default_destination_concurrency_limit` (20).
+    pub max_connections_per_destination: usize,
     /// Messages sent over one connection before it is closed and reopened. Default 100.
     pub max_messages_per_connection: usize,
     /// Time allowed to connect to a next hop (`4.4.315` after it). Default `30s`.
@@ -47,6 +53,7 @@ impl Default for TransportConfig {
             postmaster: None,
             message_expiration: Duration::from_secs(24 * 3600),
             retry_schedule: [1, 5, 10, 15, 30, 45, 60].into_iter().map(|m| Duration::from_secs(m * 60)).collect(),
+            max_connections_per_destination: 1,
             max_messages_per_connection: 100,
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(300),

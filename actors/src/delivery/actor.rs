@@ -12,9 +12,9 @@
 //! the fold has applied the task's last event, so nothing is sent twice
 //! because the state had not caught up yet.
 //!
-//! A crash between a next hop's `250` and the `Delivered` append means the
-//! message is sent again after restart (at-least-once); the window is one
-//! message per destination.
+//! A crash between a next hop's `250` and the durable `Delivered` means the
+//! message is sent again after restart (at-least-once); the window is the
+//! `Delivered` appends in flight, at most [`MAX_IN_FLIGHT`] per destination.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,6 +67,8 @@ pub struct Shared {
     pub mx_port: u16,
     /// Messages per connection.
     pub max_messages_per_connection: usize,
+    /// Connections at once to one destination.
+    pub max_connections_per_destination: usize,
     /// DKIM signers of our domains.
     pub dkim: super::dkim::DkimSigners,
     /// Producer name in events.
@@ -117,6 +119,7 @@ impl Shared {
             },
             mx_port: transport.mx_port,
             max_messages_per_connection: transport.max_messages_per_connection,
+            max_connections_per_destination: transport.max_connections_per_destination,
             dkim: super::dkim::DkimSigners::load(&config.dkim_signing)?,
             // Which process delivered is part of the audit trail (pods come and go).
             producer: format!(
@@ -535,15 +538,65 @@ impl InFlight {
     }
 }
 
-/// Delivers the due messages of one destination, in order; returns the
-/// highest offset it appended.
-async fn deliver(shared: &Arc<Shared>, partition: u32, work: Due) -> Option<u64> {
-    let mut in_flight = InFlight::default();
-    let last = deliver_batch(shared, partition, work, &mut in_flight).await;
-    last.max(in_flight.finish().await)
+/// The due messages of one destination, handed out in order to the
+/// connections delivering them; stopped at the first destination-level failure.
+#[derive(Debug)]
+struct Source {
+    queue: std::sync::Mutex<std::collections::VecDeque<DueMessage>>,
+    stopped: std::sync::atomic::AtomicBool,
 }
 
-async fn deliver_batch(shared: &Arc<Shared>, partition: u32, work: Due, in_flight: &mut InFlight) -> Option<u64> {
+impl Source {
+    fn new(messages: Vec<DueMessage>) -> Self {
+        Self { queue: std::sync::Mutex::new(messages.into()), stopped: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    /// The next message, in receipt order; `None` once stopped or empty.
+    fn next(&self) -> Option<DueMessage> {
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+    }
+
+    /// Stops handing out messages; true for the one caller that stopped it
+    /// (and so records the destination's deferral, once).
+    fn stop(&self) -> bool {
+        !self.stopped.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+}
+
+/// Delivers the due messages of one destination over up to
+/// `max_connections_per_destination` connections, each taking the next
+/// message in receipt order (so messages *start* in order, as in Postfix; with
+/// one connection they also arrive in order). Returns the highest offset appended.
+async fn deliver(shared: &Arc<Shared>, partition: u32, work: Due) -> Option<u64> {
+    let connections = shared.max_connections_per_destination.clamp(1, work.messages.len().max(1));
+    let work = Arc::new(work);
+    let source = Arc::new(Source::new(work.messages.clone()));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (shared, work, source) = (Arc::clone(shared), Arc::clone(&work), Arc::clone(&source));
+        workers.spawn(async move {
+            let mut in_flight = InFlight::default();
+            let last = deliver_batch(&shared, partition, &work, &source, &mut in_flight).await;
+            last.max(in_flight.finish().await)
+        });
+    }
+    let mut last = None;
+    while let Some(done) = workers.join_next().await {
+        last = last.max(done.ok().flatten());
+    }
+    last
+}
+
+async fn deliver_batch(
+    shared: &Arc<Shared>,
+    partition: u32,
+    work: &Due,
+    source: &Source,
+    in_flight: &mut InFlight,
+) -> Option<u64> {
     let mut last = None;
     let first = work.messages.first()?;
     let first_recipient = first.recipients.first().cloned().unwrap_or_default();
@@ -554,17 +607,20 @@ async fn deliver_batch(shared: &Arc<Shared>, partition: u32, work: Due, in_fligh
     let hops = if maildir.is_some() {
         Vec::new()
     } else {
-        match next_hops(shared, &work, &first_recipient).await {
+        match next_hops(shared, work, &first_recipient).await {
             Resolution::Hops(hops) => hops,
             Resolution::Defer(error) => {
+                if !source.stop() {
+                    return None;
+                }
                 let failure = local_failure(error);
-                return Some(defer_destination(shared, &work, first, &failure, None).await);
+                return Some(defer_destination(shared, work, first, &failure, None).await);
             }
             Resolution::Fail(reply) => {
-                for message in &work.messages {
+                while let Some(message) = source.next() {
                     let Some(queued) = queued_at(shared, partition, message.queued_offset).await else { continue };
                     let failures = message.recipients.iter().map(|r| (r.clone(), reply.clone())).collect();
-                    last = fail(shared, &message.message_id, &queued, message.attempt, failures, None).await.or(last);
+                    last = fail(shared, &message.message_id, &queued, message.attempt, failures, None).await.max(last);
                 }
                 return last;
             }
@@ -572,7 +628,8 @@ async fn deliver_batch(shared: &Arc<Shared>, partition: u32, work: Due, in_fligh
     };
     let mut connection: Option<Connection> = None;
     let mut sent_on_connection = 0;
-    for message in &work.messages {
+    while let Some(message) = source.next() {
+        let message = &message;
         let Some(queued) = queued_at(shared, partition, message.queued_offset).await else {
             tracing::error!(message_id = %message.message_id, "queued event unreadable; skipped");
             continue;
@@ -585,18 +642,19 @@ async fn deliver_batch(shared: &Arc<Shared>, partition: u32, work: Due, in_fligh
             Err(err) => {
                 tracing::error!(error = %err, message_id = %message.message_id, "content unreadable; deferred");
                 let failure = local_failure(format!("4.3.0 content unreadable: {err}"));
-                return Some(defer_message(shared, &work, message, &failure, None).await);
+                last = Some(defer_message(shared, work, message, &failure, None).await).max(last);
+                continue;
             }
         };
         if let Some(root) = &maildir {
-            last = Some(deliver_maildir(shared, &work, message, &queued, root, content).await);
+            last = Some(deliver_maildir(shared, work, message, &queued, root, content).await).max(last);
             continue;
         }
         if connection.is_none() || sent_on_connection >= shared.max_messages_per_connection {
             if let Some(old) = connection.take() {
                 old.quit().await;
             }
-            let options = options_for(shared, &work, queued.require_tls);
+            let options = options_for(shared, work, queued.require_tls);
             match open_any(&hops, &options).await {
                 Ok(opened) => {
                     connection = Some(opened);
@@ -608,11 +666,14 @@ async fn deliver_batch(shared: &Arc<Shared>, partition: u32, work: Due, in_fligh
                     let failures = message.recipients.iter().map(|r| (r.clone(), reply.clone())).collect();
                     last = fail(shared, &message.message_id, &queued, message.attempt, failures, hop.as_ref())
                         .await
-                        .or(last);
+                        .max(last);
                     continue;
                 }
                 Err((failure, hop)) => {
-                    return Some(defer_destination(shared, &work, message, &failure, hop.as_ref()).await);
+                    if !source.stop() {
+                        return last;
+                    }
+                    return Some(defer_destination(shared, work, message, &failure, hop.as_ref()).await).max(last);
                 }
             }
         }
@@ -645,10 +706,13 @@ async fn deliver_batch(shared: &Arc<Shared>, partition: u32, work: Due, in_fligh
         let hop = open.hop().clone();
         match open.send(&transaction, &content).await {
             Ok(outcomes) => {
-                last = record_outcomes(shared, &work, message, &queued, outcomes, &hop, in_flight).await.max(last);
+                last = record_outcomes(shared, work, message, &queued, outcomes, &hop, in_flight).await.max(last);
             }
             Err(failure) => {
-                return Some(defer_destination(shared, &work, message, &failure, Some(&hop)).await);
+                if !source.stop() {
+                    return last;
+                }
+                return Some(defer_destination(shared, work, message, &failure, Some(&hop)).await).max(last);
             }
         }
     }
