@@ -5,14 +5,14 @@
 # sink (smtp-sink on 127.0.0.1:2526) and the same measurement (relay-bench.sh).
 #
 # Usage: benches/load/relay-bench.sh [COUNT]      (run as root; Postfix needs it)
-# Env:   SIZES ("1024 102400"), CONCS ("1 20"), REPS (2), BENCH_DIR (../shared/bench)
+# Env:   SIZES ("1024 102400"), CONCS ("1 20"), REPS (2), BENCH_DIR (../shared/bench),
+#        MF_CONNECTIONS (1): mailflow's max_connections_per_destination
 #
 # mailflow's route: bench.test is an internal-relay accepted domain; its
 # recipients go through an on-premises outbound connector whose smart host is
-# the sink, so every message runs every role (verdict with SPF/DMARC lookups
-# against an unreachable resolver is avoided with a local DNS setting: none
-# answers, so the checks record temperrors after the configured timeout is
-# not hit, see [dns] below).
+# the sink, so every message runs every role. The verdict's SPF and DMARC
+# lookups go to a real DNS server on loopback (dnslib) serving the sender's
+# SPF record, as they would to a warm resolver.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -22,6 +22,7 @@ CONCS=${CONCS:-"1 20"}
 REPS=${REPS:-2}
 BENCH_DIR=${BENCH_DIR:-$ROOT/../shared/bench}
 MF_PORT=2527
+MF_CONNECTIONS=${MF_CONNECTIONS:-1}
 
 cargo build --release -q -p mailflow-actors --bin mailflow
 WORK=$(mktemp -d)
@@ -49,6 +50,8 @@ kind = "embedded"
 path = "$WORK/mf/log"
 [dns]
 nameservers = ["127.0.0.1:$DNS_PORT"]
+[transport]
+max_connections_per_destination = $MF_CONNECTIONS
 [mailbox_store]
 kind = "maildir"
 path = "$WORK/mf/mail"
@@ -74,7 +77,7 @@ for rep in $(seq "$REPS"); do
       start_mailflow
       line=$(TIMEOUT=300 "$BENCH_DIR/relay-bench.sh" 127.0.0.1:$MF_PORT 2526 "$COUNT" "$size" "$conc" 2>/dev/null || true)
       kill $MF_PID; wait $MF_PID 2>/dev/null || true
-      printf 'mailflow\t%s\t%s\t%s\t%s\n' "$size" "$conc" "$rep" "$line"
+      printf 'mailflow-c%s\t%s\t%s\t%s\t%s\n' "$MF_CONNECTIONS" "$size" "$conc" "$rep" "$line"
 
       "$BENCH_DIR/postfix-peer.sh" start >/dev/null
       line=$(TIMEOUT=300 "$BENCH_DIR/relay-bench.sh" 127.0.0.1:2525 2526 "$COUNT" "$size" "$conc" 2>/dev/null || true)
