@@ -162,6 +162,7 @@ impl Config {
             password_hash: None,
             kind: RecipientKind::Mailbox,
             external_address: None,
+            forward_to: None,
         };
         Config {
             accepted_domains: vec![AcceptedDomainConfig {

@@ -62,6 +62,11 @@ pub struct RecipientConfig {
     /// `mail_user` and `contact`: the outside address its mail is sent to.
     #[serde(default)]
     pub external_address: Option<String>,
+    /// Mailbox forwarding (`ForwardingSmtpAddress`): a copy of every message
+    /// goes to this address too. To a remote domain with
+    /// `auto_forward_enabled = false` the copy is dropped silently (spec 14.3).
+    #[serde(default)]
+    pub forward_to: Option<String>,
 }
 
 /// Kinds of mail-enabled recipient (spec 2.4b), as routing sees them.

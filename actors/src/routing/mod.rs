@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mailflow_events::delivery::{Destination, DestinationKind, Queued, QueuedRecipient, RouteReason};
-use mailflow_events::received::{ConnectorKind, MessageReceived, SmtpReply};
+use mailflow_events::received::{ConnectorKind, DsnNotify, MessageReceived, SmtpReply};
 use mailflow_events::verdicts::{PolicyAction, VerdictReached};
 
 pub use connector::{OutboundConnector, SmartHost, select};
@@ -46,6 +46,7 @@ struct Entry {
     primary: String,
     kind: RecipientKind,
     external: Option<String>,
+    forward_to: Option<String>,
 }
 
 /// Recipients that cannot be routed, with the reply their NDR reports.
@@ -74,6 +75,7 @@ pub struct Router {
     policy: std::sync::Arc<InboundPolicy>,
     directory: HashMap<String, Entry>,
     connectors: Vec<OutboundConnector>,
+    remote_domains: Vec<crate::config::RemoteDomainConfig>,
     message_expiration: Duration,
 }
 
@@ -100,6 +102,7 @@ impl Router {
                 primary: recipient.address.to_ascii_lowercase(),
                 kind: recipient.kind,
                 external: recipient.external_address.clone(),
+                forward_to: recipient.forward_to.clone(),
             };
             for address in std::iter::once(&recipient.address).chain(&recipient.proxy_addresses) {
                 directory.insert(address.to_ascii_lowercase(), entry.clone());
@@ -109,8 +112,24 @@ impl Router {
             policy,
             directory,
             connectors: config.outbound_connectors.iter().filter(|c| c.enabled).map(OutboundConnector::from).collect(),
+            remote_domains: config.remote_domains.clone(),
             message_expiration: config.transport.message_expiration,
         }
+    }
+
+    /// Whether automatic forwarding to `address` is allowed: inside the
+    /// organisation always; outside, per the most specific remote domain
+    /// (spec 14.1, 14.2 `AutoForwardEnabled`, default true).
+    fn auto_forward_allowed(&self, address: &str) -> bool {
+        let domain = domain_of(address);
+        if self.policy.accepted_domain(domain).is_some() {
+            return true;
+        }
+        self.remote_domains
+            .iter()
+            .filter_map(|r| r.specificity(domain).map(|s| (s, r)))
+            .max_by_key(|(s, _)| *s)
+            .is_none_or(|(_, remote)| remote.auto_forward_enabled)
     }
 
     /// The enabled outbound connector named `name`.
@@ -273,6 +292,19 @@ impl Router {
         for address in &verdict.added_recipients {
             let dsn = QueuedRecipient { address: address.clone(), notify: vec![], orcpt: None };
             wanted.push((address.clone(), dsn, None));
+        }
+        // Mailbox forwarding: a copy to the forwarding address, unless the
+        // remote domain blocks automatic forwards (dropped silently, no NDR: spec 14.3).
+        let forwards: Vec<String> = wanted
+            .iter()
+            .filter_map(|(address, ..)| self.directory.get(&address.to_ascii_lowercase()))
+            .filter(|entry| entry.kind == RecipientKind::Mailbox)
+            .filter_map(|entry| entry.forward_to.clone())
+            .filter(|target| self.auto_forward_allowed(target))
+            .collect();
+        for target in forwards {
+            let dsn = QueuedRecipient { address: target.clone(), notify: vec![DsnNotify::Never], orcpt: None };
+            wanted.push((target, dsn, Some(RouteReason::Redirect)));
         }
         let rule_connector = verdict.route_via_connector.as_deref().and_then(|name| self.connector(name));
         let junk = verdict.action == PolicyAction::MoveToJunk;

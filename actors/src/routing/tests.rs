@@ -33,6 +33,16 @@ kind = "mail_user"
 external_address = "mu@tailspin.example"
 [[directory.recipients]]
 address = "petra@fabrikam.com"
+[[directory.recipients]]
+address = "fwd@contoso.com"
+forward_to = "me@home.example"
+[[directory.recipients]]
+address = "blocked@contoso.com"
+forward_to = "me@blocked.example"
+
+[[remote_domains]]
+name = "blocked.example"
+auto_forward_enabled = false
 
 [[outbound_connectors]]
 name = "to-onprem"
@@ -280,4 +290,26 @@ fn verdict_headers_and_subject_prefix_travel_with_the_copy() {
     assert_eq!(routed.queued[0].prepend_headers, judged.headers_added);
     assert_eq!(routed.queued[0].subject_prefix.as_deref(), Some("[SPAM] "));
     assert_eq!(routed.queued[0].destination.kind, DestinationKind::MailboxStore);
+}
+
+#[test]
+fn mailbox_forwarding_sends_a_copy_unless_the_remote_domain_blocks_auto_forwards() {
+    // Spec 14.3 T: AutoForwardEnabled=$false → the forward never leaves, and no NDR.
+    let router = router("");
+    let rcpts = ["fwd@contoso.com", "blocked@contoso.com"];
+    let routed = router.route(&verdict(&rcpts, PolicyAction::Deliver), &received(&rcpts, None));
+    assert_eq!(
+        summary(&routed),
+        vec![
+            (
+                "mailbox_store:mailbox".into(),
+                RouteReason::AcceptedDomain,
+                vec!["fwd@contoso.com".into(), "blocked@contoso.com".into()]
+            ),
+            ("internet:home.example".into(), RouteReason::Redirect, vec!["me@home.example".into()]),
+        ]
+    );
+    assert!(routed.unroutable.is_empty(), "a blocked forward is dropped silently");
+    let forward = &routed.queued[1].recipients[0];
+    assert_eq!(forward.notify, vec![mailflow_events::received::DsnNotify::Never], "a failed forward bounces to nobody");
 }
