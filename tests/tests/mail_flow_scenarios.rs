@@ -212,3 +212,99 @@ async fn dovecot_over_lmtp_as_the_mailbox_store_answers_per_recipient() -> anyho
     assert!(ndr[0].message.contains("Status: 5.1.1"), "{}", ndr[0].message);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_party_filter_in_front_is_skip_listed_and_its_mail_reaches_the_mailbox_judged_on_the_original_sender()
+-> anyhow::Result<()> {
+    // Spec 8.3 / 7: MX points at a filtering service (127.0.0.2 here), locked
+    // down with a partner connector, with Enhanced Filtering on it.
+    let zone = format!("{ZONE}sender.example. 300 IN TXT \"v=spf1 ip4:192.0.2.25 -all\"\n");
+    let dns = DnsServer::start(&zone)?;
+    let (internet, on_premises) = (SmtpSink::start(&[])?, SmtpSink::start(&[])?);
+    let filter = "[[inbound_connectors]]\nname = \"filter\"\nkind = \"partner\"\nsender_domains = [\"*\"]\n\
+                  sender_ip_addresses = [\"127.0.0.3\"]\nrestrict_domains_to_ip_addresses = true\nef_skip_last_ip = true\n";
+    let router = Router::start(&hybrid(&dns, &internet, &on_premises, filter))?;
+    let script = r#"
+s = smtplib.SMTP(ADDR, PORT, source_address=("127.0.0.3", 0))
+s.ehlo("filter.thirdparty.example")
+s.sendmail("news@sender.example", ["alice@contoso.com"],
+    b"Received: from mail.sender.example (mail.sender.example [192.0.2.25]) by filter.thirdparty.example; Mon, 23 Nov 2026 00:00:00 +0000\r\n"
+    b"From: news@sender.example\r\nSubject: filtered\r\n\r\nhello\r\n")
+s.quit()
+print(json.dumps("sent"))
+"#;
+    python(router.smtp(), script)?;
+    wait_for_outcomes(&router, 1).await?;
+    let mail = router.dir.path().join("mail");
+    let copies = std::fs::read_dir(mail.join("alice@contoso.com/new"))?.collect::<Result<Vec<_>, _>>()?;
+    assert_eq!(copies.len(), 1);
+    let copy = std::fs::read_to_string(copies[0].path())?;
+    // Judged on the sender before the filter: SPF passes for 192.0.2.25.
+    assert!(copy.contains("X-Forefront-Antispam-Report: CIP:192.0.2.25;"), "{copy}");
+    assert!(copy.contains("spf=pass"), "{copy}");
+    assert!(
+        copy.contains("X-MS-Exchange-SkipListedInternetSender: ip=[192.0.2.25];domain=mail.sender.example"),
+        "{copy}"
+    );
+    // The connector's IP restriction: the same sender domain from elsewhere is refused.
+    let refused = r#"
+s = smtplib.SMTP(ADDR, PORT, source_address=("127.0.0.4", 0))
+try:
+    s.sendmail("news@sender.example", ["alice@contoso.com"], b"Subject: direct\r\n\r\nx\r\n")
+    print(json.dumps("accepted"))
+except smtplib.SMTPException as e:
+    print(json.dumps(str(e)))
+"#;
+    let answer = python(router.smtp(), refused)?;
+    assert!(answer.as_str().is_some_and(|a| a.contains("5.7.51")), "{answer}");
+    assert!(internet.dumped()?.is_empty() && on_premises.dumped()?.is_empty(), "nothing else got a copy");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_protection_filters_for_an_on_premises_server_and_relays_its_devices_mail() -> anyhow::Result<()> {
+    // Spec 8.5: EOP standalone, every mailbox on-premises (internal relay), two
+    // connectors; spec 5: a device on-premises relays through it.
+    let dns = DnsServer::start(ZONE)?;
+    let (internet, on_premises) = (SmtpSink::start(&[])?, SmtpSink::start(&[])?);
+    let config = format!(
+        r#"
+[server]
+hostname = "mx.contoso.test"
+[[server.listeners]]
+name = "smtp"
+address = "127.0.0.1:0"
+[dns]
+nameservers = ["{dns}"]
+[transport]
+mx_port = {mx}
+[[accepted_domains]]
+name = "contoso.com"
+type = "internal_relay"
+default = true
+[[inbound_connectors]]
+name = "from-onprem"
+kind = "on_premises"
+sender_ip_addresses = ["127.0.0.2"]
+[[outbound_connectors]]
+name = "to-onprem"
+kind = "on_premises"
+all_accepted_domains = true
+smart_hosts = ["127.0.0.1:{onprem}"]
+"#,
+        dns = dns.address,
+        mx = internet.address.port(),
+        onprem = on_premises.address.port()
+    );
+    let router = Router::start(&config)?;
+    send(&router, "127.0.0.1", "news@example.net", &["anyone@contoso.com"], "inbound")?;
+    send(&router, "127.0.0.2", "scanner@contoso.com", &["bob@example.org"], "scan")?;
+    wait_for_outcomes(&router, 2).await?;
+    let inbound = on_premises.wait_for_dumps(1)?;
+    assert_eq!(recipients(&inbound), ["<anyone@contoso.com>"]);
+    assert!(inbound[0].message.contains("X-Forefront-Antispam-Report:"), "filtered before on-premises");
+    assert_eq!(recipients(&internet.wait_for_dumps(1)?), ["<bob@example.org>"], "the device's mail left by MX");
+    let mail = router.dir.path().join("mail");
+    assert!(!mail.join("anyone@contoso.com").exists(), "no mailbox here");
+    Ok(())
+}
