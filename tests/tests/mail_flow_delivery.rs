@@ -337,3 +337,60 @@ async fn several_connections_to_one_destination_take_messages_in_receipt_order()
     assert_eq!(subjects, expected, "every message exactly once");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_hosts_are_tried_in_preference_order_and_an_unreachable_one_is_skipped() -> anyhow::Result<()> {
+    // RFC 5321 §5.1: the lowest preference first; on failure, the next host.
+    let zone = "example.org. 300 IN MX 20 mx2.example.org.\nexample.org. 300 IN MX 10 mx1.example.org.\n\
+                mx1.example.org. 300 IN A 127.0.0.5\nmx2.example.org. 300 IN A 127.0.0.1\n";
+    let dns = DnsServer::start(zone)?;
+    let sink = Sink::start(Script::smtp()).await?; // 127.0.0.1 only: mx1's address refuses
+    let router = Router::start(&config(&dns, sink.address.port(), ""))?;
+    send_numbered(&router, "alice@contoso.com", "bob@example.org", 1)?;
+    let events = wait_for_events(&router, "a delivery", |events| {
+        events.iter().any(|e| matches!(e.event, DeliveryEvent::Delivered(_)))
+    })
+    .await?;
+    let delivered = events
+        .iter()
+        .find_map(|e| match &e.event {
+            DeliveryEvent::Delivered(d) => Some(d),
+            _ => None,
+        })
+        .expect("delivered");
+    assert_eq!(delivered.remote_host.as_deref(), Some("mx2.example.org"));
+    assert_eq!(delivered.attempt, 1, "the second host was tried within the same attempt");
+    assert!(!events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_))));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_failure_defers_the_destination_instead_of_failing_the_mail() -> anyhow::Result<()> {
+    // A nameserver that never answers: a temporary error, so the message waits.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let sink = Sink::start(Script::smtp()).await?;
+    let config = format!(
+        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"200ms\"\nattempts = 1\n[transport]\nmx_port = {}\nretry_schedule = [\"1m\"]\n\
+         [[inbound_connectors]]\nname = \"onprem\"\nkind = \"on_premises\"\nsender_ip_addresses = [\"127.0.0.1\"]\n",
+        silent.local_addr()?,
+        sink.address.port()
+    );
+    let router = Router::start(&config)?;
+    send_numbered(&router, "alice@contoso.com", "bob@example.org", 1)?;
+    let events = wait_for_events(&router, "a deferral", |events| {
+        events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_)))
+    })
+    .await?;
+    let deferred = events
+        .iter()
+        .find_map(|e| match &e.event {
+            DeliveryEvent::Deferred(d) => Some(d),
+            _ => None,
+        })
+        .expect("deferred");
+    assert_eq!(deferred.scope, Scope::Destination);
+    assert!(deferred.error.as_deref().is_some_and(|e| e.starts_with("4.4.0 DNS query failed")), "{deferred:?}");
+    assert!(!events.iter().any(|e| matches!(e.event, DeliveryEvent::Failed(_))), "no NDR for a DNS hiccup");
+    assert!(sink.received().is_empty());
+    Ok(())
+}
