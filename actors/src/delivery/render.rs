@@ -13,14 +13,31 @@ fn header_end(content: &[u8]) -> Option<usize> {
     memchr::memmem::find(content, b"\r\n\r\n").map(|at| at + 2)
 }
 
+/// A header value as it may be written: folding (CRLF then a space or tab,
+/// as `Authentication-Results` uses) is kept; any other line break would
+/// start a new header (injection), so it becomes a space.
+fn safe_value(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '\r' if bytes.get(at + 1) == Some(&b'\n') && matches!(bytes.get(at + 2), Some(b' ' | b'\t')) => {
+                out.push_str("\r\n");
+                chars.next();
+            }
+            '\r' | '\n' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Renders one copy for delivery.
 pub fn render(queued: &Queued, content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + 512);
     for header in &queued.prepend_headers {
-        // Values are single lines (the verdict stage unfolds them); a stray
-        // line break would inject a header, so it is folded away.
-        let value = header.value.replace(['\r', '\n'], " ");
-        out.extend_from_slice(format!("{}: {}\r\n", header.name, value).as_bytes());
+        out.extend_from_slice(format!("{}: {}\r\n", header.name, safe_value(&header.value)).as_bytes());
     }
     let Some(prefix) = queued.subject_prefix.as_deref().filter(|p| !p.is_empty()) else {
         out.extend_from_slice(content);
@@ -90,6 +107,12 @@ mod tests {
     fn verdict_headers_come_first_and_cannot_inject_headers() {
         let out = render(&queued(None), b"Subject: hi\r\n\r\nbody\r\n");
         assert_eq!(out, b"X-MS-Exchange-Organization-SCL: 5  Bcc: x\r\nSubject: hi\r\n\r\nbody\r\n");
+    }
+
+    #[test]
+    fn folded_header_values_keep_their_folding() {
+        assert_eq!(safe_value("a;\r\n\tspf=pass"), "a;\r\n\tspf=pass");
+        assert_eq!(safe_value("a\r\nBcc: x\nTo: y\r"), "a  Bcc: x To: y ");
     }
 
     #[test]
