@@ -113,13 +113,6 @@ fn explanation(enhanced: &str) -> &'static str {
     }
 }
 
-fn render_reply(reply: &SmtpReply) -> String {
-    match &reply.enhanced {
-        Some(enhanced) => format!("{} {} {}", reply.code, enhanced, reply.text),
-        None => format!("{} {}", reply.code, reply.text),
-    }
-}
-
 /// The header section of `content` (up to the empty line), CRLF-terminated.
 fn header_section(content: &[u8]) -> &[u8] {
     match memchr::memmem::find(content, b"\r\n\r\n") {
@@ -178,8 +171,7 @@ pub fn render(policy: &NdrPolicy, report: &Report<'_>, id: &str, now: DateTime<U
         let remote = recipient.remote_mta.as_deref().unwrap_or(host);
         out.push_str(&format!(
             "{}\r\n{remote}\r\n#{enhanced} smtp;{} #SMTP#\r\n\r\n",
-            recipient.address,
-            render_reply(&recipient.reply)
+            recipient.address, recipient.reply
         ));
     }
     // Machine-readable part (RFC 3464 §2).
@@ -200,7 +192,7 @@ pub fn render(policy: &NdrPolicy, report: &Report<'_>, id: &str, now: DateTime<U
         if let Some(remote) = &recipient.remote_mta {
             out.push_str(&format!("Remote-MTA: dns;{remote}\r\n"));
         }
-        out.push_str(&format!("Diagnostic-Code: smtp;{}\r\n", render_reply(&recipient.reply)));
+        out.push_str(&format!("Diagnostic-Code: smtp;{}\r\n", recipient.reply));
     }
     out.push_str("\r\n");
     let mut bytes = out.into_bytes();

@@ -309,10 +309,6 @@ async fn queued_at(shared: &Shared, partition: u32, offset: u64) -> Option<Queue
     }
 }
 
-fn reply(code: u16, enhanced: &str, text: &str) -> SmtpReply {
-    SmtpReply { code, enhanced: Some(enhanced.to_string()), text: text.to_string() }
-}
-
 /// Fails `recipients` of a message, with an NDR to its sender.
 async fn fail(
     shared: &Shared,
@@ -382,7 +378,7 @@ async fn expire(shared: &Shared, partition: u32, messages: &[ExpiredMessage]) ->
     let mut last = None;
     for message in messages {
         let Some(queued) = queued_at(shared, partition, message.queued_offset).await else { continue };
-        let expiry = reply(550, "4.4.7", "QUEUE.Expired; message expired");
+        let expiry = SmtpReply::new(550, "4.4.7", "QUEUE.Expired; message expired");
         let notify: Vec<FailedRecipient> = message
             .recipients
             .iter()
@@ -408,7 +404,7 @@ async fn expire(shared: &Shared, partition: u32, messages: &[ExpiredMessage]) ->
             attempts: message.attempts,
             recipients: message.recipients.clone(),
             reply: expiry,
-            last_reply: message.last_error.as_deref().map(|text| reply(450, "4.4.7", text)),
+            last_reply: message.last_error.as_deref().map(|text| SmtpReply::new(450, "4.4.7", text)),
             ndr_message_id,
         });
         last = Some(record(shared, &message.message_id, event).await);
@@ -662,7 +658,7 @@ async fn deliver_batch(
                 }
                 Err((failure, hop)) if failure.permanent => {
                     // Every host refused to take mail at all: the message fails.
-                    let reply = failure.reply.clone().unwrap_or_else(|| reply(554, "5.0.350", &failure.error));
+                    let reply = failure.reply.clone().unwrap_or_else(|| SmtpReply::new(554, "5.0.350", &failure.error));
                     let failures = message.recipients.iter().map(|r| (r.clone(), reply.clone())).collect();
                     last = fail(shared, &message.message_id, &queued, message.attempt, failures, hop.as_ref())
                         .await
@@ -873,7 +869,7 @@ async fn deliver_maildir(
             recipients: delivered,
             remote_host: None,
             remote_ip: None,
-            reply: reply(250, "2.0.0", "Delivered to Maildir"),
+            reply: SmtpReply::new(250, "2.0.0", "Delivered to Maildir"),
         });
         tracing::info!(message_id = %message.message_id, "delivered to Maildir");
         last = record(shared, &message.message_id, event).await;

@@ -31,10 +31,6 @@ pub enum Resolution {
     Defer(String),
 }
 
-fn reply(code: u16, enhanced: &str, text: &str) -> SmtpReply {
-    SmtpReply { code, enhanced: Some(enhanced.to_string()), text: text.to_string() }
-}
-
 /// Addresses of `host` as hops on `port`; an IP literal is its own address.
 pub async fn host_hops(resolver: &TokioResolver, host: &str, port: u16) -> Result<Vec<Hop>, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
@@ -63,13 +59,17 @@ pub async fn resolve(resolver: &TokioResolver, domain: &str, port: u16) -> Resol
             })
             .collect(),
         Err(err) if err.is_nx_domain() => {
-            return Resolution::Fail(reply(550, "5.4.4", "SMTPSEND.DNS.NonExistentDomain; nonexistent domain"));
+            return Resolution::Fail(SmtpReply::new(
+                550,
+                "5.4.4",
+                "SMTPSEND.DNS.NonExistentDomain; nonexistent domain",
+            ));
         }
         Err(err) if err.is_no_records_found() => Vec::new(),
         Err(err) => return Resolution::Defer(format!("4.4.0 DNS query failed: {err}")),
     };
     if exchanges.len() == 1 && exchanges[0].1 == "." {
-        return Resolution::Fail(reply(556, "5.1.10", "Recipient address has null MX"));
+        return Resolution::Fail(SmtpReply::new(556, "5.1.10", "Recipient address has null MX"));
     }
     // A null MX among others is a misconfiguration; the others still work.
     exchanges.retain(|(_, name)| name != ".");
@@ -77,7 +77,9 @@ pub async fn resolve(resolver: &TokioResolver, domain: &str, port: u16) -> Resol
         // RFC 5321 §5.1: the domain itself, when it has an address.
         return match host_hops(resolver, &domain, port).await {
             Ok(hops) if !hops.is_empty() => Resolution::Hops(hops),
-            Ok(_) => Resolution::Fail(reply(550, "5.4.4", "SMTPSEND.DNS.NonExistentDomain; nonexistent domain")),
+            Ok(_) => {
+                Resolution::Fail(SmtpReply::new(550, "5.4.4", "SMTPSEND.DNS.NonExistentDomain; nonexistent domain"))
+            }
             Err(err) => Resolution::Defer(format!("4.4.0 DNS query failed: {err}")),
         };
     }

@@ -124,13 +124,6 @@ pub struct ExpiredMessage {
     pub last_error: Option<String>,
 }
 
-fn reply_text(reply: &SmtpReply) -> String {
-    match &reply.enhanced {
-        Some(enhanced) => format!("{} {} {}", reply.code, enhanced, reply.text),
-        None => format!("{} {}", reply.code, reply.text),
-    }
-}
-
 impl PartitionState {
     /// Applies the event at `offset`. Events of other topics' shapes never reach here.
     pub fn apply(&mut self, offset: u64, envelope: &Envelope<DeliveryEvent>) {
@@ -192,7 +185,7 @@ impl PartitionState {
                 let error = deferred
                     .reply
                     .as_ref()
-                    .map(reply_text)
+                    .map(SmtpReply::to_string)
                     .or_else(|| deferred.error.clone())
                     .unwrap_or_default()
                     .into_boxed_str();

@@ -85,10 +85,6 @@ enum Route {
     Fail(Destination, SmtpReply),
 }
 
-fn reply(code: u16, enhanced: &str, text: String) -> SmtpReply {
-    SmtpReply { code, enhanced: Some(enhanced.to_string()), text }
-}
-
 fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or("", |(_, domain)| domain)
 }
@@ -218,7 +214,7 @@ impl Router {
                         name: MAILBOX_STORE.to_string(),
                         next_hop: None,
                     },
-                    reply(
+                    SmtpReply::new(
                         550,
                         "5.1.10",
                         format!("RESOLVER.ADR.RecipientNotFound; Recipient {address} not found by SMTP address lookup"),
@@ -239,7 +235,7 @@ impl Router {
     fn no_connector(&self, domain: &str) -> Route {
         Route::Fail(
             Destination { kind: DestinationKind::OnPremises, name: domain.to_string(), next_hop: None },
-            reply(550, "5.4.1", "Relay Access Denied; no outbound connector to on-premises serves the domain".into()),
+            SmtpReply::new(550, "5.4.1", "Relay Access Denied; no outbound connector to on-premises serves the domain"),
         )
     }
 
@@ -258,7 +254,7 @@ impl Router {
                 let reply = verdict
                     .reject_reply
                     .clone()
-                    .unwrap_or_else(|| reply(550, "5.7.1", "Delivery not authorized, message refused".to_string()));
+                    .unwrap_or_else(|| SmtpReply::new(550, "5.7.1", "Delivery not authorized, message refused"));
                 routed.unroutable.push(Unroutable {
                     destination: Destination {
                         kind: DestinationKind::MailboxStore,
