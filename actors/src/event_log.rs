@@ -1,10 +1,11 @@
 //! Opens the configured event log and creates the router's topics.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use mailflow_events::log::embedded::{EmbeddedLog, Options};
 use mailflow_events::log::kafka::{KafkaLog, KafkaOptions};
-use mailflow_events::log::{EventLog, LogError, TopicKind};
+use mailflow_events::log::{EventLog, GroupMember, LogError, Position, TopicKind};
 use mailflow_events::topic;
 
 use crate::config::EventLogConfig;
@@ -57,4 +58,35 @@ pub fn open_read_only(config: &EventLogConfig, client_id: &str) -> Result<Arc<dy
             ..KafkaOptions::default()
         })?),
     })
+}
+
+/// Appends until the record is durable, backing off from 100 ms to 10 s
+/// between tries; returns its position. For handlers whose consumed offset
+/// must not be committed before their own event is in the log.
+pub async fn append_until_durable(log: &dyn EventLog, topic: &str, key: &[u8], value: &[u8]) -> Position {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match log.append(topic, key, value).await {
+            Ok(position) => return position,
+            Err(err) => {
+                tracing::warn!(error = %err, topic, "append failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Joins consumer group `group` on `topics`, retrying every second until the
+/// log lets it (a broker still starting, a topic not yet created).
+pub async fn join_until_member(log: &dyn EventLog, group: &str, topics: &[&str]) -> Box<dyn GroupMember> {
+    loop {
+        match log.join(group, topics).await {
+            Ok(member) => return member,
+            Err(err) => {
+                tracing::warn!(error = %err, group, "cannot join the consumer group yet");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }

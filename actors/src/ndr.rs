@@ -14,7 +14,6 @@
 
 use chrono::{DateTime, Utc};
 use mailflow_events::content::ContentRef;
-use mailflow_events::delivery::QueuedRecipient;
 use mailflow_events::log::EventLog;
 use mailflow_events::received::{
     Directionality, DsnNotify, DsnReturn, MessageReceived, ReceivedEvent, Recipient, SmtpEnvelope, SmtpReply,
@@ -78,17 +77,14 @@ impl NdrPolicy {
         if self.accepted.within_accepted_domain(domain) {
             return true;
         }
-        self.remote_domains
-            .iter()
-            .filter_map(|r| r.specificity(domain).map(|s| (s, r)))
-            .max_by_key(|(s, _)| *s)
-            .is_none_or(|(_, remote)| remote.ndr_enabled)
+        RemoteDomainConfig::most_specific(&self.remote_domains, domain).is_none_or(|remote| remote.ndr_enabled)
     }
 }
 
-/// Whether the recipient asked for failure notices (RFC 3461: the default is failures).
-pub fn wants_failure_notice(recipient: Option<&QueuedRecipient>) -> bool {
-    recipient.is_none_or(|r| r.notify.is_empty() || r.notify.contains(&DsnNotify::Failure))
+/// Whether a recipient with these `NOTIFY=` values asked for failure notices
+/// (RFC 3461: none given, or an unknown recipient, means failures).
+pub fn wants_failure_notice(notify: Option<&[DsnNotify]>) -> bool {
+    notify.is_none_or(|notify| notify.is_empty() || notify.contains(&DsnNotify::Failure))
 }
 
 /// The user-facing explanation for an enhanced status code (spec 13.1, 13.3).
@@ -330,8 +326,35 @@ pub async fn submit(
     Ok(Some(id))
 }
 
+/// [`submit`], retried every 500 ms while the log refuses it, so that the
+/// failure event that follows can name the NDR; `None` when no NDR is due or
+/// the original content cannot be read (then none can be built; logged).
+pub async fn submit_until_stored(
+    log: &dyn EventLog,
+    policy: &NdrPolicy,
+    producer: &str,
+    original: &Original<'_>,
+    recipients: &[FailedRecipient],
+) -> Option<String> {
+    loop {
+        match submit(log, policy, producer, original, recipients, Utc::now()).await {
+            Ok(id) => return id,
+            Err(NdrError::Original(err)) => {
+                tracing::error!(error = %err, message_id = original.message_id, "original content unreadable; no NDR");
+                return None;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, message_id = original.message_id, "NDR not stored yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use mailflow_events::delivery::QueuedRecipient;
+
     use super::*;
 
     fn policy(config: &str) -> NdrPolicy {
@@ -362,10 +385,11 @@ mod tests {
     #[test]
     fn notify_never_or_success_only_suppresses_the_failure_notice() {
         let recipient = |notify: Vec<DsnNotify>| QueuedRecipient { address: "x@y.z".into(), notify, orcpt: None };
-        assert!(wants_failure_notice(Some(&recipient(vec![]))));
-        assert!(wants_failure_notice(Some(&recipient(vec![DsnNotify::Failure, DsnNotify::Delay]))));
-        assert!(!wants_failure_notice(Some(&recipient(vec![DsnNotify::Never]))));
-        assert!(!wants_failure_notice(Some(&recipient(vec![DsnNotify::Success]))));
+        assert!(wants_failure_notice(Some(&recipient(vec![]).notify)));
+        assert!(wants_failure_notice(Some(&recipient(vec![DsnNotify::Failure, DsnNotify::Delay]).notify)));
+        assert!(!wants_failure_notice(Some(&recipient(vec![DsnNotify::Never]).notify)));
+        assert!(!wants_failure_notice(Some(&recipient(vec![DsnNotify::Success]).notify)));
+        assert!(wants_failure_notice(None));
     }
 
     #[test]

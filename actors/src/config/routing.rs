@@ -176,9 +176,15 @@ pub struct RemoteDomainConfig {
 }
 
 impl RemoteDomainConfig {
+    /// The entry of `all` that applies to `domain`: the most specific one
+    /// (spec 14.1); `None` when none does (EOP's Default: everything allowed).
+    pub fn most_specific<'a>(all: &'a [Self], domain: &str) -> Option<&'a Self> {
+        all.iter().filter_map(|r| r.specificity(domain).map(|s| (s, r))).max_by_key(|(s, _)| *s).map(|(_, r)| r)
+    }
+
     /// How specifically this entry covers `domain`: `None` if it does not,
     /// larger is more specific (spec 14.1: most specific wins).
-    pub fn specificity(&self, domain: &str) -> Option<usize> {
+    fn specificity(&self, domain: &str) -> Option<usize> {
         let name = self.name.to_ascii_lowercase();
         let domain = domain.to_ascii_lowercase();
         if name == "*" {

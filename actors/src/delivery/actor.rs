@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use hickory_resolver::TokioResolver;
 use mailflow_events::delivery::{Deferred, Delivered, DeliveryEvent, DestinationKind, Expired, Failed, Queued, Scope};
 use mailflow_events::log::{EventLog, Record};
-use mailflow_events::received::SmtpReply;
+use mailflow_events::received::{DsnNotify, SmtpReply};
 use mailflow_events::{Envelope, content, topic};
 use tokio::sync::mpsc;
 
@@ -167,15 +167,7 @@ struct Done {
 type Busy = HashMap<String, (u32, Option<u64>)>;
 
 async fn run(shared: Arc<Shared>) {
-    let mut member = loop {
-        match shared.log.join(GROUP, &[topic::DELIVERY]).await {
-            Ok(member) => break member,
-            Err(err) => {
-                tracing::warn!(error = %err, "delivery role cannot join its group yet");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
+    let mut member = crate::event_log::join_until_member(shared.log.as_ref(), GROUP, &[topic::DELIVERY]).await;
     let mut owned: HashMap<u32, Owned> = HashMap::new();
     let mut busy: Busy = HashMap::new();
     // Bounded: at most one message per running task is ever in flight.
@@ -286,17 +278,7 @@ async fn record(shared: &Shared, message_id: &str, event: DeliveryEvent) -> u64 
     let key = event.destination().key();
     let envelope = Envelope::new(message_id, &shared.producer, Utc::now(), event);
     let value = envelope.to_json();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match shared.log.append(topic::DELIVERY, key.as_bytes(), &value).await {
-            Ok(position) => return position.offset,
-            Err(err) => {
-                tracing::warn!(error = %err, "delivery outcome not appended yet; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    crate::event_log::append_until_durable(shared.log.as_ref(), topic::DELIVERY, key.as_bytes(), &value).await.offset
 }
 
 /// Reads the `Queued` event at `offset`.
@@ -307,6 +289,11 @@ async fn queued_at(shared: &Shared, partition: u32, offset: u64) -> Option<Queue
         DeliveryEvent::Queued(queued) => Some(queued),
         _ => None,
     }
+}
+
+/// The `NOTIFY=` values `queued` carries for `address`.
+fn notify_of<'a>(queued: &'a Queued, address: &str) -> Option<&'a [DsnNotify]> {
+    queued.recipients.iter().find(|r| r.address.eq_ignore_ascii_case(address)).map(|r| r.notify.as_slice())
 }
 
 /// Fails `recipients` of a message, with an NDR to its sender.
@@ -321,9 +308,7 @@ async fn fail(
     let mut last = None;
     let notify: Vec<FailedRecipient> = failures
         .iter()
-        .filter(|(address, _)| {
-            ndr::wants_failure_notice(queued.recipients.iter().find(|r| r.address.eq_ignore_ascii_case(address)))
-        })
+        .filter(|(address, _)| ndr::wants_failure_notice(notify_of(queued, address)))
         .map(|(address, reply)| FailedRecipient {
             address: address.clone(),
             orcpt: queued
@@ -336,19 +321,8 @@ async fn fail(
         })
         .collect();
     let original = ndr::Original::queued(message_id, queued);
-    let ndr_message_id = loop {
-        match ndr::submit(shared.log.as_ref(), &shared.ndr, &shared.producer, &original, &notify, Utc::now()).await {
-            Ok(id) => break id,
-            Err(ndr::NdrError::Original(err)) => {
-                tracing::error!(error = %err, message_id, "original content unreadable; no NDR");
-                break None;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, message_id, "NDR not stored yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    };
+    let ndr_message_id =
+        ndr::submit_until_stored(shared.log.as_ref(), &shared.ndr, &shared.producer, &original, &notify).await;
     // One event per distinct reply, each naming its recipients.
     let mut groups: Vec<(SmtpReply, Vec<String>)> = Vec::new();
     for (address, reply) in failures {
@@ -382,7 +356,7 @@ async fn expire(shared: &Shared, partition: u32, messages: &[ExpiredMessage]) ->
         let notify: Vec<FailedRecipient> = message
             .recipients
             .iter()
-            .filter(|a| ndr::wants_failure_notice(queued.recipients.iter().find(|r| r.address.eq_ignore_ascii_case(a))))
+            .filter(|address| ndr::wants_failure_notice(notify_of(&queued, address)))
             .map(|address| FailedRecipient {
                 address: address.clone(),
                 orcpt: None,
@@ -392,12 +366,7 @@ async fn expire(shared: &Shared, partition: u32, messages: &[ExpiredMessage]) ->
             .collect();
         let original = ndr::Original::queued(&message.message_id, &queued);
         let ndr_message_id =
-            ndr::submit(shared.log.as_ref(), &shared.ndr, &shared.producer, &original, &notify, Utc::now())
-                .await
-                .unwrap_or_else(|err| {
-                    tracing::error!(error = %err, message_id = %message.message_id, "expiry NDR not stored");
-                    None
-                });
+            ndr::submit_until_stored(shared.log.as_ref(), &shared.ndr, &shared.producer, &original, &notify).await;
         tracing::info!(message_id = %message.message_id, destination = %message.key, "expired");
         let event = DeliveryEvent::Expired(Expired {
             destination: message.destination.clone(),

@@ -17,6 +17,7 @@ use mailflow_events::verdicts::VerdictEvent;
 use mailflow_events::{Envelope, topic};
 
 use super::Router;
+use crate::event_log::{append_until_durable, join_until_member};
 use crate::ndr::{self, FailedRecipient, NdrPolicy};
 
 /// Consumer group of the routing role.
@@ -50,27 +51,9 @@ impl Actor for RoutingActor {
     }
 }
 
-/// Appends until durable: committing the verdict first would lose the route.
-pub(crate) async fn append_until_durable(log: &dyn EventLog, topic: &str, key: &str, value: &[u8]) {
-    let mut backoff = Duration::from_millis(100);
-    while let Err(err) = log.append(topic, key.as_bytes(), value).await {
-        tracing::warn!(error = %err, topic, "append failed; retrying");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
-}
-
 impl RoutingActor {
     async fn run(self) {
-        let mut member = loop {
-            match self.log.join(GROUP, &[topic::VERDICTS]).await {
-                Ok(member) => break member,
-                Err(err) => {
-                    tracing::warn!(error = %err, "routing role cannot join its group yet");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        };
+        let mut member = join_until_member(self.log.as_ref(), GROUP, &[topic::VERDICTS]).await;
         loop {
             match member.poll(Duration::from_secs(1)).await {
                 Ok(Some(record)) => self.handle(member.as_mut(), record).await,
@@ -116,7 +99,7 @@ impl RoutingActor {
             let key = queued.destination.key();
             tracing::info!(message_id, destination = %key, recipients = queued.recipients.len(), "routed");
             let event = Envelope::new(message_id, &self.producer, Utc::now(), DeliveryEvent::Queued(queued));
-            append_until_durable(self.log.as_ref(), topic::DELIVERY, &key, &event.to_json()).await;
+            append_until_durable(self.log.as_ref(), topic::DELIVERY, key.as_bytes(), &event.to_json()).await;
         }
         for unroutable in routed.unroutable {
             let failed: Vec<FailedRecipient> = unroutable
@@ -124,9 +107,7 @@ impl RoutingActor {
                 .iter()
                 .filter(|address| {
                     let original = received.recipients.iter().find(|r| r.address.eq_ignore_ascii_case(address));
-                    original.is_none_or(|r| {
-                        r.notify.is_empty() || r.notify.contains(&mailflow_events::received::DsnNotify::Failure)
-                    })
+                    ndr::wants_failure_notice(original.map(|r| r.notify.as_slice()))
                 })
                 .map(|address| FailedRecipient {
                     address: address.clone(),
@@ -136,19 +117,8 @@ impl RoutingActor {
                 })
                 .collect();
             let original = ndr::Original::received(message_id, received);
-            let ndr_message_id = loop {
-                match ndr::submit(self.log.as_ref(), &self.ndr, &self.producer, &original, &failed, Utc::now()).await {
-                    Ok(id) => break id,
-                    Err(ndr::NdrError::Original(err)) => {
-                        tracing::error!(error = %err, message_id, "original content unreadable; no NDR");
-                        break None;
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, message_id, "NDR not stored yet; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
-            };
+            let ndr_message_id =
+                ndr::submit_until_stored(self.log.as_ref(), &self.ndr, &self.producer, &original, &failed).await;
             let key = unroutable.destination.key();
             tracing::info!(message_id, destination = %key, reply = %unroutable.reply.text, "not routable");
             let event = DeliveryEvent::Failed(Failed {
@@ -161,7 +131,7 @@ impl RoutingActor {
                 ndr_message_id,
             });
             let event = Envelope::new(message_id, &self.producer, Utc::now(), event);
-            append_until_durable(self.log.as_ref(), topic::DELIVERY, &key, &event.to_json()).await;
+            append_until_durable(self.log.as_ref(), topic::DELIVERY, key.as_bytes(), &event.to_json()).await;
         }
     }
 }

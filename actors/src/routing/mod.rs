@@ -85,6 +85,11 @@ enum Route {
     Fail(Destination, SmtpReply),
 }
 
+/// The destination of our own mailbox store.
+fn mailbox_store() -> Destination {
+    Destination { kind: DestinationKind::MailboxStore, name: MAILBOX_STORE.to_string(), next_hop: None }
+}
+
 fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or("", |(_, domain)| domain)
 }
@@ -121,11 +126,8 @@ impl Router {
         if self.policy.accepted_domain(domain).is_some() {
             return true;
         }
-        self.remote_domains
-            .iter()
-            .filter_map(|r| r.specificity(domain).map(|s| (s, r)))
-            .max_by_key(|(s, _)| *s)
-            .is_none_or(|(_, remote)| remote.auto_forward_enabled)
+        crate::config::RemoteDomainConfig::most_specific(&self.remote_domains, domain)
+            .is_none_or(|remote| remote.auto_forward_enabled)
     }
 
     /// The enabled outbound connector named `name`.
@@ -180,14 +182,7 @@ impl Router {
                 RecipientKind::Mailbox => {
                     let route = match self.centralized(received) {
                         Some(connector) => Route::To(Self::via(connector), RouteReason::OutboundConnector),
-                        None => Route::To(
-                            Destination {
-                                kind: DestinationKind::MailboxStore,
-                                name: MAILBOX_STORE.to_string(),
-                                next_hop: None,
-                            },
-                            RouteReason::AcceptedDomain,
-                        ),
+                        None => Route::To(mailbox_store(), RouteReason::AcceptedDomain),
                     };
                     (entry.primary.clone(), route)
                 }
@@ -209,11 +204,7 @@ impl Router {
             None => (
                 address.to_string(),
                 Route::Fail(
-                    Destination {
-                        kind: DestinationKind::MailboxStore,
-                        name: MAILBOX_STORE.to_string(),
-                        next_hop: None,
-                    },
+                    mailbox_store(),
                     SmtpReply::new(
                         550,
                         "5.1.10",
@@ -256,11 +247,7 @@ impl Router {
                     .clone()
                     .unwrap_or_else(|| SmtpReply::new(550, "5.7.1", "Delivery not authorized, message refused"));
                 routed.unroutable.push(Unroutable {
-                    destination: Destination {
-                        kind: DestinationKind::MailboxStore,
-                        name: MAILBOX_STORE.to_string(),
-                        next_hop: None,
-                    },
+                    destination: mailbox_store(),
                     recipients: verdict.recipients.clone(),
                     reply,
                 });

@@ -64,15 +64,7 @@ impl Actor for VerdictActor {
 impl VerdictActor {
     /// Consumes `mailflow.received` until the log closes.
     async fn run(self) {
-        let mut member = loop {
-            match self.log.join(GROUP, &[topic::RECEIVED]).await {
-                Ok(member) => break member,
-                Err(err) => {
-                    tracing::warn!(error = %err, "verdict role cannot join its group yet");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        };
+        let mut member = crate::event_log::join_until_member(self.log.as_ref(), GROUP, &[topic::RECEIVED]).await;
         loop {
             match member.poll(Duration::from_secs(1)).await {
                 Ok(Some(record)) => self.handle(member.as_mut(), record).await,
@@ -92,14 +84,9 @@ impl VerdictActor {
                     let verdict = self.judge(&envelope.message_id, &received).await;
                     let event = Envelope::new(&envelope.message_id, &self.producer, Utc::now(), verdict);
                     // Retry until the verdict is durable: committing first would lose it.
-                    let mut backoff = Duration::from_millis(100);
-                    while let Err(err) =
-                        self.log.append(topic::VERDICTS, envelope.message_id.as_bytes(), &event.to_json()).await
-                    {
-                        tracing::warn!(error = %err, "verdict not appended yet; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
+                    let key = envelope.message_id.as_bytes();
+                    crate::event_log::append_until_durable(self.log.as_ref(), topic::VERDICTS, key, &event.to_json())
+                        .await;
                 }
             }
             Err(err) => {
