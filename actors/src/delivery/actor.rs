@@ -46,6 +46,11 @@ const BATCH: usize = 100;
 /// How often the scheduler looks for due work when nothing arrives.
 const TICK: Duration = Duration::from_millis(100);
 
+/// How often queues are searched for expired messages: the search walks
+/// every queued message, too much for every tick with deep queues, and
+/// expiry needs no finer resolution (an expired message is never sent meanwhile).
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+
 /// Everything a delivery task needs, shared.
 #[derive(Debug)]
 pub struct Shared {
@@ -172,6 +177,7 @@ async fn run(shared: Arc<Shared>) {
     let mut busy: Busy = HashMap::new();
     // Bounded: at most one message per running task is ever in flight.
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(1024);
+    let mut next_expiry_check = tokio::time::Instant::now();
     loop {
         // Assignment: drop what was taken away, start replaying what was given.
         let assigned: Vec<u32> =
@@ -217,12 +223,16 @@ async fn run(shared: Arc<Shared>) {
             (Some(_), None) => false,
         });
         let now = Utc::now();
+        let check_expiry = tokio::time::Instant::now() >= next_expiry_check;
+        if check_expiry {
+            next_expiry_check = tokio::time::Instant::now() + EXPIRY_CHECK;
+        }
         for (partition, owned) in &owned {
             if owned.state.next_offset < owned.replay_until {
                 continue; // still replaying: no side effects
             }
             let is_busy = |key: &str| busy.contains_key(key);
-            let expired = owned.state.expired(now, &is_busy);
+            let expired = if check_expiry { owned.state.expired(now, &is_busy) } else { Vec::new() };
             let due = owned.state.due(now, &is_busy, BATCH);
             let mut by_key: HashMap<String, Vec<ExpiredMessage>> = HashMap::new();
             for message in expired {

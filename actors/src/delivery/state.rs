@@ -306,19 +306,6 @@ impl PartitionState {
         expired
     }
 
-    /// The earliest time something becomes due (a retry, a deferred message, an expiry).
-    pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
-        self.destinations
-            .values()
-            .filter(|s| !s.suspended)
-            .flat_map(|s| {
-                let retry = s.retry.as_ref().map(|r| r.next_attempt_at);
-                let messages = s.queue.iter().flat_map(|m| [m.next_attempt_at, Some(m.expires_at)]);
-                retry.into_iter().chain(messages.flatten())
-            })
-            .min()
-    }
-
     /// Messages queued in the partition.
     pub fn depth(&self) -> usize {
         self.destinations.values().map(|s| s.queue.len()).sum()

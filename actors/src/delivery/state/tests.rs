@@ -97,7 +97,8 @@ fn a_destination_in_retry_waits_with_its_whole_queue_and_new_mail_queues_behind(
     assert_eq!(due[0].destination_attempt, 2);
     let ids: Vec<_> = due[0].messages.iter().map(|m| m.message_id.as_str()).collect();
     assert_eq!(ids, ["m1", "m2"], "after recovery: arrival order");
-    assert_eq!(state.next_wakeup(), Some(at(11)));
+    let retry = state.destinations["internet:example.org"].retry.as_ref().expect("in retry");
+    assert_eq!((retry.attempts, retry.next_attempt_at), (1, at(11)));
 }
 
 #[test]
