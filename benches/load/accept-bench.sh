@@ -7,8 +7,8 @@
 # Env:   SIZES ("1024 102400"), CONCS ("1 20"), REPS (2), BENCH_DIR (../shared/bench)
 #
 # Both servers fsync before 250 (Postfix: cleanup fsyncs the queue file;
-# mailflow: the embedded log fdatasyncs content and event). mailflow has no
-# delivery role yet, so Postfix is measured twice: delivering to a sink as it
+# mailflow: the embedded log fdatasyncs content and event). mailflow runs its
+# accepting roles only (end to end is relay-bench.sh), so Postfix is measured twice: delivering to a sink as it
 # normally does, and with `defer_transports = smtp` (accept and queue only,
 # the like-for-like case).
 set -euo pipefail
@@ -27,26 +27,15 @@ cargo build --release -q -p mailflow-benches --bin smtp-latency
 WORK=$(mktemp -d)
 trap 'kill ${MF_PID:-} ${SINK_PID:-} 2>/dev/null || true; "$BENCH_DIR/postfix-peer.sh" stop >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 
-start_mailflow() {
-  rm -rf "$WORK/mf"; mkdir -p "$WORK/mf"
-  cat > "$WORK/mf/config.toml" <<TOML
-[server]
-hostname = "mailflow.bench"
-max_connections_per_ip = 1000
-[[server.listeners]]
-name = "smtp"
-address = "127.0.0.1:$MF_PORT"
-[event_log]
-kind = "embedded"
-path = "$WORK/mf/log"
+# Acceptance only: the roles that run before the 250 and the verdict, as when
+# these numbers were first taken; routing and delivery are measured by relay-bench.sh.
+. "$ROOT/benches/load/lib.sh"
+start_accepting() {
+  start_mailflow "$MF_PORT" connection,verdict <<TOML
 [[accepted_domains]]
 name = "bench.test"
 type = "internal_relay"
 TOML
-  RUST_LOG=warn "$ROOT/target/release/mailflow" serve --config "$WORK/mf/config.toml" > "$WORK/mf/out" 2>&1 &
-  MF_PID=$!
-  for _ in $(seq 100); do grep -q '^ready' "$WORK/mf/out" 2>/dev/null && return; sleep 0.1; done
-  echo "mailflow did not start" >&2; cat "$WORK/mf/out" >&2; exit 1
 }
 
 start_sink() {
@@ -73,7 +62,7 @@ for rep in $(seq "$REPS"); do
   for size in $SIZES; do
     for conc in $CONCS; do
       # mailflow, fresh log each cell
-      start_mailflow
+      start_accepting
       tp=$(throughput 127.0.0.1:$MF_PORT "$size" "$conc")
       lat=$(latency 127.0.0.1:$MF_PORT "$size" "$conc")
       kill $MF_PID; wait $MF_PID 2>/dev/null || true

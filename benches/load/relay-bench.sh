@@ -36,25 +36,13 @@ python3 -m dnslib.zoneresolver --address 127.0.0.1 --port "$DNS_PORT" --zone "$W
 DNS_PID=$!
 sleep 1
 
-start_mailflow() {
-  rm -rf "$WORK/mf"; mkdir -p "$WORK/mf"
-  cat > "$WORK/mf/config.toml" <<TOML
-[server]
-hostname = "mailflow.bench"
-max_connections_per_ip = 1000
-[[server.listeners]]
-name = "smtp"
-address = "127.0.0.1:$MF_PORT"
-[event_log]
-kind = "embedded"
-path = "$WORK/mf/log"
+. "$ROOT/benches/load/lib.sh"
+start_relaying() {
+  start_mailflow "$MF_PORT" connection,verdict,routing,delivery <<TOML
 [dns]
 nameservers = ["127.0.0.1:$DNS_PORT"]
 [transport]
 max_connections_per_destination = $MF_CONNECTIONS
-[mailbox_store]
-kind = "maildir"
-path = "$WORK/mf/mail"
 [[accepted_domains]]
 name = "bench.test"
 type = "internal_relay"
@@ -64,17 +52,13 @@ kind = "on_premises"
 all_accepted_domains = true
 smart_hosts = ["127.0.0.1:2526"]
 TOML
-  RUST_LOG=warn "$ROOT/target/release/mailflow" serve --config "$WORK/mf/config.toml" > "$WORK/mf/out" 2>&1 &
-  MF_PID=$!
-  for _ in $(seq 100); do grep -q '^ready' "$WORK/mf/out" 2>/dev/null && return; sleep 0.1; done
-  echo "mailflow did not start" >&2; cat "$WORK/mf/out" >&2; exit 1
 }
 
 printf 'server\tsize\tconc\trep\tresult\n'
 for rep in $(seq "$REPS"); do
   for size in $SIZES; do
     for conc in $CONCS; do
-      start_mailflow
+      start_relaying
       line=$(TIMEOUT=300 "$BENCH_DIR/relay-bench.sh" 127.0.0.1:$MF_PORT 2526 "$COUNT" "$size" "$conc" 2>/dev/null || true)
       kill $MF_PID; wait $MF_PID 2>/dev/null || true
       printf 'mailflow-c%s\t%s\t%s\t%s\t%s\n' "$MF_CONNECTIONS" "$size" "$conc" "$rep" "$line"
