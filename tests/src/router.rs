@@ -195,6 +195,13 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 }
 
 impl Router {
+    /// Every event of `mailflow.delivery` so far, per partition in log order,
+    /// read beside the running router.
+    pub async fn delivery_events(&self) -> anyhow::Result<Vec<Envelope<mailflow_events::delivery::DeliveryEvent>>> {
+        let records = self.wait_for_records(mailflow_events::topic::DELIVERY, 0).await?;
+        records.iter().map(|r| Ok(Envelope::from_json(&r.value)?)).collect()
+    }
+
     /// Waits (polling a read-only view of the running router's log) until
     /// `topic` holds at least `count` records, and returns them all.
     pub async fn wait_for_records(

@@ -40,10 +40,17 @@ print(json.dumps("sent"))
     Ok(())
 }
 
-/// Every event of `mailflow.delivery` so far (read beside the running router).
-async fn delivery_events(router: &Router) -> anyhow::Result<Vec<Envelope<DeliveryEvent>>> {
-    let records = router.wait_for_records(mailflow_events::topic::DELIVERY, 0).await?;
-    records.iter().map(|r| Ok(Envelope::from_json(&r.value)?)).collect()
+/// The payload of the first `variant` event among `events`.
+macro_rules! first {
+    ($events:expr, $variant:ident, $what:expr) => {
+        $events
+            .iter()
+            .find_map(|e| match &e.event {
+                DeliveryEvent::$variant(payload) => Some(payload),
+                _ => None,
+            })
+            .expect($what)
+    };
 }
 
 /// Polls the delivery events until `done` holds for them.
@@ -54,7 +61,7 @@ async fn wait_for_events(
 ) -> anyhow::Result<Vec<Envelope<DeliveryEvent>>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let events = delivery_events(router).await?;
+        let events = router.delivery_events().await?;
         if done(&events) {
             return Ok(events);
         }
@@ -101,13 +108,7 @@ async fn outbound_mail_is_delivered_to_the_recipient_domains_mx_a_real_postfix_p
         events.iter().any(|e| matches!(e.event, DeliveryEvent::Delivered(_)))
     })
     .await?;
-    let delivered = events
-        .iter()
-        .find_map(|e| match &e.event {
-            DeliveryEvent::Delivered(d) => Some(d),
-            _ => None,
-        })
-        .expect("delivered");
+    let delivered = first!(events, Delivered, "delivered");
     assert_eq!(delivered.destination.key(), "internet:example.org");
     assert_eq!(delivered.remote_host.as_deref(), Some("mx.example.org"));
     assert_eq!(delivered.remote_ip.as_deref(), Some("127.0.0.1"));
@@ -211,13 +212,7 @@ async fn a_5xx_fails_the_recipient_at_once_and_its_ndr_reaches_the_senders_mailb
         events.iter().any(|e| matches!(e.event, DeliveryEvent::Failed(_)))
     })
     .await?;
-    let failed = events
-        .iter()
-        .find_map(|e| match &e.event {
-            DeliveryEvent::Failed(f) => Some(f),
-            _ => None,
-        })
-        .expect("failed");
+    let failed = first!(events, Failed, "failed");
     assert_eq!((failed.reply.code, failed.reply.enhanced.as_deref(), failed.attempt), (550, Some("5.1.1"), 1));
     assert!(failed.ndr_message_id.is_some(), "an NDR was sent");
     assert!(!events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_))), "spec 11.1: no deferral for 5xx");
@@ -243,13 +238,7 @@ async fn a_message_that_cannot_be_delivered_in_time_expires_with_an_ndr_4_4_7() 
         events.iter().any(|e| matches!(e.event, DeliveryEvent::Expired(_)))
     })
     .await?;
-    let expired = events
-        .iter()
-        .find_map(|e| match &e.event {
-            DeliveryEvent::Expired(x) => Some(x),
-            _ => None,
-        })
-        .expect("expired");
+    let expired = first!(events, Expired, "expired");
     assert_eq!((expired.reply.code, expired.reply.enhanced.as_deref()), (550, Some("4.4.7")));
     assert!(expired.attempts >= 1, "{expired:?}");
     assert!(expired.last_reply.as_ref().is_some_and(|r| r.text.contains("Connection refused")), "{expired:?}");
@@ -351,13 +340,7 @@ async fn mx_hosts_are_tried_in_preference_order_and_an_unreachable_one_is_skippe
         events.iter().any(|e| matches!(e.event, DeliveryEvent::Delivered(_)))
     })
     .await?;
-    let delivered = events
-        .iter()
-        .find_map(|e| match &e.event {
-            DeliveryEvent::Delivered(d) => Some(d),
-            _ => None,
-        })
-        .expect("delivered");
+    let delivered = first!(events, Delivered, "delivered");
     assert_eq!(delivered.remote_host.as_deref(), Some("mx2.example.org"));
     assert_eq!(delivered.attempt, 1, "the second host was tried within the same attempt");
     assert!(!events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_))));
@@ -381,13 +364,7 @@ async fn a_dns_failure_defers_the_destination_instead_of_failing_the_mail() -> a
         events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_)))
     })
     .await?;
-    let deferred = events
-        .iter()
-        .find_map(|e| match &e.event {
-            DeliveryEvent::Deferred(d) => Some(d),
-            _ => None,
-        })
-        .expect("deferred");
+    let deferred = first!(events, Deferred, "deferred");
     assert_eq!(deferred.scope, Scope::Destination);
     assert!(deferred.error.as_deref().is_some_and(|e| e.starts_with("4.4.0 DNS query failed")), "{deferred:?}");
     assert!(!events.iter().any(|e| matches!(e.event, DeliveryEvent::Failed(_))), "no NDR for a DNS hiccup");

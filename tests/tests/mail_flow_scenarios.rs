@@ -96,9 +96,7 @@ fn recipients(dumped: &[Dumped]) -> Vec<String> {
 async fn wait_for_outcomes(router: &Router, count: usize) -> anyhow::Result<Vec<Envelope<DeliveryEvent>>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let records = router.wait_for_records(mailflow_events::topic::DELIVERY, 0).await?;
-        let events: Vec<Envelope<DeliveryEvent>> =
-            records.iter().map(|r| Envelope::from_json(&r.value)).collect::<Result<_, _>>()?;
+        let events = router.delivery_events().await?;
         let done: usize = events
             .iter()
             .map(|e| match &e.event {
