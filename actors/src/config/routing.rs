@@ -190,7 +190,7 @@ impl RemoteDomainConfig {
         if name == "*" {
             Some(0)
         } else if let Some(parent) = name.strip_prefix("*.") {
-            (domain == parent || domain.ends_with(&format!(".{parent}"))).then_some(parent.len())
+            crate::policy::is_within(&domain, parent).then_some(parent.len())
         } else {
             (domain == name).then_some(name.len() + 1)
         }

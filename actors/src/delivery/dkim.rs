@@ -120,7 +120,7 @@ impl DkimSigners {
         let domain = domain.to_ascii_lowercase();
         self.signers
             .iter()
-            .filter(|(d, _)| domain == *d || domain.ends_with(&format!(".{d}")))
+            .filter(|(d, _)| crate::policy::is_within(&domain, d))
             .max_by_key(|(d, _)| d.len())
             .map(|(_, signer)| signer)
     }

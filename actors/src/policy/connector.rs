@@ -51,7 +51,7 @@ impl InboundConnector {
         let domain = domain.to_ascii_lowercase();
         self.sender_domains.iter().any(|pattern| match pattern.strip_prefix("*.") {
             _ if pattern == "*" => true,
-            Some(parent) => domain.ends_with(&format!(".{parent}")),
+            Some(parent) => super::domains::is_subdomain(&domain, parent),
             None => *pattern == domain,
         })
     }

@@ -26,6 +26,16 @@ impl From<&AcceptedDomainConfig> for AcceptedDomain {
     }
 }
 
+/// Whether `domain` is a subdomain of `parent` (both lower case, no trailing dot).
+pub fn is_subdomain(domain: &str, parent: &str) -> bool {
+    domain.strip_suffix(parent).is_some_and(|label| label.ends_with('.'))
+}
+
+/// Whether `domain` is `parent` or one of its subdomains.
+pub fn is_within(domain: &str, parent: &str) -> bool {
+    domain == parent || is_subdomain(domain, parent)
+}
+
 /// Exact match wins; otherwise the longest parent that is a `*.parent` entry
 /// (the parent itself included) or has match-subdomains on.
 pub fn lookup<'a>(domains: &'a [AcceptedDomain], domain: &str) -> Option<&'a AcceptedDomain> {
@@ -43,9 +53,9 @@ pub fn lookup<'a>(domains: &'a [AcceptedDomain], domain: &str) -> Option<&'a Acc
             None => (candidate.name.as_str(), false),
         };
         let covers = if wildcard {
-            domain == parent || domain.ends_with(&format!(".{parent}"))
+            is_within(&domain, parent)
         } else {
-            candidate.match_subdomains && domain.ends_with(&format!(".{parent}"))
+            candidate.match_subdomains && is_subdomain(&domain, parent)
         };
         if covers && best.is_none_or(|(_, len)| parent.len() > len) {
             best = Some((candidate, parent.len()));

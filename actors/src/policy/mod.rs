@@ -16,7 +16,7 @@ use mailflow_events::received::{ConnectorKind, InboundConnectorMatch, RejectReas
 use crate::config::{Config, DomainType};
 use crate::connection::reply::Reply;
 pub use connector::InboundConnector;
-pub use domains::AcceptedDomain;
+pub use domains::{AcceptedDomain, is_subdomain, is_within};
 
 /// Everything the front door decides with, built from the configuration.
 #[derive(Debug)]

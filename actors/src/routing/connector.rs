@@ -89,7 +89,7 @@ fn specificity(connector: &OutboundConnector, domain: &str, accepted: bool) -> O
         } else if scope == "*" {
             Some(0)
         } else if let Some(parent) = scope.strip_prefix("*.") {
-            (domain == parent || domain.ends_with(&format!(".{parent}"))).then_some(2 + parent.len())
+            crate::policy::is_within(domain, parent).then_some(2 + parent.len())
         } else {
             None
         };
