@@ -54,6 +54,31 @@ enum Command {
         /// One JSON object per record (position, key and the event) instead of a summary line.
         #[arg(long)]
         json: bool,
+        /// Print the delivery state (destinations, queues in order, attempts,
+        /// last reply, next attempt) folded from `mailflow.delivery` instead of events.
+        #[arg(long)]
+        state: bool,
+        /// With --state: the state as of this instant (RFC 3339, e.g. 2026-11-23T10:00:00Z).
+        #[arg(long, requires = "state")]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Fold the log up to where the running router's delivery state is and
+        /// compare the two (exit status 1 when they differ).
+        #[arg(long, conflicts_with_all = ["state", "at"])]
+        verify: bool,
+        /// Admin API address for --verify (default: `[admin] listen`).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
+    /// Shows the delivery queues of a running router and acts on them
+    /// (through its admin API; every action is appended to the log as an event).
+    Queue {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<QueueCommand>,
     },
     /// Prints an argon2id hash of a password read from standard input, for `password_hash`.
     HashPassword,
@@ -63,6 +88,68 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// How to reach a running router's admin API.
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// Configuration file (TOML) naming `[admin] listen` and the token; default: the built-in one.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Admin API address (default: `[admin] listen` of the configuration).
+    #[arg(long, global = true)]
+    admin: Option<std::net::SocketAddr>,
+    /// Bearer token for actions (default: `$MAILFLOW_ADMIN_TOKEN`, then the configuration's).
+    #[arg(long, global = true, env = "MAILFLOW_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl AdminArgs {
+    fn client(&self) -> anyhow::Result<crate::admin::client::AdminClient> {
+        let config = load(self.config.as_ref())?;
+        let address = self
+            .admin
+            .or(config.admin.listen)
+            .context("no admin API address: pass --admin or set [admin] listen in the configuration")?;
+        let token = match &self.token {
+            Some(token) => Some(token.clone()),
+            None => config.admin.token()?,
+        };
+        Ok(crate::admin::client::AdminClient { address, token })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Destinations with state, depth, oldest message, last error and next attempt (the default).
+    List,
+    /// The messages of one destination, in delivery order.
+    Show {
+        /// Destination key, e.g. `internet:example.com`.
+        destination: String,
+    },
+    /// Attempts a destination (or one message) now.
+    Retry(ActionArgs),
+    /// Holds a destination's queue until `resume`.
+    Suspend(ActionArgs),
+    /// Releases a suspended destination.
+    Resume(ActionArgs),
+    /// Removes a destination's messages (or one message) without notice.
+    Delete(ActionArgs),
+    /// Removes a destination's messages (or one message) with an NDR to each sender.
+    Bounce(ActionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ActionArgs {
+    /// Destination key, e.g. `internet:example.com`.
+    destination: String,
+    /// Only this message (its mailflow message id).
+    #[arg(long)]
+    message: Option<String>,
+    /// Why; recorded in the event.
+    #[arg(long)]
+    reason: Option<String>,
 }
 
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -102,10 +189,27 @@ pub fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Replay { config, topic, partition, from, json } => {
+        Command::Replay { config, topic, partition, from, json, state, at, verify, admin } => {
             let config = load(config.as_ref())?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            if verify {
+                let address = admin.or(config.admin.listen).context("no admin API address: pass --admin")?;
+                let client = crate::admin::client::AdminClient { address, token: None };
+                let same = runtime.block_on(crate::replay::verify(&config, &client, json))?;
+                if !same {
+                    std::process::exit(1);
+                }
+                return Ok(());
+            }
+            if state {
+                return runtime.block_on(crate::replay::print_state(&config, at, partition, json));
+            }
             runtime.block_on(replay(&config, &topic, partition, from, json))
+        }
+        Command::Queue { admin, json, command } => {
+            let client = admin.client()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(queue(&client, command.unwrap_or(QueueCommand::List), json))
         }
         Command::HashPassword => {
             let mut password = String::new();
@@ -178,6 +282,96 @@ async fn replay(config: &Config, topic: &str, partition: Option<u32>, from: u64,
     Ok(())
 }
 
+async fn queue(client: &crate::admin::client::AdminClient, command: QueueCommand, json: bool) -> anyhow::Result<()> {
+    let (action, args) = match command {
+        QueueCommand::List => {
+            let value = client.get("/api/v1/queues").await?;
+            if json {
+                println!("{value}");
+                return Ok(());
+            }
+            let queues: Vec<crate::admin::views::QueueSummary> = serde_json::from_value(value)?;
+            println!(
+                "{:<40} {:<9} {:>6} {:<20} {:<20} LAST ERROR",
+                "DESTINATION", "STATE", "DEPTH", "OLDEST", "NEXT ATTEMPT"
+            );
+            let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map_or_else(|| "-".to_string(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            };
+            for q in &queues {
+                println!(
+                    "{:<40} {:<9} {:>6} {:<20} {:<20} {}",
+                    q.key,
+                    q.state,
+                    q.depth,
+                    time(q.oldest_received_at),
+                    time(q.next_attempt_at),
+                    q.last_error.as_deref().unwrap_or("-")
+                );
+            }
+            eprintln!("{} destinations, {} messages", queues.len(), queues.iter().map(|q| q.depth).sum::<usize>());
+            return Ok(());
+        }
+        QueueCommand::Show { destination } => {
+            let value = client.get(&format!("/api/v1/queues/{}", path_segment(&destination))).await?;
+            if json {
+                println!("{value}");
+                return Ok(());
+            }
+            println!("{} ({})", destination, value["state"].as_str().unwrap_or("-"));
+            for (place, m) in value["messages"].as_array().into_iter().flatten().enumerate() {
+                println!(
+                    "{place:>5} {} received {} attempts {} pending {} {}",
+                    m["message_id"].as_str().unwrap_or("-"),
+                    m["received_at"].as_str().unwrap_or("-"),
+                    m["attempts"],
+                    m["pending"],
+                    m["last_error"].as_str().unwrap_or("")
+                );
+            }
+            return Ok(());
+        }
+        QueueCommand::Retry(args) => ("retry", args),
+        QueueCommand::Suspend(args) => ("suspend", args),
+        QueueCommand::Resume(args) => ("resume", args),
+        QueueCommand::Delete(args) => ("delete", args),
+        QueueCommand::Bounce(args) => ("bounce", args),
+    };
+    let key = path_segment(&args.destination);
+    let path = match &args.message {
+        Some(id) => format!("/api/v1/queues/{key}/messages/{}/{action}", path_segment(id)),
+        None => format!("/api/v1/queues/{key}/{action}"),
+    };
+    let body = serde_json::json!({ "reason": args.reason, "operator": std::env::var("USER").ok() });
+    let value = client.post(&path, &body).await?;
+    if json {
+        println!("{value}");
+    } else {
+        println!(
+            "{} {} appended at {}/{}@{}",
+            value["event"].as_str().unwrap_or("-"),
+            args.message.as_deref().unwrap_or(&args.destination),
+            mailflow_events::topic::DELIVERY,
+            value["partition"],
+            value["offset"]
+        );
+    }
+    Ok(())
+}
+
+/// Percent-encodes what is not safe in one URL path segment.
+fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~:@".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// A role a process can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Role {
@@ -234,15 +428,35 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         }
         .start();
     }
+    let mut delivery = None;
     if roles.contains(&Role::Delivery) {
-        let shared = crate::delivery::actor::Shared::new(&config, std::sync::Arc::clone(&log), resolver, router, ndr)
-            .context("setting up delivery")?;
-        crate::delivery::actor::DeliveryActor { shared: std::sync::Arc::new(shared) }.start();
+        let shared =
+            crate::delivery::actor::Shared::new(&config, std::sync::Arc::clone(&log), resolver, router, ndr.clone())
+                .context("setting up delivery")?;
+        let (actor, handle) = crate::delivery::actor::DeliveryActor::new(std::sync::Arc::new(shared));
+        actor.start();
+        delivery = Some(handle);
     }
+    let admin_state = std::sync::Arc::new(crate::admin::AdminState {
+        log: std::sync::Arc::clone(&log),
+        delivery,
+        ndr,
+        token: config.admin.token()?,
+        started: std::sync::atomic::AtomicBool::new(false),
+        producer: "mailflow/admin".to_string(),
+    });
+    let admin = match config.admin.listen {
+        Some(listen) => Some(crate::admin::start(listen, std::sync::Arc::clone(&admin_state))?),
+        None => None,
+    };
     // One line per listener, then `ready`: scripts and the test harness read these.
     for (name, address) in front_door.iter().flat_map(|door| door.listeners.iter()) {
         println!("listening {name} {address}");
     }
+    if let Some(address) = admin {
+        println!("listening admin {address}");
+    }
+    admin_state.started.store(true, std::sync::atomic::Ordering::Release);
     println!("ready");
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     tracing::info!("shutting down");

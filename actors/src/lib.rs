@@ -1,6 +1,7 @@
 //! mailflow's runtime: the roles (connection, verdict, routing, delivery) as
 //! actors, the configuration, and what `main.rs` wires together.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -11,5 +12,6 @@ pub mod front_door;
 pub mod mailbox;
 pub mod ndr;
 pub mod policy;
+pub mod replay;
 pub mod routing;
 pub mod verdict;

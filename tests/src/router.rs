@@ -14,6 +14,9 @@ use mailflow_events::log::EventLog as _;
 use mailflow_events::log::embedded::{EmbeddedLog, Options};
 use mailflow_events::received::{MessageReceived, ReceivedEvent};
 
+/// The admin token the harness configures (`[admin] token`).
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// A running router.
 #[derive(Debug)]
 pub struct Router {
@@ -80,6 +83,12 @@ impl Router {
             let mail = dir.path().join("mail");
             format!("{full}\n[mailbox_store]\nkind = \"maildir\"\npath = {:?}\n", mail.display().to_string())
         };
+        // The admin API on a port of its own with a known token, unless the test brings one.
+        let full = if full.contains("[admin]") {
+            full
+        } else {
+            format!("{full}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = {ADMIN_TOKEN:?}\n")
+        };
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, full)?;
         let mut child = Command::new(binary()?)
@@ -127,6 +136,31 @@ impl Router {
     /// Address of the listener named `name`.
     pub fn listener(&self, name: &str) -> SocketAddr {
         self.listeners[name]
+    }
+
+    /// The admin API, with the harness's token.
+    pub fn admin(&self) -> mailflow_actors::admin::client::AdminClient {
+        mailflow_actors::admin::client::AdminClient {
+            address: self.listener("admin"),
+            token: Some(ADMIN_TOKEN.to_string()),
+        }
+    }
+
+    /// Waits until `/readyz` says the router has finished replaying.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.admin().get("/readyz").await.is_err() {
+            if Instant::now() > deadline {
+                bail!("the router did not become ready within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Path of the configuration file the router runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
     }
 
     /// Address of the `smtp` listener.

@@ -53,6 +53,8 @@ pub struct Config {
     pub remote_domains: Vec<RemoteDomainConfig>,
     /// DKIM keys of our domains; outbound mail from them is signed (default none).
     pub dkim_signing: Vec<crate::delivery::dkim::DkimSigningConfig>,
+    /// The admin HTTP API (default: `127.0.0.1:8025`, no token, so read-only).
+    pub admin: crate::admin::AdminConfig,
 }
 
 /// `[organization]` (EOP's `Set-OrganizationConfig`).

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix::{Actor, AsyncContext as _, Context, WrapFuture as _};
@@ -137,10 +138,24 @@ impl Shared {
 }
 
 /// The actor.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DeliveryActor {
     /// Shared context of its tasks.
     pub shared: Arc<Shared>,
+    /// Questions from the admin API, answered between ticks.
+    queries: Option<mpsc::Receiver<Query>>,
+    /// Set while every owned partition has finished replaying.
+    ready: Arc<AtomicBool>,
+}
+
+impl DeliveryActor {
+    /// The actor, and the handle through which the admin API reads its state.
+    pub fn new(shared: Arc<Shared>) -> (Self, DeliveryHandle) {
+        let (tx, rx) = mpsc::channel(16);
+        let ready = Arc::new(AtomicBool::new(false));
+        let handle = DeliveryHandle { queries: tx, ready: Arc::clone(&ready) };
+        (Self { shared, queries: Some(rx), ready }, handle)
+    }
 }
 
 impl Actor for DeliveryActor {
@@ -148,7 +163,50 @@ impl Actor for DeliveryActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let shared = Arc::clone(&self.shared);
-        ctx.spawn(run(shared).into_actor(self));
+        let queries = self.queries.take().unwrap_or_else(|| mpsc::channel(1).1);
+        ctx.spawn(run(shared, queries, Arc::clone(&self.ready)).into_actor(self));
+    }
+}
+
+/// One owned partition as the admin API sees it.
+#[derive(Debug)]
+pub struct PartitionView<'a> {
+    /// Partition number.
+    pub partition: u32,
+    /// Its folded state.
+    pub state: &'a PartitionState,
+    /// Whether it is still replaying (nothing is delivered meanwhile).
+    pub replaying: bool,
+}
+
+/// A question about the delivery state, answered inside the actor's loop.
+pub type Query = Box<dyn FnOnce(&[PartitionView<'_>]) + Send>;
+
+/// How other parts of the process read the delivery state.
+#[derive(Debug, Clone)]
+pub struct DeliveryHandle {
+    queries: mpsc::Sender<Query>,
+    ready: Arc<AtomicBool>,
+}
+
+impl DeliveryHandle {
+    /// Whether every owned partition has finished replaying.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Runs `question` over the owned partitions (in partition order) inside
+    /// the actor's loop and returns its answer; `None` if the actor is gone.
+    pub async fn ask<T: Send + 'static>(
+        &self,
+        question: impl FnOnce(&[PartitionView<'_>]) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let query: Query = Box::new(move |views| {
+            let _ = tx.send(question(views));
+        });
+        self.queries.send(query).await.ok()?;
+        rx.await.ok()
     }
 }
 
@@ -171,7 +229,7 @@ struct Done {
 /// it is free again (`None`: its task still runs).
 type Busy = HashMap<String, (u32, Option<u64>)>;
 
-async fn run(shared: Arc<Shared>) {
+async fn run(shared: Arc<Shared>, mut queries: mpsc::Receiver<Query>, ready: Arc<AtomicBool>) {
     let mut member = crate::event_log::join_until_member(shared.log.as_ref(), GROUP, &[topic::DELIVERY]).await;
     let mut owned: HashMap<u32, Owned> = HashMap::new();
     let mut busy: Busy = HashMap::new();
@@ -215,6 +273,19 @@ async fn run(shared: Arc<Shared>) {
                     busy.remove(&done.key);
                 }
             }
+        }
+        ready.store(owned.values().all(|o| o.state.next_offset >= o.replay_until), Ordering::Release);
+        while let Ok(query) = queries.try_recv() {
+            let mut views: Vec<PartitionView<'_>> = owned
+                .iter()
+                .map(|(partition, o)| PartitionView {
+                    partition: *partition,
+                    state: &o.state,
+                    replaying: o.state.next_offset < o.replay_until,
+                })
+                .collect();
+            views.sort_by_key(|v| v.partition);
+            query(&views);
         }
         // A destination is free once the fold has applied its task's last event.
         busy.retain(|_, (partition, until)| match (until, owned.get(partition)) {
@@ -292,8 +363,8 @@ async fn record(shared: &Shared, message_id: &str, event: DeliveryEvent) -> u64 
 }
 
 /// Reads the `Queued` event at `offset`.
-async fn queued_at(shared: &Shared, partition: u32, offset: u64) -> Option<Queued> {
-    let records = shared.log.read(topic::DELIVERY, partition, offset, 1).await.ok()?;
+pub(crate) async fn queued_at(log: &dyn EventLog, partition: u32, offset: u64) -> Option<Queued> {
+    let records = log.read(topic::DELIVERY, partition, offset, 1).await.ok()?;
     let record = records.into_iter().next()?;
     match Envelope::<DeliveryEvent>::from_json(&record.value).ok()?.event {
         DeliveryEvent::Queued(queued) => Some(queued),
@@ -302,7 +373,7 @@ async fn queued_at(shared: &Shared, partition: u32, offset: u64) -> Option<Queue
 }
 
 /// The `NOTIFY=` values `queued` carries for `address`.
-fn notify_of<'a>(queued: &'a Queued, address: &str) -> Option<&'a [DsnNotify]> {
+pub(crate) fn notify_of<'a>(queued: &'a Queued, address: &str) -> Option<&'a [DsnNotify]> {
     queued.recipients.iter().find(|r| r.address.eq_ignore_ascii_case(address)).map(|r| r.notify.as_slice())
 }
 
@@ -361,7 +432,7 @@ async fn fail(
 async fn expire(shared: &Shared, partition: u32, messages: &[ExpiredMessage]) -> Option<u64> {
     let mut last = None;
     for message in messages {
-        let Some(queued) = queued_at(shared, partition, message.queued_offset).await else { continue };
+        let Some(queued) = queued_at(shared.log.as_ref(), partition, message.queued_offset).await else { continue };
         let expiry = SmtpReply::new(550, "4.4.7", "QUEUE.Expired; message expired");
         let notify: Vec<FailedRecipient> = message
             .recipients
@@ -593,7 +664,9 @@ async fn deliver_batch(
             }
             Resolution::Fail(reply) => {
                 while let Some(message) = source.next() {
-                    let Some(queued) = queued_at(shared, partition, message.queued_offset).await else { continue };
+                    let Some(queued) = queued_at(shared.log.as_ref(), partition, message.queued_offset).await else {
+                        continue;
+                    };
                     let failures = message.recipients.iter().map(|r| (r.clone(), reply.clone())).collect();
                     last = fail(shared, &message.message_id, &queued, message.attempt, failures, None).await.max(last);
                 }
@@ -605,7 +678,7 @@ async fn deliver_batch(
     let mut sent_on_connection = 0;
     while let Some(message) = source.next() {
         let message = &message;
-        let Some(queued) = queued_at(shared, partition, message.queued_offset).await else {
+        let Some(queued) = queued_at(shared.log.as_ref(), partition, message.queued_offset).await else {
             tracing::error!(message_id = %message.message_id, "queued event unreadable; skipped");
             continue;
         };

@@ -168,6 +168,15 @@ impl PartitionState {
             );
             return;
         }
+        // An operator may hold a destination before any mail for it arrives.
+        if let DeliveryEvent::Suspended(action) = event {
+            self.destinations.entry(key.clone()).or_insert_with(|| DestinationState {
+                destination: Destination { next_hop: None, ..action.destination.clone() },
+                queue: VecDeque::new(),
+                retry: None,
+                suspended: false,
+            });
+        }
         let Some(state) = self.destinations.get_mut(&key) else { return };
         let position = state.queue.iter().position(|m| &*m.message_id == message_id);
         let remove = |state: &mut DestinationState, recipients: &[String]| {

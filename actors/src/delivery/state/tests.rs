@@ -178,3 +178,15 @@ fn the_queue_follows_receipt_time_even_when_routing_appended_out_of_order() {
     let ids: Vec<_> = due[0].messages.iter().map(|m| m.message_id.as_str()).collect();
     assert_eq!(ids, ["m1", "m2", "m3"]);
 }
+
+#[test]
+fn a_destination_suspended_before_any_mail_holds_what_arrives_until_resumed() {
+    let action = |scope| OperatorAction { destination: destination(), scope, operator: "op".into(), reason: None };
+    let mut state = PartitionState::default();
+    state.apply(0, &Envelope::new("", "op", at(0), DeliveryEvent::Suspended(action(Scope::Destination))));
+    assert_eq!(state.destinations.len(), 1, "the hold is kept with an empty queue");
+    state.apply(1, &queued("m1", 1));
+    assert!(state.due(at(2), &never_busy, 100).is_empty(), "held");
+    state.apply(2, &Envelope::new("", "op", at(3), DeliveryEvent::Resumed(action(Scope::Destination))));
+    assert_eq!(state.due(at(3), &never_busy, 100).len(), 1, "released");
+}
