@@ -106,8 +106,10 @@ pub async fn print_state(
         writeln!(out)?;
         return Ok(());
     }
-    let views: Vec<PartitionView<'_>> =
-        folded.iter().map(|f| PartitionView { partition: f.partition, state: &f.state, replaying: false }).collect();
+    let views: Vec<PartitionView<'_>> = folded
+        .iter()
+        .map(|f| PartitionView { partition: f.partition, state: &f.state, replaying: false, snapshot_at: 0 })
+        .collect();
     let queues: Vec<QueueSummary> = summaries(&views);
     if let Some(at) = at {
         writeln!(out, "delivery state as of {}", at.to_rfc3339())?;

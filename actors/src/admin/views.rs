@@ -97,6 +97,8 @@ pub struct PartitionSnapshot {
     pub partition: u32,
     /// Whether it is still replaying.
     pub replaying: bool,
+    /// `next_offset` of the latest snapshot written or loaded (0: none).
+    pub snapshot_at: u64,
     /// The fold.
     pub state: PartitionState,
 }
@@ -153,7 +155,12 @@ async fn state(state: web::Data<AdminState>) -> HttpResponse {
         .ask(|views| {
             views
                 .iter()
-                .map(|v| PartitionSnapshot { partition: v.partition, replaying: v.replaying, state: v.state.clone() })
+                .map(|v| PartitionSnapshot {
+                    partition: v.partition,
+                    replaying: v.replaying,
+                    snapshot_at: v.snapshot_at,
+                    state: v.state.clone(),
+                })
                 .collect::<Vec<_>>()
         })
         .await;

@@ -45,6 +45,11 @@ pub struct TransportConfig {
     pub extra_ca: Option<PathBuf>,
     /// SMTP port of MX hosts. Default 25; tests point it at a loopback sink.
     pub mx_port: u16,
+    /// How often the delivery role writes a snapshot of a partition's state
+    /// that changed (also after every 100,000 events). Start-up loads the
+    /// latest one and replays only what follows. Default `10m`.
+    #[serde(with = "super::humane")]
+    pub snapshot_interval: Duration,
 }
 
 impl Default for TransportConfig {
@@ -59,6 +64,7 @@ impl Default for TransportConfig {
             command_timeout: Duration::from_secs(300),
             extra_ca: None,
             mx_port: 25,
+            snapshot_interval: Duration::from_secs(600),
         }
     }
 }

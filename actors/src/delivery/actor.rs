@@ -79,6 +79,8 @@ pub struct Shared {
     pub dkim: super::dkim::DkimSigners,
     /// Producer name in events.
     pub producer: String,
+    /// How often a changed partition's state is snapshotted.
+    pub snapshot_interval: Duration,
 }
 
 impl Shared {
@@ -127,6 +129,7 @@ impl Shared {
             max_messages_per_connection: transport.max_messages_per_connection,
             max_connections_per_destination: transport.max_connections_per_destination,
             dkim: super::dkim::DkimSigners::load(&config.dkim_signing)?,
+            snapshot_interval: transport.snapshot_interval,
             // Which process delivered is part of the audit trail (pods come and go).
             producer: format!(
                 "mailflow/delivery@{}/{}",
@@ -177,6 +180,8 @@ pub struct PartitionView<'a> {
     pub state: &'a PartitionState,
     /// Whether it is still replaying (nothing is delivered meanwhile).
     pub replaying: bool,
+    /// `next_offset` of the latest snapshot written or loaded (0: none).
+    pub snapshot_at: u64,
 }
 
 /// A question about the delivery state, answered inside the actor's loop.
@@ -216,6 +221,22 @@ struct Owned {
     state: PartitionState,
     /// End offset when the partition was assigned: replay ends there.
     replay_until: u64,
+    /// `next_offset` of the latest snapshot written or loaded.
+    snapshot_at: u64,
+    /// When that snapshot was taken.
+    snapshot_time: tokio::time::Instant,
+}
+
+/// Events after which a partition's state is snapshotted even before `snapshot_interval`.
+const SNAPSHOT_EVERY_EVENTS: u64 = 100_000;
+
+/// Takes a partition on: the latest snapshot if there is one that checks
+/// out, else the empty state; replay then folds what follows it.
+async fn take_on(shared: &Shared, partition: u32) -> Result<Owned, mailflow_events::log::LogError> {
+    let replay_until = shared.log.end_offset(topic::DELIVERY, partition).await?;
+    let state = super::snapshot::load(shared.log.as_ref(), partition).await.unwrap_or_default();
+    tracing::info!(partition, snapshot_at = state.next_offset, replay_until, "delivery partition assigned; replaying");
+    Ok(Owned { snapshot_at: state.next_offset, state, replay_until, snapshot_time: tokio::time::Instant::now() })
 }
 
 /// A finished task: the destination and the last offset it appended.
@@ -243,10 +264,9 @@ async fn run(shared: Arc<Shared>, mut queries: mpsc::Receiver<Query>, ready: Arc
         owned.retain(|partition, _| assigned.contains(partition));
         for partition in &assigned {
             if !owned.contains_key(partition) {
-                match shared.log.end_offset(topic::DELIVERY, *partition).await {
-                    Ok(end) => {
-                        tracing::info!(partition, replay_until = end, "delivery partition assigned; replaying");
-                        owned.insert(*partition, Owned { state: PartitionState::default(), replay_until: end });
+                match take_on(&shared, *partition).await {
+                    Ok(taken) => {
+                        owned.insert(*partition, taken);
                     }
                     Err(err) => tracing::warn!(error = %err, partition, "end offset unknown; retrying"),
                 }
@@ -282,6 +302,7 @@ async fn run(shared: Arc<Shared>, mut queries: mpsc::Receiver<Query>, ready: Arc
                     partition: *partition,
                     state: &o.state,
                     replaying: o.state.next_offset < o.replay_until,
+                    snapshot_at: o.snapshot_at,
                 })
                 .collect();
             views.sort_by_key(|v| v.partition);
@@ -298,10 +319,35 @@ async fn run(shared: Arc<Shared>, mut queries: mpsc::Receiver<Query>, ready: Arc
         if check_expiry {
             next_expiry_check = tokio::time::Instant::now() + EXPIRY_CHECK;
         }
-        for (partition, owned) in &owned {
+        for (partition, owned) in &mut owned {
             if owned.state.next_offset < owned.replay_until {
                 continue; // still replaying: no side effects
             }
+            let changed = owned.state.next_offset - owned.snapshot_at.min(owned.state.next_offset);
+            if changed >= SNAPSHOT_EVERY_EVENTS
+                || changed > 0 && owned.snapshot_time.elapsed() >= shared.snapshot_interval
+            {
+                // Serialised here, where the state is; written by a task.
+                let data = super::snapshot::serialise(&owned.state);
+                let (next_offset, partition, log) = (owned.state.next_offset, *partition, Arc::clone(&shared.log));
+                owned.snapshot_at = next_offset;
+                owned.snapshot_time = tokio::time::Instant::now();
+                tokio::spawn(async move {
+                    match super::snapshot::write(log.as_ref(), partition, next_offset, &data).await {
+                        Ok(at) => tracing::info!(
+                            partition,
+                            next_offset,
+                            bytes = data.len(),
+                            manifest = at.offset,
+                            "snapshot written"
+                        ),
+                        Err(err) => {
+                            tracing::warn!(error = %err, partition, "snapshot not written; the next one will be")
+                        }
+                    }
+                });
+            }
+            let owned = &*owned;
             let is_busy = |key: &str| busy.contains_key(key);
             let expired = if check_expiry { owned.state.expired(now, &is_busy) } else { Vec::new() };
             let due = owned.state.due(now, &is_busy, BATCH);
@@ -339,12 +385,20 @@ async fn apply(shared: &Shared, owned: &mut HashMap<u32, Owned>, record: &Record
     let number = record.position.partition;
     let partition = match owned.entry(number) {
         std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-        std::collections::hash_map::Entry::Vacant(entry) => {
-            let replay_until = shared.log.end_offset(topic::DELIVERY, number).await.unwrap_or(0);
-            tracing::info!(partition = number, replay_until, "delivery partition assigned; replaying");
-            entry.insert(Owned { state: PartitionState::default(), replay_until })
-        }
+        std::collections::hash_map::Entry::Vacant(entry) => match take_on(shared, number).await {
+            Ok(taken) => entry.insert(taken),
+            Err(_) => entry.insert(Owned {
+                state: PartitionState::default(),
+                replay_until: 0,
+                snapshot_at: 0,
+                snapshot_time: tokio::time::Instant::now(),
+            }),
+        },
     };
+    // Covered by the snapshot the state was loaded from: skipped undecoded.
+    if record.position.offset < partition.state.next_offset {
+        return;
+    }
     match Envelope::<DeliveryEvent>::from_json(&record.value) {
         Ok(envelope) => partition.state.apply(record.position.offset, &envelope),
         Err(err) => {

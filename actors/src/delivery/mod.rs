@@ -14,4 +14,5 @@ pub mod dkim;
 pub mod mx;
 pub mod render;
 pub mod schedule;
+pub mod snapshot;
 pub mod state;

@@ -23,10 +23,10 @@ use chrono::{DateTime, Utc};
 use mailflow_events::Envelope;
 use mailflow_events::delivery::{DeliveryEvent, Destination, Scope};
 use mailflow_events::received::SmtpReply;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A message waiting in a destination's queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedMessage {
     /// The message id.
     pub message_id: Box<str>,
@@ -47,7 +47,7 @@ pub struct QueuedMessage {
 }
 
 /// A destination that could not be reached and waits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retry {
     /// Consecutive destination-level failures.
     pub attempts: u32,
@@ -58,7 +58,7 @@ pub struct Retry {
 }
 
 /// One destination's queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestinationState {
     /// The destination, as first queued.
     pub destination: Destination,
@@ -71,7 +71,7 @@ pub struct DestinationState {
 }
 
 /// The state of one partition.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionState {
     /// Destinations by key, with at least one queued message or a retry.
     pub destinations: BTreeMap<String, DestinationState>,

@@ -170,6 +170,15 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// Offset the next record of the partition will get (the high watermark).
     async fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError>;
 
+    /// Lets the log drop records of a snapshot topic below `offset` (superseded
+    /// snapshots). Kafka compacts such topics itself, so this is a no-op there;
+    /// the embedded log removes whole segments below it. Event topics are never
+    /// trimmed.
+    async fn trim_snapshots(&self, topic: &str, partition: u32, offset: u64) -> Result<(), LogError> {
+        let _ = (topic, partition, offset);
+        Ok(())
+    }
+
     /// Joins consumer group `group` on `topics`. Members of one group share the
     /// partitions; each partition is consumed by one member at a time and starts
     /// at the group's committed offset (0 when none).

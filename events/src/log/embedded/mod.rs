@@ -232,6 +232,13 @@ impl EventLog for EmbeddedLog {
         Ok(self.inner.partition(topic, partition)?.end_offset())
     }
 
+    async fn trim_snapshots(&self, topic: &str, partition: u32, offset: u64) -> Result<(), LogError> {
+        if topic != crate::topic::SNAPSHOTS || self.inner.read_only {
+            return Ok(());
+        }
+        self.inner.partition(topic, partition)?.delete_segments_below(offset)
+    }
+
     async fn join(&self, group: &str, topics: &[&str]) -> Result<Box<dyn GroupMember>, LogError> {
         if self.inner.read_only {
             // Committing offsets would write: a read-only view has no groups.

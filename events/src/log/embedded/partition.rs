@@ -164,10 +164,11 @@ impl Partition {
 
     /// Reads up to `max` durable records from `offset`.
     pub fn read(&self, offset: u64, max: usize) -> Result<Vec<Record>, LogError> {
-        let end = self.end_offset().min(offset.saturating_add(max as u64));
-        let mut records = Vec::new();
         let segments = self.segments.read().map_err(|_| LogError::Closed)?;
-        let mut next = offset;
+        // Below the first segment (superseded snapshots removed): start at it.
+        let mut next = offset.max(segments.first().map_or(0, |s| s.base));
+        let end = self.end_offset().min(next.saturating_add(max as u64));
+        let mut records = Vec::new();
         while next < end {
             let index = segments.partition_point(|s| s.base <= next).saturating_sub(1);
             let Some(segment) = segments.get(index) else { break };
@@ -208,6 +209,27 @@ impl Partition {
             }
         }
         Ok(records)
+    }
+
+    /// Removes the segments whose records all lie below `offset`, never the
+    /// one being written. Reads below the first remaining record start at it.
+    pub fn delete_segments_below(&self, offset: u64) -> Result<(), LogError> {
+        let removed: Vec<u64> = {
+            let mut segments = self.segments.write().map_err(|_| LogError::Closed)?;
+            let keep_from = segments
+                .iter()
+                .position(|s| s.end() > offset)
+                .unwrap_or(segments.len())
+                .min(segments.len().saturating_sub(1));
+            segments.drain(..keep_from).map(|s| s.base).collect()
+        };
+        if removed.is_empty() {
+            return Ok(());
+        }
+        for base in &removed {
+            fs::remove_file(segment_path(&self.dir, *base)).map_err(LogError::from_io)?;
+        }
+        sync_dir(&self.dir)
     }
 
     fn corrupt(&self, base: u64, at: u64) -> LogError {
