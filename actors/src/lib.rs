@@ -12,4 +12,5 @@ pub mod mailbox;
 pub mod ndr;
 pub mod policy;
 pub mod routing;
+pub mod validate;
 pub mod verdict;
