@@ -80,6 +80,22 @@ enum Command {
         #[command(subcommand)]
         command: Option<QueueCommand>,
     },
+    /// Tests an outbound connector (spec 16): resolve, connect, EHLO, STARTTLS,
+    /// certificate, and a test message to ADDRESS. Exit status 1 when a task
+    /// fails, 2 when the validation cannot run (e.g. an unknown connector).
+    ValidateConnector {
+        /// Name of the outbound connector.
+        name: String,
+        /// Recipient of the test message, in a domain the connector serves.
+        #[arg(long = "to", value_name = "ADDRESS")]
+        to: String,
+        /// Configuration file (TOML); default: the built-in configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the report as one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints an argon2id hash of a password read from standard input, for `password_hash`.
     HashPassword,
     /// Prints the JSON Schemas of the published events (or writes them to a directory).
@@ -210,6 +226,13 @@ pub fn run() -> anyhow::Result<()> {
             let client = admin.client()?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(queue(&client, command.unwrap_or(QueueCommand::List), json))
+        }
+        Command::ValidateConnector { name, to, config, json } => {
+            let status = match load(config.as_ref()) {
+                Ok(config) => crate::validate::command(&config, &name, &to, json),
+                Err(err) => crate::validate::print_error(&name, &to, &err.to_string(), json),
+            };
+            std::process::exit(status)
         }
         Command::HashPassword => {
             let mut password = String::new();

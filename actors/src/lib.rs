@@ -14,4 +14,5 @@ pub mod ndr;
 pub mod policy;
 pub mod replay;
 pub mod routing;
+pub mod validate;
 pub mod verdict;

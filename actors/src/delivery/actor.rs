@@ -30,13 +30,15 @@ use mailflow_events::received::{DsnNotify, SmtpReply};
 use mailflow_events::{Envelope, content, topic};
 use tokio::sync::mpsc;
 
-use super::client::{ClientOptions, Connection, Hop, HopFailure, Outcome, Protocol, Timeouts, TlsPolicy, Transaction};
+use super::client::{
+    ClientOptions, Connection, Hop, HopFailure, Outcome, Protocol, RootsError, Timeouts, TlsPolicy, Transaction,
+};
 use super::mx::{self, Resolution};
 use super::schedule::RetrySchedule;
 use super::state::{Due, DueMessage, ExpiredMessage, PartitionState};
 use crate::config::{Config, MailboxStoreConfig, TlsSettings};
 use crate::ndr::{self, FailedRecipient, NdrPolicy};
-use crate::routing::Router;
+use crate::routing::{OutboundConnector, Router};
 
 /// Consumer group of the delivery role.
 pub const GROUP: &str = "mailflow-delivery";
@@ -97,20 +99,6 @@ impl Shared {
             std::fs::create_dir_all(path)
                 .map_err(|err| anyhow::anyhow!("creating the Maildir root {}: {err}", path.display()))?;
         }
-        let mut roots = (*super::client::default_roots()).clone();
-        if let Some(path) = &transport.extra_ca {
-            super::client::add_pem_roots(&mut roots, path)?;
-        }
-        let timeouts = Timeouts {
-            connect: transport.connect_timeout,
-            greeting: transport.command_timeout,
-            ehlo: transport.command_timeout,
-            mail: transport.command_timeout,
-            rcpt: transport.command_timeout,
-            data_init: transport.command_timeout,
-            data_block: transport.command_timeout,
-            data_end: transport.command_timeout * 2,
-        };
         Ok(Self {
             log,
             resolver,
@@ -118,13 +106,7 @@ impl Shared {
             ndr,
             schedule: RetrySchedule::new(transport.retry_schedule.clone()),
             store: config.mailbox_store.clone(),
-            client: ClientOptions {
-                protocol: Protocol::Smtp,
-                helo_name: config.server.hostname.clone(),
-                tls: TlsPolicy::Opportunistic,
-                roots: Arc::new(roots),
-                timeouts,
-            },
+            client: client_options(config)?,
             mx_port: transport.mx_port,
             max_messages_per_connection: transport.max_messages_per_connection,
             max_connections_per_destination: transport.max_connections_per_destination,
@@ -137,6 +119,46 @@ impl Shared {
                 std::process::id()
             ),
         })
+    }
+}
+
+/// The client options of `[transport]`: our EHLO name, its timeouts, the
+/// Mozilla roots plus `extra_ca`; SMTP with opportunistic TLS until a
+/// destination says otherwise ([`connector_tls`], the mailbox store).
+pub fn client_options(config: &Config) -> Result<ClientOptions, RootsError> {
+    let transport = &config.transport;
+    let mut roots = (*super::client::default_roots()).clone();
+    if let Some(path) = &transport.extra_ca {
+        super::client::add_pem_roots(&mut roots, path)?;
+    }
+    let timeouts = Timeouts {
+        connect: transport.connect_timeout,
+        greeting: transport.command_timeout,
+        ehlo: transport.command_timeout,
+        mail: transport.command_timeout,
+        rcpt: transport.command_timeout,
+        data_init: transport.command_timeout,
+        data_block: transport.command_timeout,
+        data_end: transport.command_timeout * 2,
+    };
+    Ok(ClientOptions {
+        protocol: Protocol::Smtp,
+        helo_name: config.server.hostname.clone(),
+        tls: TlsPolicy::Opportunistic,
+        roots: Arc::new(roots),
+        timeouts,
+    })
+}
+
+/// The TLS policy of an outbound connector's `tls_settings` (spec 6.4).
+pub fn connector_tls(connector: &OutboundConnector) -> TlsPolicy {
+    match connector.tls {
+        TlsSettings::Opportunistic => TlsPolicy::Opportunistic,
+        TlsSettings::EncryptionOnly => TlsPolicy::EncryptionOnly,
+        TlsSettings::CertificateValidation => TlsPolicy::CertificateValidation,
+        TlsSettings::DomainValidation => {
+            TlsPolicy::DomainValidation { tls_domain: connector.tls_domain.clone().unwrap_or_default() }
+        }
     }
 }
 
@@ -563,14 +585,7 @@ fn options_for(shared: &Shared, work: &Due, require_tls: bool) -> ClientOptions 
         return options;
     }
     if let Some(connector) = shared.router.connector(&work.destination.name) {
-        options.tls = match connector.tls {
-            TlsSettings::Opportunistic => TlsPolicy::Opportunistic,
-            TlsSettings::EncryptionOnly => TlsPolicy::EncryptionOnly,
-            TlsSettings::CertificateValidation => TlsPolicy::CertificateValidation,
-            TlsSettings::DomainValidation => {
-                TlsPolicy::DomainValidation { tls_domain: connector.tls_domain.clone().unwrap_or_default() }
-            }
-        };
+        options.tls = connector_tls(connector);
     }
     if require_tls && matches!(options.tls, TlsPolicy::Opportunistic) {
         options.tls = TlsPolicy::EncryptionOnly;

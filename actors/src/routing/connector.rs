@@ -79,6 +79,15 @@ impl From<&OutboundConnectorConfig> for OutboundConnector {
     }
 }
 
+impl OutboundConnector {
+    /// Whether the connector's scope covers recipients of `domain` (its
+    /// recipient domains, or our accepted domains when `accepted` and it
+    /// serves them), whether or not normal selection would pick it.
+    pub fn serves(&self, domain: &str, accepted: bool) -> bool {
+        specificity(self, &domain.trim_end_matches('.').to_ascii_lowercase(), accepted).is_some()
+    }
+}
+
 /// How well a connector's scope covers a domain; larger is more specific.
 /// Spec 6.1 [P]: exact > wildcard (longest parent first) > all accepted domains > `*`.
 fn specificity(connector: &OutboundConnector, domain: &str, accepted: bool) -> Option<usize> {

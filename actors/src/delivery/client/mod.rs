@@ -309,6 +309,7 @@ pub struct Connection {
     hop: Hop,
     options_protocol: Protocol,
     timeouts: Timeouts,
+    greeting: SmtpReply,
     capabilities: Capabilities,
     tls: Option<(String, String)>,
     usable: bool,
@@ -362,6 +363,23 @@ impl Connection {
     /// What the peer announced in its last EHLO/LHLO (nothing after HELO).
     pub fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    /// The peer's `220` greeting.
+    pub fn greeting(&self) -> &SmtpReply {
+        &self.greeting
+    }
+
+    /// The certificate chain the peer presented in the STARTTLS handshake,
+    /// end entity first; empty in clear text. Connector validation checks it
+    /// against a policy with [`tls::check_certificate`] after the handshake.
+    pub fn peer_certificates(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        match self.wire.stream() {
+            wire::Stream::Tls(tls) => {
+                tls.get_ref().1.peer_certificates().map(|chain| chain.to_vec()).unwrap_or_default()
+            }
+            wire::Stream::Plain(_) => Vec::new(),
+        }
     }
 
     /// Whether another transaction can be sent (false after a [`HopFailure`]

@@ -58,6 +58,7 @@ pub(super) async fn open(hop: &Hop, options: &ClientOptions) -> Result<Connectio
         hop: hop.clone(),
         options_protocol: options.protocol,
         timeouts: limits,
+        greeting: greeting.to_reply(),
         capabilities,
         tls: tls_info,
         usable: true,

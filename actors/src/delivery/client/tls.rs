@@ -83,18 +83,59 @@ pub fn pem_roots(path: &Path) -> Result<Arc<RootCertStore>, RootsError> {
 pub fn client_config(policy: &TlsPolicy, roots: &Arc<RootCertStore>) -> Result<Arc<ClientConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider)).with_safe_default_protocol_versions()?;
-    let verifier: Arc<dyn ServerCertVerifier> = match policy {
+    let verifier = verifier(policy, roots, &provider)?;
+    let config = builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The certificate check of `policy`, the same in the handshake and in [`check_certificate`].
+fn verifier(
+    policy: &TlsPolicy,
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, rustls::Error> {
+    Ok(match policy {
         TlsPolicy::Opportunistic | TlsPolicy::EncryptionOnly => {
             Arc::new(NoCertificateCheck { algorithms: provider.signature_verification_algorithms })
         }
-        TlsPolicy::CertificateValidation => webpki_verifier(roots, &provider)?,
+        TlsPolicy::CertificateValidation => webpki_verifier(roots, provider)?,
         TlsPolicy::DomainValidation { tls_domain } => Arc::new(DomainCheck {
-            inner: webpki_verifier(roots, &provider)?,
+            inner: webpki_verifier(roots, provider)?,
             tls_domain: tls_domain.trim_end_matches('.').to_ascii_lowercase(),
         }),
+    })
+}
+
+/// Checks a chain a peer presented (end entity first) as a handshake under
+/// `policy` with the hop `host` at `addr` would have, at the present time.
+/// Connector validation uses it to report the certificate apart from the
+/// handshake: it encrypts without a check, then asks this.
+pub fn check_certificate(
+    policy: &TlsPolicy,
+    roots: &Arc<RootCertStore>,
+    host: &str,
+    addr: std::net::IpAddr,
+    chain: &[CertificateDer<'_>],
+) -> Result<(), rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Some((end_entity, intermediates)) = chain.split_first() else {
+        return Err(rustls::Error::NoCertificatesPresented);
     };
-    let config = builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
-    Ok(Arc::new(config))
+    verifier(policy, roots, &provider)?.verify_server_cert(
+        end_entity,
+        intermediates,
+        &server_name(host, addr),
+        &[],
+        UnixTime::now(),
+    )?;
+    Ok(())
+}
+
+/// The DNS names a certificate is valid for (subject alternative names), as written in it.
+pub fn certificate_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    webpki::EndEntityCert::try_from(cert)
+        .map(|cert| cert.valid_dns_names().map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 fn webpki_verifier(
