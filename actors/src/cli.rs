@@ -25,7 +25,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Roles this process runs (default: all that exist).
-        #[arg(long, value_delimiter = ',', default_value = "connection,verdict,routing,delivery")]
+        #[arg(long, value_delimiter = ',', default_value = "connection,verdict,routing,delivery,journal")]
         roles: Vec<Role>,
     },
     /// Checks a configuration file and reports every problem at once.
@@ -103,6 +103,22 @@ enum Command {
         /// Directory to write `<name>.json` files into.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Archives every message of `mailflow.journal` as `<id>.eml` plus `<id>.json`
+    /// (the reference journal consumer; resumable and idempotent).
+    Archive {
+        /// Directory of the archive (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Configuration file (TOML); default: the built-in configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Keep reading as records arrive instead of stopping at the end.
+        #[arg(long)]
+        follow: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -248,6 +264,19 @@ pub fn run() -> anyhow::Result<()> {
                         .with_context(|| format!("writing {name}.json into {}", dir.display()))?,
                     None => print!("{text}"),
                 }
+            }
+            Ok(())
+        }
+        Command::Archive { out, config, follow, json } => {
+            let config = load(config.as_ref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let summary = runtime
+                .block_on(crate::archive::run(&config.event_log, &out, follow))
+                .with_context(|| format!("archiving into {}", out.display()))?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!("{summary} into {}", out.display());
             }
             Ok(())
         }
@@ -406,6 +435,8 @@ enum Role {
     Routing,
     /// Delivery, deferral and NDRs.
     Delivery,
+    /// The public journal (`mailflow.journal`) projected from the other topics.
+    Journal,
 }
 
 async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
@@ -459,6 +490,9 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         let (actor, handle) = crate::delivery::actor::DeliveryActor::new(std::sync::Arc::new(shared));
         actor.start();
         delivery = Some(handle);
+    }
+    if roles.contains(&Role::Journal) {
+        crate::journal::actor::JournalActor::new(&config, std::sync::Arc::clone(&log)).start();
     }
     let admin_state = std::sync::Arc::new(crate::admin::AdminState {
         log: std::sync::Arc::clone(&log),

@@ -1,7 +1,8 @@
-//! mailflow's runtime: the roles (connection, verdict, routing, delivery) as
+//! mailflow's runtime: the roles (connection, verdict, routing, delivery, journal) as
 //! actors, the configuration, and what `main.rs` wires together.
 
 pub mod admin;
+pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -9,6 +10,7 @@ pub mod delivery;
 pub mod dns;
 pub mod event_log;
 pub mod front_door;
+pub mod journal;
 pub mod mailbox;
 pub mod ndr;
 pub mod policy;

@@ -291,6 +291,14 @@ pub struct Failed {
     /// Message id of the NDR sent to the sender; absent for `<>` or `NOTIFY=NEVER`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ndr_message_id: Option<String>,
+    /// Reverse path of the message, set when no `Queued` precedes this event
+    /// (recipients that routing could not route, `attempt` 0), so that the
+    /// journal can name the sender; empty for `<>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail_from: Option<String>,
+    /// Size of the message in bytes, set with `mail_from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 /// Payload of [`DeliveryEvent::Expired`].

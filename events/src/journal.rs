@@ -12,11 +12,25 @@
 //! [`JournalEvent::trace_event_id`]; their wire names are past-tense like every
 //! other topic's. The envelope's `message_id` is the router's message id (the
 //! trace's `network_message_id`).
+//!
+//! The router's journal projector (`actors/src/journal/`) writes these records
+//! from the internal topics. A source event is sometimes consumed twice (after
+//! a crash, before its offset was committed), so each record carries a
+//! deterministic [`TraceRecord::record_id`], `<source topic>/<partition>/<offset>/<index>`,
+//! and its envelope's `event_id` is derived from it ([`event_id_of`]): a
+//! record written again has the same `event_id`, and consumers dedupe on it.
+//!
+//! Refusals at the SMTP door (a recipient, a whole transaction or a
+//! connection refused) are [`JournalEvent::Failed`] records with `attempts: 0`;
+//! their status is `failed` for a permanent (`5xx`) reply and `none` for a
+//! temporary one, which the client retries.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
+use crate::content::ContentRef;
 use crate::received::{Directionality, SmtpReply};
 use crate::verdicts::{PolicyAction, SpamVerdict};
 
@@ -79,6 +93,19 @@ impl JournalEvent {
             Self::Redirected(e) => &e.record,
             Self::Filtered(e) => &e.record,
             Self::DsnGenerated(e) => &e.record,
+        }
+    }
+
+    /// The columns every record has, to fill in.
+    pub fn record_mut(&mut self) -> &mut TraceRecord {
+        match self {
+            Self::Received(e) => &mut e.record,
+            Self::Deferred(e) | Self::Sent(e) | Self::Delivered(e) => &mut e.record,
+            Self::Failed(e) => &mut e.record,
+            Self::Expanded(e) => &mut e.record,
+            Self::Redirected(e) => &mut e.record,
+            Self::Filtered(e) => &mut e.record,
+            Self::DsnGenerated(e) => &mut e.record,
         }
     }
 }
@@ -152,6 +179,11 @@ pub struct TraceRecord {
     pub custom_data: Option<String>,
     /// Human-readable description of the event, e.g. the reply received.
     pub detail: String,
+    /// Where the record comes from, `<source topic>/<partition>/<offset>/<index>`,
+    /// e.g. `mailflow.delivery/3/1234/0`: the same for every copy of a record
+    /// written again after a crash. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_id: Option<String>,
 }
 
 /// Payload of [`JournalEvent::Received`].
@@ -165,6 +197,11 @@ pub struct Received {
     /// Original client IP after Enhanced Filtering, when it differs from `client_ip`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_client_ip: Option<String>,
+    /// Where the message content, as received, is stored on `mailflow.content`
+    /// (read it with `mailflow_events::content::load`). Absent in records
+    /// written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<ContentRef>,
 }
 
 /// Payload of [`JournalEvent::Deferred`], [`JournalEvent::Sent`] and [`JournalEvent::Delivered`].
@@ -263,6 +300,20 @@ pub struct DsnGenerated {
     pub dsn_recipient: String,
 }
 
+/// The envelope `event_id` of the journal record `record_id`: a version 8 UUID
+/// made of the 128-bit FNV-1a hash of `mailflow.journal:<record_id>`, so that a
+/// record written twice has one id. Not a secret and not collision-proof
+/// against an adversary; record ids are the router's own.
+pub fn event_id_of(record_id: &str) -> Uuid {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    let hash = b"mailflow.journal:"
+        .iter()
+        .chain(record_id.as_bytes())
+        .fold(OFFSET, |hash, byte| (hash ^ u128::from(*byte)).wrapping_mul(PRIME));
+    uuid::Builder::from_custom_bytes(hash.to_be_bytes()).into_uuid()
+}
+
 crate::envelope::tagged_event!(JournalEvent {
     "Received" => Received(Received),
     "Deferred" => Deferred(Attempted),
@@ -274,3 +325,21 @@ crate::envelope::tagged_event!(JournalEvent {
     "Filtered" => Filtered(Filtered),
     "DsnGenerated" => DsnGenerated(DsnGenerated),
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_id_always_gives_the_same_version_8_event_id_and_another_id_another() {
+        let first = event_id_of("mailflow.delivery/3/1234/0");
+        assert_eq!(first, event_id_of("mailflow.delivery/3/1234/0"));
+        assert_ne!(first, event_id_of("mailflow.delivery/3/1234/1"));
+        assert_ne!(first, event_id_of("mailflow.delivery/3/1235/0"));
+        assert_eq!(first.get_version_num(), 8);
+        // Pinned: consumers that stored ids must find them again after an upgrade.
+        assert_eq!(event_id_of("mailflow.received/0/0/0").to_string(), PINNED);
+    }
+
+    const PINNED: &str = "4d3c8e28-df37-8662-a87b-59b41e35dd62";
+}

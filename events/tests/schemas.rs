@@ -348,3 +348,70 @@ fn read_fixture(name: &str) -> Value {
     let bytes = fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_slice(&bytes).expect("fixture is JSON")
 }
+
+/// The documented examples of the public journal, `schemas/examples/mailflow.journal.<type>[.<case>].json`.
+fn journal_examples() -> Vec<Fixture> {
+    let dir = schemas_dir().join("examples");
+    let mut found = Vec::new();
+    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display())) {
+        let path = entry.expect("directory entry").path();
+        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default().to_string();
+        let Some(stem) = name.strip_suffix(".json") else { continue };
+        let parts: Vec<&str> = stem.split('.').collect();
+        assert!(
+            parts.len() >= 3 && parts[..2] == ["mailflow", "journal"],
+            "{} is not named mailflow.journal.<type>[.<case>].json",
+            path.display()
+        );
+        let bytes = fs::read(&path).expect("example is readable");
+        let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+        found.push(Fixture {
+            topic: "journal".to_string(),
+            wire_name: parts[2].to_string(),
+            version: SCHEMA_VERSION,
+            path,
+            bytes,
+            json,
+        });
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found
+}
+
+#[test]
+fn the_published_journal_examples_validate_decode_and_are_documented() {
+    let schema = schema_of("journal");
+    let readme = fs::read_to_string(schemas_dir().join("examples/README.md")).expect("examples/README.md exists");
+    let mut problems = Vec::new();
+    let examples = journal_examples();
+    for example in &examples {
+        let mut check = |result: Result<(), String>| {
+            if let Err(problem) = result {
+                problems.push(format!("{}: {problem}", example.path.display()));
+            }
+        };
+        check(validate::validate(&schema, &example.json));
+        check(round_trip::<JournalEvent>(example));
+        check(match example.json.get("type") {
+            Some(Value::String(tag)) if *tag == example.wire_name => Ok(()),
+            tag => Err(format!("type is {tag:?}, the file name says {}", example.wire_name)),
+        });
+        // The id a consumer dedupes on is the one the router derives.
+        let record_id = example.json["record_id"].as_str().unwrap_or_default();
+        let event_id = mailflow_events::journal::event_id_of(record_id).to_string();
+        check(if example.json["event_id"] == event_id.as_str() {
+            Ok(())
+        } else {
+            Err(format!("event_id is not event_id_of({record_id:?}) = {event_id}"))
+        });
+        let file = example.path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+        check(if readme.contains(file) { Ok(()) } else { Err("not described in examples/README.md".to_string()) });
+    }
+    let (_, journal_types) = WIRE_NAMES.iter().find(|(topic, _)| *topic == "journal").expect("journal is listed");
+    for wire_name in *journal_types {
+        if !examples.iter().any(|example| example.wire_name == *wire_name) {
+            problems.push(format!("no example of {wire_name}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -498,6 +498,8 @@ async fn fail(
             remote_host: hop.map(|h| h.host.clone()),
             remote_ip: hop.map(|h| h.addr.ip().to_string()),
             ndr_message_id: ndr_message_id.clone(),
+            mail_from: None,
+            size: None,
         });
         last = Some(record(shared, message_id, event).await);
     }

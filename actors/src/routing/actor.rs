@@ -129,6 +129,9 @@ impl RoutingActor {
                 remote_host: None,
                 remote_ip: None,
                 ndr_message_id,
+                // No `Queued` precedes it: the journal learns the sender here.
+                mail_from: Some(received.envelope.mail_from.clone()),
+                size: Some(received.content.size),
             });
             let event = Envelope::new(message_id, &self.producer, Utc::now(), event);
             append_until_durable(self.log.as_ref(), topic::DELIVERY, key.as_bytes(), &event.to_json()).await;
