@@ -317,6 +317,9 @@ pub struct VerdictReached {
     /// Headers to add to the message, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers_added: Vec<Header>,
+    /// Header fields of the message to remove when delivering (rule `RemoveHeader`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers_removed: Vec<String>,
     /// Text to prepend to the subject (`prepend_subject`, rule `PrependSubject`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_prefix: Option<String>,

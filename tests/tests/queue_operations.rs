@@ -268,13 +268,14 @@ async fn a_quarantined_message_is_held_until_an_operator_releases_it_once() -> a
     // Spec 9.3 (quarantine action, releasable later) and 12 (a rule's Quarantine).
     let dns = DnsServer::start(ZONE)?;
     let rule = "[[transport_rules]]\nname = \"hold suspicious\"\npriority = 0\n\
-                conditions = { subject_contains_words = [\"hold\"] }\nactions = { quarantine = true }\n";
+                conditions = { subject_contains_words = [\"hold\"] }\nactions = { quarantine = true }\n\
+                [[transport_rules]]\nname = \"strip campaign\"\npriority = 1\nactions = { remove_headers = [\"X-Campaign\"] }\n";
     let config = format!("{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n{rule}", dns.address);
     let router = Router::start(&config)?;
     let script = r#"
 s = smtplib.SMTP(ADDR, PORT)
 for subject in ["please hold this", "plain news"]:
-    s.sendmail("news@example.net", ["alice@contoso.com"], ("From: news@example.net\r\nSubject: %s\r\n\r\nbody\r\n" % subject).encode())
+    s.sendmail("news@example.net", ["alice@contoso.com"], ("X-Campaign: spring\r\nFrom: news@example.net\r\nSubject: %s\r\n\r\nbody\r\n" % subject).encode())
 s.quit()
 print(json.dumps("sent"))
 "#;
@@ -305,6 +306,9 @@ print(json.dumps("sent"))
     let inbox = maildir_messages(&router, "alice@contoso.com");
     assert_eq!(inbox.len(), 1, "only the plain message was delivered");
     assert!(inbox[0].contains("Subject: plain news"));
+    // Spec 12 RemoveHeader: the rule's field is gone from the delivered copy.
+    assert!(!inbox[0].contains("X-Campaign"), "{}", inbox[0]);
+    assert!(inbox[0].contains("From: news@example.net"));
 
     // Released by the operator: delivered to the inbox, once.
     let admin = router.listener("admin").to_string();

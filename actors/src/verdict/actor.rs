@@ -288,6 +288,7 @@ impl VerdictActor {
                 applied.action.unwrap_or(score.action)
             },
             headers_added,
+            headers_removed: outcome.remove_headers,
             subject_prefix: match (outcome.subject_prefix, applied.subject_prefix) {
                 (Some(rule), Some(policy)) => Some(format!("{policy}{rule}")),
                 (rule, policy) => rule.or(policy),
@@ -321,6 +322,7 @@ fn system_verdict(received: &MessageReceived) -> VerdictEvent {
             name: "X-MS-Exchange-Organization-SCL".to_string(),
             value: "-1".to_string(),
         }],
+        headers_removed: Vec::new(),
         subject_prefix: None,
         redirect_to: vec![],
         added_recipients: vec![],

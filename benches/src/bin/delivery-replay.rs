@@ -88,6 +88,7 @@ fn main() -> anyhow::Result<()> {
                                 require_tls: false,
                                 content: ContentRef { partition: 0, first_offset: n, chunks: 1, size: 1024, crc32: 0 },
                                 prepend_headers: vec![],
+                                remove_headers: vec![],
                                 subject_prefix: None,
                                 folder: None,
                                 received_at: now,
