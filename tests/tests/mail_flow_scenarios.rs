@@ -306,3 +306,56 @@ smart_hosts = ["127.0.0.1:{onprem}"]
     assert!(!mail.join("anyone@contoso.com").exists(), "no mailbox here");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_users_forwarding_and_a_rule_scoped_connector_route_end_to_end() -> anyhow::Result<()> {
+    // Spec 6.1/6.3 and §2: a mail user gets its copy at its external address,
+    // a forwarding mailbox keeps a copy and forwards one, and a connector
+    // scoped to transport rules carries only what a rule sends through it.
+    let dns = DnsServer::start(ZONE)?;
+    let (internet, on_premises, partner) = (SmtpSink::start(&[])?, SmtpSink::start(&[])?, SmtpSink::start(&[])?);
+    let extra = format!(
+        r#"
+[[outbound_connectors]]
+name = "legal-partner"
+kind = "partner"
+is_transport_rule_scoped = true
+smart_hosts = ["127.0.0.1:{partner}"]
+[[directory.recipients]]
+address = "mu@contoso.com"
+kind = "mail_user"
+external_address = "mu@example.org"
+[[directory.recipients]]
+address = "fwd@contoso.com"
+forward_to = "me@example.org"
+[[transport_rules]]
+name = "legal through the partner"
+priority = 0
+conditions = {{ subject_contains_words = ["legal"] }}
+actions = {{ route_message_outbound_connector = "legal-partner" }}
+"#,
+        partner = partner.address.port()
+    );
+    let router = Router::start(&hybrid(&dns, &internet, &on_premises, &extra))?;
+    let mail = router.dir.path().join("mail");
+    send(&router, "127.0.0.1", "news@example.net", &["mu@contoso.com", "fwd@contoso.com"], "hello")?;
+    send(&router, "127.0.0.2", "olga@contoso.com", &["bob@example.org"], "legal matters")?;
+    send(&router, "127.0.0.2", "olga@contoso.com", &["carol@example.org"], "lunch")?;
+    wait_for_outcomes(&router, 5).await?;
+    assert_eq!(maildir_count(&mail, "fwd@contoso.com"), 1, "the forwarding mailbox keeps its copy");
+    assert_eq!(maildir_count(&mail, "mu@contoso.com"), 0, "a mail user has no mailbox here");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while recipients(&internet.dumped()?).len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        recipients(&internet.dumped()?),
+        ["<carol@example.org>", "<me@example.org>", "<mu@example.org>"],
+        "mail user, forward and ordinary outbound mail leave by MX"
+    );
+    let through_partner = partner.wait_for_dumps(1)?;
+    assert_eq!(recipients(&through_partner), ["<bob@example.org>"], "only what the rule routed");
+    assert!(through_partner[0].message.contains("Subject: legal matters"));
+    assert!(on_premises.dumped()?.is_empty(), "nothing went on-premises");
+    Ok(())
+}
