@@ -203,3 +203,59 @@ async fn two_delivery_processes_split_the_queues_and_deliver_everything_in_order
     assert_eq!(producers.len(), 2, "both processes delivered their share: {owners:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_the_queue_commands_snapshots_and_replay_verify_work_as_on_the_embedded_log() -> anyhow::Result<()> {
+    // Issue "queue operations" on both backends: the admin API's view of a
+    // deferred destination, a snapshot written to mailflow.snapshots, `replay
+    // --verify` folding the broker's log to the live state, and an operator's
+    // retry that delivers the queue in order.
+    let broker = Broker::start()?;
+    let dns = DnsServer::start(&zone())?;
+    let port = Sink::closed_port()?;
+    let config = config(&broker, &dns, port.port())
+        .replace("retry_schedule = [\"1s\"]", "retry_schedule = [\"1h\"]\nsnapshot_interval = \"1s\"");
+    let router = Router::start(&config)?;
+    router.wait_ready().await?;
+    send(&router, &DOMAINS[..1], 5)?;
+    let key = "internet:d0.example";
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let state = loop {
+        let state = router.admin().get("/api/v1/state").await?;
+        let partition = state
+            .as_array()
+            .and_then(|all| all.iter().find(|p| p["state"]["destinations"].get(key).is_some()))
+            .cloned();
+        if let Some(partition) = partition
+            && partition["state"]["destinations"][key]["queue"].as_array().map(Vec::len) == Some(5)
+            && partition["state"]["destinations"][key]["retry"].is_object()
+            && partition["snapshot_at"] == partition["state"]["next_offset"]
+        {
+            break partition;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no snapshot of 5 deferred messages: {state:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let queue = router.admin().get(&format!("/api/v1/queues/{key}")).await?;
+    assert_eq!((queue["state"].as_str(), queue["depth"].as_u64()), (Some("retry"), Some(5)), "{queue:#}");
+    // The snapshot is in the broker's compacted topic.
+    let log = reader(&broker).await?;
+    log.create_topic(topic::SNAPSHOTS, 3, mailflow_events::log::TopicKind::Snapshots).await?;
+    let number = state["partition"].as_u64().unwrap_or(0) as u32;
+    assert!(!read_all(&log, topic::SNAPSHOTS, number, 0).await?.is_empty(), "a snapshot record on Kafka");
+    let verify = std::process::Command::new(mailflow_tests::router::binary()?)
+        .args(["replay", "--verify", "--json", "--config"])
+        .arg(router.config_path())
+        .args(["--admin", &router.listener("admin").to_string()])
+        .env("RUST_LOG", "warn")
+        .output()?;
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout)?;
+    assert_eq!(report["same"], true, "{report}");
+    // The next hop recovers; an operator asks for the attempt now.
+    let sink = Sink::start_at(port, Script::smtp()).await?;
+    router.admin().post(&format!("/api/v1/queues/{key}/retry"), &serde_json::json!({})).await?;
+    let subjects = wait_for_sink(&sink, 5).await;
+    let expected: Vec<String> = (0..5).map(|n| format!("d0.example {n:03}")).collect();
+    assert_eq!(subjects, expected);
+    Ok(())
+}
