@@ -17,9 +17,12 @@
 //! - `GET /api/v1/messages/{id}` — where a message waits.
 //! - `POST /api/v1/queues/{key}/{retry|suspend|resume|delete|bounce}` and
 //!   `POST /api/v1/queues/{key}/messages/{id}/{retry|delete|bounce}`.
+//! - `GET /api/v1/trace?...` and `GET /api/v1/trace/{message_id}` — message
+//!   trace (spec 15, see [`trace`]).
 
 pub mod actions;
 pub mod client;
+pub mod trace;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -81,6 +84,8 @@ pub struct AdminState {
     pub started: AtomicBool,
     /// Producer name of operator events.
     pub producer: String,
+    /// The message trace index, when this process keeps one.
+    pub trace: Option<crate::trace::TraceService>,
 }
 
 impl AdminState {
@@ -137,6 +142,7 @@ pub fn start(listen: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<Socke
             .route("/readyz", web::get().to(readyz))
             .configure(views::routes)
             .configure(actions::routes)
+            .configure(trace::routes)
     })
     .workers(1)
     .disable_signals()
