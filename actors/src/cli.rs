@@ -178,6 +178,14 @@ enum QueueCommand {
     Delete(ActionArgs),
     /// Removes a destination's messages (or one message) with an NDR to each sender.
     Bounce(ActionArgs),
+    /// Releases a quarantined message: it is delivered as if filtering had let it through.
+    Release {
+        /// Its mailflow message id.
+        message: String,
+        /// Why; recorded in the event.
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -393,6 +401,16 @@ async fn queue(client: &crate::admin::client::AdminClient, command: QueueCommand
                     m["pending"],
                     m["last_error"].as_str().unwrap_or("")
                 );
+            }
+            return Ok(());
+        }
+        QueueCommand::Release { message, reason } => {
+            let body = serde_json::json!({ "reason": reason, "operator": std::env::var("USER").ok() });
+            let value = client.post(&format!("/api/v1/quarantine/{}/release", path_segment(&message)), &body).await?;
+            if json {
+                println!("{value}");
+            } else {
+                println!("released {message} to {}", value["recipients"]);
             }
             return Ok(());
         }

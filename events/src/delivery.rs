@@ -198,6 +198,9 @@ pub struct Queued {
     /// so the stored content need not be rewritten.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prepend_headers: Vec<Header>,
+    /// Header fields to leave out when delivering (rule `RemoveHeader`), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_headers: Vec<String>,
     /// Text to prepend to the `Subject:` when delivering (policy or rule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_prefix: Option<String>,

@@ -37,6 +37,10 @@ pub enum VerdictEvent {
     /// The message was silently dropped for some of its recipients (policy or rule `Delete`).
     #[serde(rename = "MessageDeleted")]
     MessageDeleted(MessageDeleted),
+    /// An operator released a quarantined message: routing delivers it as if
+    /// filtering had let it through.
+    #[serde(rename = "MessageReleased")]
+    MessageReleased(MessageReleased),
 }
 
 /// Result of one authentication method (RFC 8601 result keywords).
@@ -313,6 +317,9 @@ pub struct VerdictReached {
     /// Headers to add to the message, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers_added: Vec<Header>,
+    /// Header fields of the message to remove when delivering (rule `RemoveHeader`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers_removed: Vec<String>,
     /// Text to prepend to the subject (`prepend_subject`, rule `PrependSubject`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_prefix: Option<String>,
@@ -370,8 +377,24 @@ pub struct MessageDeleted {
     pub rule: Option<String>,
 }
 
+/// Payload of [`VerdictEvent::MessageReleased`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct MessageReleased {
+    /// Recipients it is released to (those it was held for).
+    pub recipients: Vec<String>,
+    /// Offset of the `MessageQuarantined` released, in the same partition
+    /// (the topic is keyed by message id); it holds the verdict to route.
+    pub quarantined_offset: u64,
+    /// Who released it.
+    pub operator: String,
+    /// Why, as given by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 crate::envelope::tagged_event!(VerdictEvent {
     "VerdictReached" => VerdictReached(VerdictReached),
     "MessageQuarantined" => MessageQuarantined(MessageQuarantined),
     "MessageDeleted" => MessageDeleted(MessageDeleted),
+    "MessageReleased" => MessageReleased(MessageReleased),
 });

@@ -33,7 +33,7 @@ mod validate;
 const WIRE_NAMES: [(&str, &[&str]); 5] = [
     ("received", &["MessageReceived", "RecipientRejected", "MessageRejected", "ConnectionRefused"]),
     ("content", &["ContentChunkStored"]),
-    ("verdicts", &["VerdictReached", "MessageQuarantined", "MessageDeleted"]),
+    ("verdicts", &["VerdictReached", "MessageQuarantined", "MessageDeleted", "MessageReleased"]),
     (
         "delivery",
         &["Queued", "Deferred", "Delivered", "Failed", "Expired", "RetryRequested", "Suspended", "Resumed", "Deleted"],

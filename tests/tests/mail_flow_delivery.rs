@@ -176,11 +176,12 @@ async fn a_killed_router_rebuilds_its_queue_from_the_log_and_delivers_each_messa
     let transport = "retry_schedule = [\"1s\"]";
     let router = Router::start(&config(&dns, port.port(), transport))?;
     send_numbered(&router, "alice@contoso.com", "bob@example.org", 20)?;
-    let before = wait_for_events(&router, "a deferral", |events| {
+    let before = wait_for_events(&router, "20 queued and a deferral", |events| {
         events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_)))
+            && events.iter().filter(|e| matches!(e.event, DeliveryEvent::Queued(_))).count() >= 20
     })
     .await?;
-    assert!(before.iter().filter(|e| matches!(e.event, DeliveryEvent::Queued(_))).count() == 20);
+    assert_eq!(before.iter().filter(|e| matches!(e.event, DeliveryEvent::Queued(_))).count(), 20);
     // kill -9, then the next hop recovers while the router is down.
     let dir = router.into_dir();
     let sink = Sink::start_at(port, Script::smtp()).await?;

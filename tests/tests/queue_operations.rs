@@ -252,3 +252,84 @@ async fn operators_hold_release_delete_and_bounce_queued_mail_and_every_action_i
     assert_eq!(code, 1);
     Ok(())
 }
+
+fn maildir_messages(router: &Router, mailbox: &str) -> Vec<String> {
+    let new = router.dir.path().join("mail").join(mailbox).join("new");
+    std::fs::read_dir(new)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_message_is_held_until_an_operator_releases_it_once() -> anyhow::Result<()> {
+    // Spec 9.3 (quarantine action, releasable later) and 12 (a rule's Quarantine).
+    let dns = DnsServer::start(ZONE)?;
+    let rule = "[[transport_rules]]\nname = \"hold suspicious\"\npriority = 0\n\
+                conditions = { subject_contains_words = [\"hold\"] }\nactions = { quarantine = true }\n\
+                [[transport_rules]]\nname = \"strip campaign\"\npriority = 1\nactions = { remove_headers = [\"X-Campaign\"] }\n";
+    let config = format!("{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n{rule}", dns.address);
+    let router = Router::start(&config)?;
+    let script = r#"
+s = smtplib.SMTP(ADDR, PORT)
+for subject in ["please hold this", "plain news"]:
+    s.sendmail("news@example.net", ["alice@contoso.com"], ("X-Campaign: spring\r\nFrom: news@example.net\r\nSubject: %s\r\n\r\nbody\r\n" % subject).encode())
+s.quit()
+print(json.dumps("sent"))
+"#;
+    python(router.smtp(), script)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while maildir_messages(&router, "alice@contoso.com").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The quarantine record follows its verdict in mailflow.verdicts.
+    let records = router.wait_for_records(mailflow_events::topic::VERDICTS, 3).await?;
+    let held: Vec<(String, mailflow_events::verdicts::MessageQuarantined)> = records
+        .iter()
+        .filter_map(|r| {
+            let envelope =
+                mailflow_events::Envelope::<mailflow_events::verdicts::VerdictEvent>::from_json(&r.value).ok()?;
+            match envelope.event {
+                mailflow_events::verdicts::VerdictEvent::MessageQuarantined(q) => Some((envelope.message_id, q)),
+                _ => None,
+            }
+        })
+        .collect();
+    assert_eq!(held.len(), 1, "one message held");
+    let (id, quarantined) = &held[0];
+    assert_eq!(quarantined.recipients, ["alice@contoso.com"]);
+    assert_eq!(quarantined.rule.as_deref(), Some("hold suspicious"));
+    assert!(quarantined.held.is_some(), "the held verdict is kept for the release");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let inbox = maildir_messages(&router, "alice@contoso.com");
+    assert_eq!(inbox.len(), 1, "only the plain message was delivered");
+    assert!(inbox[0].contains("Subject: plain news"));
+    // Spec 12 RemoveHeader: the rule's field is gone from the delivered copy.
+    assert!(!inbox[0].contains("X-Campaign"), "{}", inbox[0]);
+    assert!(inbox[0].contains("From: news@example.net"));
+
+    // Released by the operator: delivered to the inbox, once.
+    let admin = router.listener("admin").to_string();
+    let config_path = path(&router.config_path());
+    let release = |id: &str| {
+        mailflow(&["queue", "--config", &config_path, "--admin", &admin, "release", id, "--reason", "false positive"])
+    };
+    let (code, out) = release(id)?;
+    assert_eq!(code, 0, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while maildir_messages(&router, "alice@contoso.com").len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let inbox = maildir_messages(&router, "alice@contoso.com");
+    assert_eq!(inbox.len(), 2);
+    assert!(inbox.iter().any(|m| m.contains("Subject: please hold this")), "the released message is in the inbox");
+    let shown = router.admin().get(&format!("/api/v1/quarantine/{id}")).await?;
+    assert!(shown["released_at_offset"].is_u64(), "{shown}");
+    let (code, _) = release(id)?;
+    assert_eq!(code, 1, "a second release is refused");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(maildir_messages(&router, "alice@contoso.com").len(), 2, "nothing delivered twice");
+    Ok(())
+}

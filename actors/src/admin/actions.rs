@@ -101,7 +101,7 @@ pub fn event_for(action: Action, destination: Destination, scope: Scope, body: &
     }
 }
 
-fn parse_body(bytes: &[u8]) -> Result<ActionBody, String> {
+pub(crate) fn parse_body(bytes: &[u8]) -> Result<ActionBody, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(ActionBody::default());
     }

@@ -17,11 +17,13 @@
 //! - `GET /api/v1/messages/{id}` — where a message waits.
 //! - `POST /api/v1/queues/{key}/{retry|suspend|resume|delete|bounce}` and
 //!   `POST /api/v1/queues/{key}/messages/{id}/{retry|delete|bounce}`.
+//! - `GET /api/v1/quarantine/{id}` and `POST /api/v1/quarantine/{id}/release`.
 //! - `GET /api/v1/trace?...` and `GET /api/v1/trace/{message_id}` — message
 //!   trace (spec 15, see [`trace`]).
 
 pub mod actions;
 pub mod client;
+pub mod quarantine;
 pub mod trace;
 pub mod views;
 
@@ -95,7 +97,7 @@ impl AdminState {
     }
 
     /// Checks the bearer token of a state-changing request: the refusal, if any.
-    fn refusal(&self, request: &HttpRequest) -> Option<HttpResponse> {
+    pub(crate) fn refusal(&self, request: &HttpRequest) -> Option<HttpResponse> {
         let Some(expected) = &self.token else {
             return Some(error(
                 actix_web::http::StatusCode::FORBIDDEN,
@@ -142,6 +144,7 @@ pub fn start(listen: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<Socke
             .route("/readyz", web::get().to(readyz))
             .configure(views::routes)
             .configure(actions::routes)
+            .configure(quarantine::routes)
             .configure(trace::routes)
     })
     .workers(1)

@@ -439,6 +439,7 @@ mod tests {
         assert_eq!(format!("{:?}", example.transport), format!("{:?}", builtin.transport));
         assert_eq!(format!("{:?}", example.mailbox_store), format!("{:?}", builtin.mailbox_store));
         assert_eq!(format!("{:?}", example.anti_spam), format!("{:?}", builtin.anti_spam));
+        assert_eq!(format!("{:?}", example.admin), format!("{:?}", builtin.admin));
     }
 
     #[test]

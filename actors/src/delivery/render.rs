@@ -1,7 +1,8 @@
 //! The bytes a copy is delivered as: the headers the verdict stage added
 //! (`Authentication-Results`, `X-Forefront-Antispam-Report`, SCL, rule
 //! headers), then the stored content, with the subject prefix of a policy or
-//! rule applied. The stored content itself is never rewritten.
+//! rule applied and the fields a rule removes (`RemoveHeader`) left out. The
+//! stored content itself is never rewritten.
 
 use mailflow_events::delivery::Queued;
 
@@ -33,41 +34,72 @@ fn safe_value(value: &str) -> String {
     out
 }
 
-/// Renders one copy for delivery.
+/// The header fields of a header section: each field's bytes, its first line
+/// and the continuation lines that fold it.
+fn fields(headers: &[u8]) -> Vec<&[u8]> {
+    let mut fields = Vec::new();
+    let mut start = 0;
+    let mut at = 0;
+    while at < headers.len() {
+        let line_end = memchr::memmem::find(&headers[at..], b"\r\n").map_or(headers.len(), |n| at + n + 2);
+        let continues = matches!(headers.get(line_end), Some(b' ' | b'\t'));
+        if !continues {
+            fields.push(&headers[start..line_end]);
+            start = line_end;
+        }
+        at = line_end;
+    }
+    if start < headers.len() {
+        fields.push(&headers[start..]);
+    }
+    fields
+}
+
+/// The field's name, if it has one.
+fn field_name(field: &[u8]) -> Option<&[u8]> {
+    let colon = memchr::memchr(b':', field)?;
+    Some(field[..colon].trim_ascii_end())
+}
+
+/// Renders one copy for delivery: verdict headers first, then the stored
+/// content with the rule's removed fields left out and the subject prefix applied.
 pub fn render(queued: &Queued, content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + 512);
     for header in &queued.prepend_headers {
         out.extend_from_slice(format!("{}: {}\r\n", header.name, safe_value(&header.value)).as_bytes());
     }
-    let Some(prefix) = queued.subject_prefix.as_deref().filter(|p| !p.is_empty()) else {
+    let prefix = queued.subject_prefix.as_deref().filter(|p| !p.is_empty());
+    if prefix.is_none() && queued.remove_headers.is_empty() {
         out.extend_from_slice(content);
         return out;
-    };
+    }
     let end = header_end(content).unwrap_or(content.len());
-    let headers = &content[..end];
-    let mut at = 0;
-    let mut found = None;
-    while at < headers.len() {
-        let line_end = memchr::memmem::find(&headers[at..], b"\r\n").map_or(headers.len(), |n| at + n + 2);
-        if headers[at..].len() >= 8 && headers[at..at + 8].eq_ignore_ascii_case(b"subject:") {
-            found = Some(at + 8);
-            break;
+    let removed = |name: &[u8]| queued.remove_headers.iter().any(|r| r.as_bytes().eq_ignore_ascii_case(name));
+    let mut prefixed = false;
+    let mut section = Vec::with_capacity(end + 64);
+    for field in fields(&content[..end]) {
+        let name = field_name(field);
+        if name.is_some_and(removed) {
+            continue;
         }
-        at = line_end;
-    }
-    match found {
-        Some(value_at) => {
-            let skip = content[value_at..].iter().take_while(|b| **b == b' ' || **b == b'\t').count();
-            out.extend_from_slice(&content[..value_at]);
-            out.push(b' ');
-            out.extend_from_slice(prefix.as_bytes());
-            out.extend_from_slice(&content[value_at + skip..]);
-        }
-        None => {
-            out.extend_from_slice(format!("Subject: {}\r\n", prefix.trim_end()).as_bytes());
-            out.extend_from_slice(content);
+        match prefix {
+            Some(prefix) if !prefixed && name.is_some_and(|n| n.eq_ignore_ascii_case(b"subject")) => {
+                let value_at = memchr::memchr(b':', field).map_or(0, |c| c + 1);
+                let skip = field[value_at..].iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+                section.extend_from_slice(&field[..value_at]);
+                section.push(b' ');
+                section.extend_from_slice(prefix.as_bytes());
+                section.extend_from_slice(&field[value_at + skip..]);
+                prefixed = true;
+            }
+            _ => section.extend_from_slice(field),
         }
     }
+    if let Some(prefix) = prefix.filter(|_| !prefixed) {
+        out.extend_from_slice(format!("Subject: {}\r\n", prefix.trim_end()).as_bytes());
+    }
+    out.extend_from_slice(&section);
+    out.extend_from_slice(&content[end..]);
     out
 }
 
@@ -96,6 +128,7 @@ mod tests {
                 name: "X-MS-Exchange-Organization-SCL".into(),
                 value: "5\r\nBcc: x".into(),
             }],
+            remove_headers: vec![],
             subject_prefix: prefix.map(str::to_string),
             folder: None,
             received_at: Utc::now(),
@@ -123,5 +156,18 @@ mod tests {
         assert!(text.ends_with("\r\n\r\nSubject: body line\r\n"), "{text}");
         let out = render(&queued(Some("[SPAM] ")), b"From: a@b.c\r\n\r\nno subject\r\n");
         assert!(String::from_utf8(out).expect("ascii").contains("Subject: [SPAM]\r\nFrom: a@b.c"));
+    }
+
+    #[test]
+    fn removed_fields_go_with_their_folded_lines_and_nothing_else_changes() {
+        let mut copy = queued(Some("[Rule] "));
+        copy.prepend_headers.clear();
+        copy.remove_headers = vec!["x-campaign".into()];
+        let content = b"X-Campaign: spring\r\n\tsale\r\nSubject: Hi\r\nX-Campaigner: kept\r\n\r\nX-Campaign: body\r\n";
+        let out = String::from_utf8(render(&copy, content)).expect("ascii");
+        assert_eq!(out, "Subject: [Rule] Hi\r\nX-Campaigner: kept\r\n\r\nX-Campaign: body\r\n");
+        copy.subject_prefix = None;
+        let out = String::from_utf8(render(&copy, b"X-CAMPAIGN: a\r\nTo: b@c.d\r\n\r\n")).expect("ascii");
+        assert_eq!(out, "To: b@c.d\r\n\r\n");
     }
 }

@@ -190,6 +190,7 @@ mod tests {
                 require_tls: false,
                 content: ContentRef { partition: 0, first_offset: n as u64, chunks: 1, size: 100, crc32: 0 },
                 prepend_headers: vec![],
+                remove_headers: vec![],
                 subject_prefix: None,
                 folder: None,
                 received_at: received_at + chrono::Duration::seconds(n as i64),

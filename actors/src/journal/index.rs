@@ -137,6 +137,7 @@ mod tests {
             require_tls: false,
             content: ContentRef { partition: 0, first_offset: 0, chunks: 1, size: 42, crc32: 0 },
             prepend_headers: vec![],
+            remove_headers: vec![],
             subject_prefix: None,
             folder: None,
             received_at: at,

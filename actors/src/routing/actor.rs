@@ -68,16 +68,30 @@ impl RoutingActor {
 
     async fn handle(&self, member: &mut dyn GroupMember, record: Record) {
         match Envelope::<VerdictEvent>::from_json(&record.value) {
-            Ok(envelope) => {
-                if let VerdictEvent::VerdictReached(verdict) = &envelope.event {
-                    match &verdict.received {
-                        Some(received) => self.route(&envelope.message_id, verdict, received).await,
-                        None => {
-                            tracing::error!(message_id = %envelope.message_id, "verdict without its message; not routable")
+            Ok(envelope) => match &envelope.event {
+                VerdictEvent::VerdictReached(verdict) => match &verdict.received {
+                    Some(received) => self.route(&envelope.message_id, verdict, received).await,
+                    None => {
+                        tracing::error!(message_id = %envelope.message_id, "verdict without its message; not routable")
+                    }
+                },
+                VerdictEvent::MessageReleased(released) => {
+                    match held_verdict(self.log.as_ref(), record.position.partition, released).await {
+                        Some(verdict) => {
+                            tracing::info!(message_id = %envelope.message_id, operator = %released.operator, "released from quarantine");
+                            if let Some(received) = &verdict.received {
+                                self.route(&envelope.message_id, &verdict, received).await;
+                            }
                         }
+                        None => tracing::error!(
+                            message_id = %envelope.message_id,
+                            offset = released.quarantined_offset,
+                            "released message's quarantine record not found; not routable"
+                        ),
                     }
                 }
-            }
+                _ => {}
+            },
             Err(err) => {
                 tracing::error!(error = %err, offset = record.position.offset, "undecodable event on mailflow.verdicts; skipped")
             }
@@ -137,4 +151,25 @@ impl RoutingActor {
             append_until_durable(self.log.as_ref(), topic::DELIVERY, key.as_bytes(), &event.to_json()).await;
         }
     }
+}
+
+/// The verdict a released message was held with, made a delivering one for
+/// the released recipients: what the quarantine record at
+/// `released.quarantined_offset` holds, with action `Deliver` (spec 9.3:
+/// released mail goes to the inbox).
+pub async fn held_verdict(
+    log: &dyn mailflow_events::log::EventLog,
+    partition: u32,
+    released: &mailflow_events::verdicts::MessageReleased,
+) -> Option<mailflow_events::verdicts::VerdictReached> {
+    let records = log.read(topic::VERDICTS, partition, released.quarantined_offset, 1).await.ok()?;
+    let record = records.first().filter(|r| r.position.offset == released.quarantined_offset)?;
+    let VerdictEvent::MessageQuarantined(quarantined) = Envelope::<VerdictEvent>::from_json(&record.value).ok()?.event
+    else {
+        return None;
+    };
+    let mut verdict = *quarantined.held?;
+    verdict.action = mailflow_events::verdicts::PolicyAction::Deliver;
+    verdict.recipients.retain(|r| released.recipients.iter().any(|x| x.eq_ignore_ascii_case(r)));
+    Some(verdict)
 }

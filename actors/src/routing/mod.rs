@@ -343,6 +343,7 @@ impl Router {
                 require_tls: false,
                 content: received.content.clone(),
                 prepend_headers: verdict.headers_added.clone(),
+                remove_headers: verdict.headers_removed.clone(),
                 subject_prefix: verdict.subject_prefix.clone(),
                 folder,
                 received_at: received.received_at,

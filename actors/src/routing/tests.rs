@@ -118,6 +118,7 @@ fn verdict(recipients: &[&str], action: PolicyAction) -> VerdictReached {
         rspamd: None,
         action,
         headers_added: vec![],
+        headers_removed: vec![],
         subject_prefix: None,
         redirect_to: vec![],
         added_recipients: vec![],

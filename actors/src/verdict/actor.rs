@@ -87,6 +87,18 @@ impl VerdictActor {
                     let key = envelope.message_id.as_bytes();
                     crate::event_log::append_until_durable(self.log.as_ref(), topic::VERDICTS, key, &event.to_json())
                         .await;
+                    // The quarantine store is the log: the held copy is recorded with
+                    // everything a release needs (`mailflow queue release`).
+                    if let Some(held) = quarantine_record(&event.event, &received, Utc::now()) {
+                        let held = Envelope::new(&envelope.message_id, &self.producer, Utc::now(), held);
+                        crate::event_log::append_until_durable(
+                            self.log.as_ref(),
+                            topic::VERDICTS,
+                            key,
+                            &held.to_json(),
+                        )
+                        .await;
+                    }
                 }
             }
             Err(err) => {
@@ -276,6 +288,7 @@ impl VerdictActor {
                 applied.action.unwrap_or(score.action)
             },
             headers_added,
+            headers_removed: outcome.remove_headers,
             subject_prefix: match (outcome.subject_prefix, applied.subject_prefix) {
                 (Some(rule), Some(policy)) => Some(format!("{policy}{rule}")),
                 (rule, policy) => rule.or(policy),
@@ -309,6 +322,7 @@ fn system_verdict(received: &MessageReceived) -> VerdictEvent {
             name: "X-MS-Exchange-Organization-SCL".to_string(),
             value: "-1".to_string(),
         }],
+        headers_removed: Vec::new(),
         subject_prefix: None,
         redirect_to: vec![],
         added_recipients: vec![],
@@ -317,4 +331,31 @@ fn system_verdict(received: &MessageReceived) -> VerdictEvent {
         rules_matched: vec![],
         received: Some(Box::new(received.clone())),
     })
+}
+
+/// How long a quarantined message is kept (EOP's default retention, 15 days).
+pub const QUARANTINE_RETENTION: chrono::Duration = chrono::Duration::days(15);
+
+/// The quarantine record that follows a verdict quarantining the message.
+fn quarantine_record(
+    verdict: &VerdictEvent,
+    received: &MessageReceived,
+    now: chrono::DateTime<Utc>,
+) -> Option<VerdictEvent> {
+    let VerdictEvent::VerdictReached(verdict) = verdict else { return None };
+    if verdict.action != PolicyAction::Quarantine {
+        return None;
+    }
+    Some(VerdictEvent::MessageQuarantined(mailflow_events::verdicts::MessageQuarantined {
+        recipients: verdict.recipients.clone(),
+        verdict: verdict.verdict,
+        rule: verdict
+            .rules_matched
+            .iter()
+            .find(|m| m.actions.iter().any(|a| a == "Quarantine"))
+            .map(|m| m.rule.clone()),
+        content: received.content.clone(),
+        expires_at: now + QUARANTINE_RETENTION,
+        held: Some(Box::new(verdict.clone())),
+    }))
 }

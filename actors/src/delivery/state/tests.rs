@@ -32,6 +32,7 @@ fn queued(id: &str, minute: u32) -> Envelope<DeliveryEvent> {
         require_tls: false,
         content: ContentRef { partition: 0, first_offset: 0, chunks: 1, size: 1, crc32: 0 },
         prepend_headers: vec![],
+        remove_headers: vec![],
         subject_prefix: None,
         folder: None,
         received_at: at(minute),
