@@ -16,8 +16,8 @@ pub(super) fn routes(config: &mut web::ServiceConfig) {
     config.route("/api/v1/trace", web::get().to(search)).route("/api/v1/trace/{id}", web::get().to(message));
 }
 
-fn service(state: &AdminState) -> Result<&TraceService, HttpResponse> {
-    state.trace.as_ref().ok_or_else(|| error(StatusCode::NOT_FOUND, "this process keeps no message trace"))
+fn no_trace() -> HttpResponse {
+    error(StatusCode::NOT_FOUND, "this process keeps no message trace")
 }
 
 fn read_index(service: &TraceService) -> std::sync::RwLockReadGuard<'_, crate::trace::TraceIndex> {
@@ -26,10 +26,7 @@ fn read_index(service: &TraceService) -> std::sync::RwLockReadGuard<'_, crate::t
 }
 
 async fn search(state: web::Data<AdminState>, request: HttpRequest) -> HttpResponse {
-    let service = match service(&state) {
-        Ok(service) => service.clone(),
-        Err(response) => return response,
-    };
+    let Some(service) = state.trace.clone() else { return no_trace() };
     let query = match web::Query::<Query>::from_query(request.query_string()) {
         Ok(query) => query.into_inner(),
         Err(err) => return error(StatusCode::BAD_REQUEST, format!("bad trace query: {err}")),
@@ -54,10 +51,7 @@ async fn search(state: web::Data<AdminState>, request: HttpRequest) -> HttpRespo
 }
 
 async fn message(state: web::Data<AdminState>, id: web::Path<String>) -> HttpResponse {
-    let service = match service(&state) {
-        Ok(service) => service,
-        Err(response) => return response,
-    };
+    let Some(service) = &state.trace else { return no_trace() };
     let id = id.into_inner();
     let (positions, rows) = {
         let index = read_index(service);
