@@ -80,6 +80,14 @@ enum Command {
         #[command(subcommand)]
         command: Option<QueueCommand>,
     },
+    /// Message trace (spec 15) of a running router: searches messages (the
+    /// last 48 h when no filter is given), or lists one message's events with --message.
+    Trace {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(flatten)]
+        args: crate::trace::command::TraceArgs,
+    },
     /// Tests an outbound connector (spec 16): resolve, connect, EHLO, STARTTLS,
     /// certificate, and a test message to ADDRESS. Exit status 1 when a task
     /// fails, 2 when the validation cannot run (e.g. an unknown connector).
@@ -250,6 +258,11 @@ pub fn run() -> anyhow::Result<()> {
             let client = admin.client()?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(queue(&client, command.unwrap_or(QueueCommand::List), json))
+        }
+        Command::Trace { admin, args } => {
+            let client = admin.client()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(crate::trace::command::run(&client, &args))
         }
         Command::ValidateConnector { name, to, config, json } => {
             let status = match load(config.as_ref()) {
@@ -519,6 +532,8 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         token: config.admin.token()?,
         started: std::sync::atomic::AtomicBool::new(false),
         producer: "mailflow/admin".to_string(),
+        // Every process serving the admin API keeps the message trace.
+        trace: config.admin.listen.map(|_| crate::trace::TraceService::start(std::sync::Arc::clone(&log))),
     });
     let admin = match config.admin.listen {
         Some(listen) => Some(crate::admin::start(listen, std::sync::Arc::clone(&admin_state))?),

@@ -16,5 +16,6 @@ pub mod ndr;
 pub mod policy;
 pub mod replay;
 pub mod routing;
+pub mod trace;
 pub mod validate;
 pub mod verdict;

@@ -18,10 +18,13 @@
 //! - `POST /api/v1/queues/{key}/{retry|suspend|resume|delete|bounce}` and
 //!   `POST /api/v1/queues/{key}/messages/{id}/{retry|delete|bounce}`.
 //! - `GET /api/v1/quarantine/{id}` and `POST /api/v1/quarantine/{id}/release`.
+//! - `GET /api/v1/trace?...` and `GET /api/v1/trace/{message_id}` — message
+//!   trace (spec 15, see [`trace`]).
 
 pub mod actions;
 pub mod client;
 pub mod quarantine;
+pub mod trace;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -83,6 +86,8 @@ pub struct AdminState {
     pub started: AtomicBool,
     /// Producer name of operator events.
     pub producer: String,
+    /// The message trace index, when this process keeps one.
+    pub trace: Option<crate::trace::TraceService>,
 }
 
 impl AdminState {
@@ -140,6 +145,7 @@ pub fn start(listen: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<Socke
             .configure(views::routes)
             .configure(actions::routes)
             .configure(quarantine::routes)
+            .configure(trace::routes)
     })
     .workers(1)
     .disable_signals()

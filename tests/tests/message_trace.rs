@@ -1,0 +1,212 @@
+//! Message trace end to end (spec 15; issue "Message trace (EOP's contract,
+//! §15)"): real SMTP clients send mail through the real router, a real DNS
+//! server and the scriptable sink stand in for the internet, and the test asks
+//! the admin API (`/api/v1/trace`) and the `mailflow trace` command of the real
+//! binary what became of each message.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use mailflow_tests::clients::python;
+use mailflow_tests::dns::DnsServer;
+use mailflow_tests::router::{BASE_CONFIG, Router, binary};
+use mailflow_tests::sink::{Script, Sink};
+use serde_json::Value;
+
+const ZONE: &str = "example.org. 300 IN MX 10 mx.example.org.\nmx.example.org. 300 IN A 127.0.0.1\n";
+
+/// The router as the on-premises server's relay, the internet's MX port given.
+fn config(dns: &DnsServer, mx_port: u16) -> String {
+    format!(
+        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[transport]\nmx_port = {mx_port}\nretry_schedule = [\"1s\"]\n\n\
+         [[inbound_connectors]]\nname = \"onprem\"\nkind = \"on_premises\"\nsender_ip_addresses = [\"127.0.0.1\"]\n",
+        dns.address
+    )
+}
+
+/// Sends one message to each of `recipients` and one transaction whose only
+/// recipient is refused; returns recipient → message id, and `refused` → the reply.
+fn send(router: &Router, recipients: &[&str], refused: &str) -> anyhow::Result<Value> {
+    let script = format!(
+        r#"
+ids = {{}}
+s = smtplib.SMTP(ADDR, PORT)
+s.ehlo("onprem.contoso.com")
+for to in {recipients:?}:
+    body = "From: alice@contoso.com\r\nTo: %s\r\nSubject: Quarterly report for %s\r\nMessage-ID: <%s.trace@contoso.com>\r\n\r\nHello.\r\n" % (to, to, to)
+    assert s.mail("alice@contoso.com")[0] == 250
+    assert s.rcpt(to)[0] == 250
+    code, reply = s.data(body.encode())
+    assert code == 250, reply
+    ids[to] = reply.decode().split("<")[1].split(">")[0]
+assert s.mail("alice@contoso.com")[0] == 250
+code, reply = s.rcpt({refused:?})
+ids["refused"] = "%d %s" % (code, reply.decode())
+s.rset()
+s.quit()
+print(json.dumps(ids))
+"#
+    );
+    python(router.smtp(), &script)
+}
+
+/// Runs `mailflow trace --json` against the router; returns the JSON it printed.
+fn mailflow_trace(router: &Router, args: &[&str]) -> anyhow::Result<Value> {
+    let output = Command::new(binary()?)
+        .arg("trace")
+        .arg("--admin")
+        .arg(router.listener("admin").to_string())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("running mailflow trace")?;
+    ensure!(output.status.success(), "mailflow trace {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    if args.contains(&"--json") {
+        Ok(serde_json::from_slice(&output.stdout)?)
+    } else {
+        Ok(Value::String(String::from_utf8(output.stdout)?))
+    }
+}
+
+/// `(recipient, status)` of each row of a search answer.
+fn rows(answer: &Value) -> Vec<(String, String)> {
+    answer["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| (r["recipient"].as_str().unwrap_or("?").to_string(), r["status"].as_str().unwrap_or("?").to_string()))
+        .collect()
+}
+
+/// Polls `GET path` until `done` holds for its answer.
+async fn wait_for(router: &Router, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let value = router.admin().get(path).await?;
+        if done(&value) {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}: {value:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn events(detail: &Value) -> Vec<&str> {
+    let mut events: Vec<&str> =
+        detail["events"].as_array().into_iter().flatten().filter_map(|e| e["event"].as_str()).collect();
+    // A deferral may recur while the next hop is down.
+    events.dedup();
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_finds_delivered_refused_and_deferred_then_delivered_mail_and_lists_each_messages_events_in_order()
+-> anyhow::Result<()> {
+    let dns = DnsServer::start(ZONE)?;
+    let port = Sink::closed_port()?;
+    let router = Router::start(&config(&dns, port.port()))?;
+    router.wait_ready().await?;
+    let ids = send(&router, &["alice@contoso.com", "bob@example.org"], "nobody@contoso.com")?;
+    let refused = ids["refused"].as_str().context("refused")?;
+    assert!(refused.starts_with("550 5.4.1"), "{refused}");
+    let alice = ids["alice@contoso.com"].as_str().context("alice's id")?;
+    let bob = ids["bob@example.org"].as_str().context("bob's id")?;
+
+    // 15.2: delivered to the mailbox store → Delivered.
+    wait_for(&router, &format!("/api/v1/trace?message_id={alice}"), "alice's delivery", |v| {
+        rows(v) == [("alice@contoso.com".to_string(), "delivered".to_string())]
+    })
+    .await?;
+    // 15.2, 15.7: the next hop is down, so bob's message is deferred → Pending.
+    let pending =
+        wait_for(&router, &format!("/api/v1/trace/{bob}"), "bob's deferral", |v| events(v).contains(&"DEFER")).await?;
+    assert_eq!(pending["recipients"][0]["status"], "pending", "{pending:#}");
+    let answer = router.admin().get("/api/v1/trace?recipient=bob@example.org&status=Pending").await?;
+    assert_eq!(rows(&answer), [("bob@example.org".to_string(), "pending".to_string())]);
+
+    // 15.1/15.2: a recipient refused at RCPT TO (550 5.4.1) is searchable by
+    // recipient, failed; the CLI finds it too.
+    let answer = mailflow_trace(&router, &["--recipient", "nobody@contoso.com", "--json"])?;
+    assert_eq!(rows(&answer), [("nobody@contoso.com".to_string(), "failed".to_string())], "{answer:#}");
+    assert_eq!(answer["rows"][0]["sender"], "alice@contoso.com");
+    assert_eq!(answer["rows"][0]["client_ip"], "127.0.0.1", "the sending server's IP (FromIP)");
+    let refusal_id = answer["rows"][0]["message_id"].as_str().context("the refusal's id")?;
+    let refusal = router.admin().get(&format!("/api/v1/trace/{refusal_id}")).await?;
+    assert_eq!(events(&refusal), ["FAIL"]);
+    assert!(refusal["events"][0]["reply"].as_str().is_some_and(|r| r.starts_with("550 5.4.1")), "{refusal:#}");
+
+    // The next hop comes back: the retry sends it → Delivered (15.7's T).
+    let sink = Sink::start_at(port, Script::smtp()).await?;
+    let detail = wait_for(&router, &format!("/api/v1/trace/{bob}"), "bob's delivery", |v| {
+        events(v).last() == Some(&"SEND") && v["recipients"][0]["status"] == "delivered"
+    })
+    .await?;
+    assert_eq!(sink.received().len(), 1);
+    assert_eq!(events(&detail), ["RECEIVE", "AGENTINFO", "DEFER", "SEND"], "{detail:#}");
+    let times: Vec<&str> =
+        detail["events"].as_array().into_iter().flatten().filter_map(|e| e["occurred_at"].as_str()).collect();
+    let parsed: Vec<chrono::DateTime<chrono::Utc>> = times.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
+    assert!(parsed.windows(2).all(|w| w[0] <= w[1]), "events in time order: {times:?}");
+    let send = detail["events"].as_array().and_then(|e| e.last()).context("SEND")?;
+    assert_eq!(send["remote_host"], "mx.example.org", "{send:#}");
+    assert_eq!(detail["events"][0]["connector"], "onprem");
+    assert!(detail["events"][1]["custom_data"].as_str().is_some_and(|c| c.contains("SCL=")), "{detail:#}");
+
+    // 15.3/15.4: alice's message, RECEIVE … DELIVER, in the CLI's detail view.
+    let alice_detail = router.admin().get(&format!("/api/v1/trace/{alice}")).await?;
+    assert_eq!(events(&alice_detail), ["RECEIVE", "AGENTINFO", "DELIVER"]);
+    let text = mailflow_trace(&router, &["--message", alice])?;
+    let text = text.as_str().context("text")?;
+    let (receive, deliver) =
+        (text.find(" RECEIVE ").context("a RECEIVE line")?, text.find(" DELIVER ").context("a DELIVER line")?);
+    assert!(receive < deliver, "{text}");
+    assert!(text.contains("Subject: Quarterly report for alice@contoso.com"), "{text}");
+
+    // 15.1: subject filters (case-insensitive), sender, Message-ID header, message id.
+    let admin = router.admin();
+    let search = |query: String| {
+        let admin = admin.clone();
+        async move { admin.get(&format!("/api/v1/trace?{query}")).await }
+    };
+    let subjects = search("subject=QUARTERLY%20report&subject_match=starts".into()).await?;
+    let mut found = rows(&subjects);
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("alice@contoso.com".to_string(), "delivered".to_string()),
+            ("bob@example.org".to_string(), "delivered".to_string())
+        ]
+    );
+    assert_eq!(
+        rows(&search("subject=for%20bob&subject_match=contains".into()).await?),
+        [("bob@example.org".to_string(), "delivered".to_string())]
+    );
+    assert!(rows(&search("subject=report&subject_match=starts".into()).await?).is_empty(), "starts is not contains");
+    assert_eq!(
+        rows(&search("subject=example.org&subject_match=ends".into()).await?),
+        [("bob@example.org".to_string(), "delivered".to_string())]
+    );
+    let by_sender = mailflow_trace(&router, &["--sender", "alice@contoso.com", "--json"])?;
+    let mut recipients: Vec<String> = rows(&by_sender).into_iter().map(|(r, _)| r).collect();
+    recipients.sort();
+    assert_eq!(recipients, ["alice@contoso.com", "bob@example.org", "nobody@contoso.com"]);
+    let by_header = search("internet_message_id=%3Cbob@example.org.trace@contoso.com%3E".into()).await?;
+    assert_eq!(by_header["rows"][0]["message_id"], bob);
+    assert_eq!(by_header["rows"].as_array().map(Vec::len), Some(1));
+    let by_id = mailflow_trace(&router, &["--message-id", bob, "--json"])?;
+    assert_eq!(rows(&by_id), [("bob@example.org".to_string(), "delivered".to_string())]);
+    // 15.1: with no parameter, the last 48 h: everything sent above.
+    let all = mailflow_trace(&router, &["--json"])?;
+    assert!(all["since"].is_string() && rows(&all).len() >= 3, "{all:#}");
+    // A window that ended before the test started finds nothing.
+    let before = search("since=2020-01-01T00:00:00Z&until=2020-01-02T00:00:00Z".into()).await?;
+    assert!(rows(&before).is_empty(), "{before:#}");
+    // A bad query is refused with a reason.
+    let refused_query = router.admin().get("/api/v1/trace?status=lost").await;
+    assert!(refused_query.is_err_and(|e| e.to_string().contains("unknown status")));
+    Ok(())
+}
