@@ -64,3 +64,13 @@ pub async fn replay_decode(log: Arc<dyn EventLog>, topic: &'static str) -> Resul
     }
     Ok(total)
 }
+
+/// Resident set size of this process in KiB (`VmRSS` of `/proc/self/status`; 0 if unknown).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

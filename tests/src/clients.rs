@@ -36,3 +36,20 @@ pub fn swaks(address: SocketAddr, args: &[&str]) -> anyhow::Result<(i32, String)
     let transcript = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     Ok((output.status.code().unwrap_or(-1), transcript))
 }
+
+/// Sends `count` messages from `sender` to `recipient` in one session from
+/// the on-premises server's address, subjects `message 000`, `message 001`, …
+pub fn send_numbered(address: SocketAddr, sender: &str, recipient: &str, count: usize) -> anyhow::Result<()> {
+    let script = format!(
+        r#"
+s = smtplib.SMTP(ADDR, PORT)
+s.ehlo("onprem.contoso.com")
+for n in range({count}):
+    s.sendmail({sender:?}, [{recipient:?}], ("From: {sender}\r\nSubject: message %03d\r\n\r\nbody %d\r\n" % (n, n)).encode())
+s.quit()
+print(json.dumps("sent"))
+"#
+    );
+    python(address, &script)?;
+    Ok(())
+}

@@ -266,3 +266,53 @@ impl Drop for Router {
         self.kill();
     }
 }
+
+/// What a `mailflow` command run as a child process did.
+#[derive(Debug)]
+pub struct CliRun {
+    /// Exit status (-1 when killed by a signal).
+    pub status: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// Standard output as one JSON document (`--json`); panics with the run otherwise.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not one JSON document ({e}): {self:?}"))
+    }
+}
+
+/// Runs the binary under test as a command (`mailflow replay …`, `queue`,
+/// `trace`, `archive`, `validate-connector`), logging at `warn`, as a user would.
+pub fn cli(args: &[&str]) -> anyhow::Result<CliRun> {
+    cli_in(&std::env::current_dir()?, args)
+}
+
+/// Like [`cli`], in directory `dir` (where the built-in defaults put `var/`).
+pub fn cli_in(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<CliRun> {
+    let output = Command::new(binary()?)
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .with_context(|| format!("running mailflow {args:?}"))?;
+    Ok(CliRun {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+/// [`BASE_CONFIG`] with the router as the relay of an on-premises server at
+/// 127.0.0.1 (matched by the on-premises inbound connector `onprem`), the
+/// test DNS server, MX hosts on `mx_port`, and `transport` lines added to `[transport]`.
+pub fn relay_config(dns: &crate::dns::DnsServer, mx_port: u16, transport: &str) -> String {
+    format!(
+        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[transport]\nmx_port = {mx_port}\n{transport}\n\n\
+         [[inbound_connectors]]\nname = \"onprem\"\nkind = \"on_premises\"\nsender_ip_addresses = [\"127.0.0.1\"]\n",
+        dns.address
+    )
+}

@@ -217,6 +217,14 @@ pub struct Received {
     pub content: Vec<u8>,
 }
 
+impl Received {
+    /// The `Subject: ` of the content, trimmed; empty without one.
+    pub fn subject(&self) -> String {
+        let text = String::from_utf8_lossy(&self.content);
+        text.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().trim().to_string()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Record {
     connections: usize,
@@ -285,6 +293,16 @@ impl Sink {
     /// Every transaction whose content was received, in order.
     pub fn received(&self) -> Vec<Received> {
         self.lock().received.clone()
+    }
+
+    /// Waits until `count` transactions were received or `timeout` passed;
+    /// returns what was received (the caller checks the count).
+    pub async fn wait_for_received(&self, count: usize, timeout: std::time::Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.lock().received.len() < count && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.received()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Record> {

@@ -20,22 +20,12 @@ use mailflow_events::topic;
 use mailflow_tests::broker::Broker;
 use mailflow_tests::clients::python;
 use mailflow_tests::dns::DnsServer;
-use mailflow_tests::router::{BASE_CONFIG, Router, binary};
+use mailflow_tests::router::{Router, cli, relay_config};
 use mailflow_tests::sink::{Script, Sink};
 use serde_json::Value;
 
 const ZONE: &str = "example.org. 300 IN MX 10 mx.example.org.\nmx.example.org. 300 IN A 127.0.0.1\n\
                     example.net. 300 IN MX 10 mx.example.net.\nmx.example.net. 300 IN A 127.0.0.1\n";
-
-/// The router as the on-premises server's relay (127.0.0.1 matches its
-/// connector), the internet's MX port given.
-fn config(dns: &DnsServer, mx_port: u16) -> String {
-    format!(
-        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[transport]\nmx_port = {mx_port}\nretry_schedule = [\"1s\"]\n\n\
-         [[inbound_connectors]]\nname = \"onprem\"\nkind = \"on_premises\"\nsender_ip_addresses = [\"127.0.0.1\"]\n",
-        dns.address
-    )
-}
 
 /// The exact bytes sent as each message's DATA.
 fn content(to: &str) -> String {
@@ -123,16 +113,10 @@ async fn wait_for_journal(
 
 /// Runs `mailflow archive` and returns its JSON summary.
 fn archive(config: &Path, out: &Path) -> anyhow::Result<Value> {
-    let output = Command::new(binary()?)
-        .args(["archive", "--json", "--config"])
-        .arg(config)
-        .arg("--out")
-        .arg(out)
-        .env("RUST_LOG", "warn")
-        .output()
-        .context("running mailflow archive")?;
-    ensure!(output.status.success(), "mailflow archive failed: {}", String::from_utf8_lossy(&output.stderr));
-    Ok(serde_json::from_slice(&output.stdout)?)
+    let (config, out) = (config.to_str().context("UTF-8 path")?, out.to_str().context("UTF-8 path")?);
+    let run = cli(&["archive", "--json", "--config", config, "--out", out])?;
+    ensure!(run.status == 0, "mailflow archive failed: {}", run.stderr);
+    Ok(serde_json::from_str(&run.stdout)?)
 }
 
 /// `<id>.eml` is the message as the router stored it: our `Received:` trace
@@ -152,7 +136,7 @@ async fn the_journal_traces_every_message_and_the_archive_writes_each_once_howev
 {
     let dns = DnsServer::start(ZONE)?;
     let port = Sink::closed_port()?;
-    let router = Router::start(&config(&dns, port.port()))?;
+    let router = Router::start(&relay_config(&dns, port.port(), "retry_schedule = [\"1s\"]"))?;
     let ids = send(&router, &["alice@contoso.com", "bob@example.org", "gone@example.net"], "nobody@contoso.com")?;
     assert!(ids["refused"].starts_with("550 5.4.1"), "{}", ids["refused"]);
     let (alice, bob, gone) = (&ids["alice@contoso.com"], &ids["bob@example.org"], &ids["gone@example.net"]);
@@ -309,7 +293,8 @@ async fn on_kafka_a_foreign_client_reads_the_journal_and_every_record_validates_
         "\n[event_log]\nkind = \"kafka\"\nbrokers = \"{}\"\npartitions = 3\nreplication_factor = 1\nmessage_timeout = \"30s\"\n",
         broker.bootstrap
     );
-    let router = Router::start(&format!("{}{kafka}", config(&dns, sink.address.port())))?;
+    let router =
+        Router::start(&format!("{}{kafka}", relay_config(&dns, sink.address.port(), "retry_schedule = [\"1s\"]")))?;
     let ids = send(&router, &["alice@contoso.com", "bob@example.org"], "nobody@contoso.com")?;
     let (alice, bob) = (&ids["alice@contoso.com"], &ids["bob@example.org"]);
     let deadline = Instant::now() + Duration::from_secs(90);

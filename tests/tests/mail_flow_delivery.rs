@@ -8,37 +8,13 @@ use std::time::{Duration, Instant};
 
 use mailflow_events::Envelope;
 use mailflow_events::delivery::{DeliveryEvent, Scope};
-use mailflow_tests::clients::python;
+use mailflow_tests::clients::send_numbered;
 use mailflow_tests::dns::DnsServer;
 use mailflow_tests::postfix::SmtpSink;
-use mailflow_tests::router::{BASE_CONFIG, Router};
+use mailflow_tests::router::{BASE_CONFIG, Router, relay_config};
 use mailflow_tests::sink::{Script, Sink};
 
 const ZONE: &str = "example.org. 300 IN MX 10 mx.example.org.\nmx.example.org. 300 IN A 127.0.0.1\n";
-
-fn config(dns: &DnsServer, mx_port: u16, transport: &str) -> String {
-    format!(
-        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[transport]\nmx_port = {mx_port}\n{transport}\n\n\
-         [[inbound_connectors]]\nname = \"onprem\"\nkind = \"on_premises\"\nsender_ip_addresses = [\"127.0.0.1\"]\n",
-        dns.address
-    )
-}
-
-/// Sends `count` messages in one session, numbered in their subjects.
-fn send_numbered(router: &Router, sender: &str, recipient: &str, count: usize) -> anyhow::Result<()> {
-    let script = format!(
-        r#"
-s = smtplib.SMTP(ADDR, PORT)
-s.ehlo("onprem.contoso.com")
-for n in range({count}):
-    s.sendmail({sender:?}, [{recipient:?}], ("From: {sender}\r\nSubject: message %03d\r\n\r\nbody %d\r\n" % (n, n)).encode())
-s.quit()
-print(json.dumps("sent"))
-"#
-    );
-    python(router.smtp(), &script)?;
-    Ok(())
-}
 
 /// The payload of the first `variant` event among `events`.
 macro_rules! first {
@@ -75,28 +51,12 @@ async fn wait_for_events(
     }
 }
 
-fn subject(content: &[u8]) -> String {
-    let text = String::from_utf8_lossy(content);
-    text.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().trim().to_string()
-}
-
-async fn wait_for_sink(sink: &Sink, count: usize) -> anyhow::Result<Vec<mailflow_tests::sink::Received>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let received = sink.received();
-        if received.len() >= count || Instant::now() > deadline {
-            return Ok(received);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_mail_is_delivered_to_the_recipient_domains_mx_a_real_postfix_peer() -> anyhow::Result<()> {
     let dns = DnsServer::start(ZONE)?;
     let peer = SmtpSink::start(&[])?;
-    let router = Router::start(&config(&dns, peer.address.port(), ""))?;
-    send_numbered(&router, "alice@contoso.com", "bob@example.org", 1)?;
+    let router = Router::start(&relay_config(&dns, peer.address.port(), ""))?;
+    send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 1)?;
     let dumped = peer.wait_for_dumps(1)?;
     assert_eq!(dumped[0].mail_args.split_whitespace().next(), Some("<alice@contoso.com>"));
     assert_eq!(
@@ -122,8 +82,8 @@ async fn a_down_next_hop_defers_on_schedule_and_after_recovery_100_messages_arri
     // DESIGN §3 and spec 11.4 T; time comes from a schedule in seconds.
     let dns = DnsServer::start(ZONE)?;
     let port = Sink::closed_port()?;
-    let router = Router::start(&config(&dns, port.port(), "retry_schedule = [\"1s\", \"2s\"]"))?;
-    send_numbered(&router, "alice@contoso.com", "bob@example.org", 100)?;
+    let router = Router::start(&relay_config(&dns, port.port(), "retry_schedule = [\"1s\", \"2s\"]"))?;
+    send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 100)?;
     // The destination is probed on the schedule while it refuses connections.
     let events = wait_for_events(&router, "three destination deferrals", |events| {
         events
@@ -156,8 +116,8 @@ async fn a_down_next_hop_defers_on_schedule_and_after_recovery_100_messages_arri
     );
     // The next hop comes back: everything arrives, in the order received.
     let sink = Sink::start_at(port, Script::smtp()).await?;
-    let received = wait_for_sink(&sink, 100).await?;
-    let subjects: Vec<String> = received.iter().map(|r| subject(&r.content)).collect();
+    let received = sink.wait_for_received(100, Duration::from_secs(60)).await;
+    let subjects: Vec<String> = received.iter().map(|r| r.subject()).collect();
     let expected: Vec<String> = (0..100).map(|n| format!("message {n:03}")).collect();
     assert_eq!(subjects, expected);
     let events = wait_for_events(&router, "100 deliveries", |events| {
@@ -174,8 +134,8 @@ async fn a_killed_router_rebuilds_its_queue_from_the_log_and_delivers_each_messa
     let dns = DnsServer::start(ZONE)?;
     let port = Sink::closed_port()?;
     let transport = "retry_schedule = [\"1s\"]";
-    let router = Router::start(&config(&dns, port.port(), transport))?;
-    send_numbered(&router, "alice@contoso.com", "bob@example.org", 20)?;
+    let router = Router::start(&relay_config(&dns, port.port(), transport))?;
+    send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 20)?;
     let before = wait_for_events(&router, "20 queued and a deferral", |events| {
         events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_)))
             && events.iter().filter(|e| matches!(e.event, DeliveryEvent::Queued(_))).count() >= 20
@@ -185,9 +145,9 @@ async fn a_killed_router_rebuilds_its_queue_from_the_log_and_delivers_each_messa
     // kill -9, then the next hop recovers while the router is down.
     let dir = router.into_dir();
     let sink = Sink::start_at(port, Script::smtp()).await?;
-    let router = Router::start_in(dir, &config(&dns, port.port(), transport))?;
-    let received = wait_for_sink(&sink, 20).await?;
-    let subjects: Vec<String> = received.iter().map(|r| subject(&r.content)).collect();
+    let router = Router::start_in(dir, &relay_config(&dns, port.port(), transport))?;
+    let received = sink.wait_for_received(20, Duration::from_secs(60)).await;
+    let subjects: Vec<String> = received.iter().map(|r| r.subject()).collect();
     let expected: Vec<String> = (0..20).map(|n| format!("message {n:03}")).collect();
     assert_eq!(subjects, expected, "the rebuilt queue keeps receipt order; nothing delivered twice");
     let events = wait_for_events(&router, "20 deliveries", |events| {
@@ -207,8 +167,8 @@ async fn a_5xx_fails_the_recipient_at_once_and_its_ndr_reaches_the_senders_mailb
     let dns = DnsServer::start(ZONE)?;
     let sink =
         Sink::start(Script::smtp().rcpt("gone@example.org", "550 5.1.1 <gone@example.org>: User unknown")).await?;
-    let router = Router::start(&config(&dns, sink.address.port(), ""))?;
-    send_numbered(&router, "alice@contoso.com", "gone@example.org", 1)?;
+    let router = Router::start(&relay_config(&dns, sink.address.port(), ""))?;
+    send_numbered(router.smtp(), "alice@contoso.com", "gone@example.org", 1)?;
     let events = wait_for_events(&router, "a failure", |events| {
         events.iter().any(|e| matches!(e.event, DeliveryEvent::Failed(_)))
     })
@@ -233,8 +193,9 @@ async fn a_5xx_fails_the_recipient_at_once_and_its_ndr_reaches_the_senders_mailb
 async fn a_message_that_cannot_be_delivered_in_time_expires_with_an_ndr_4_4_7() -> anyhow::Result<()> {
     let dns = DnsServer::start(ZONE)?;
     let port = Sink::closed_port()?;
-    let router = Router::start(&config(&dns, port.port(), "retry_schedule = [\"1s\"]\nmessage_expiration = \"3s\""))?;
-    send_numbered(&router, "alice@contoso.com", "bob@example.org", 1)?;
+    let router =
+        Router::start(&relay_config(&dns, port.port(), "retry_schedule = [\"1s\"]\nmessage_expiration = \"3s\""))?;
+    send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 1)?;
     let events = wait_for_events(&router, "expiry", |events| {
         events.iter().any(|e| matches!(e.event, DeliveryEvent::Expired(_)))
     })
@@ -280,9 +241,9 @@ async fn outbound_mail_from_a_domain_with_a_key_is_dkim_signed_and_verifies_agai
         "\n[[dkim_signing]]\ndomain = \"contoso.com\"\nselector = \"s1\"\nalgorithm = \"ed25519\"\nprivate_key = {:?}\n",
         key_file.path().display().to_string()
     );
-    let router = Router::start(&format!("{}{signing}", config(&dns, sink.address.port(), "")))?;
-    send_numbered(&router, "alice@contoso.com", "bob@example.org", 1)?;
-    let received = wait_for_sink(&sink, 1).await?;
+    let router = Router::start(&format!("{}{signing}", relay_config(&dns, sink.address.port(), "")))?;
+    send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 1)?;
+    let received = sink.wait_for_received(1, Duration::from_secs(60)).await;
     let content = &received.first().expect("delivered").content;
     assert!(content.starts_with(b"DKIM-Signature: v=1; a=ed25519-sha256;"), "{}", String::from_utf8_lossy(content));
     // Verify as a receiver would, against the published key.
@@ -303,21 +264,20 @@ async fn several_connections_to_one_destination_take_messages_in_receipt_order()
     let dns = DnsServer::start(ZONE)?;
     let port = Sink::closed_port()?;
     let transport = "retry_schedule = [\"1s\"]\nmax_connections_per_destination = 4";
-    let router = Router::start(&config(&dns, port.port(), transport))?;
-    send_numbered(&router, "alice@contoso.com", "bob@example.org", 40)?;
+    let router = Router::start(&relay_config(&dns, port.port(), transport))?;
+    send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 40)?;
     wait_for_events(&router, "40 queued and a deferral", |events| {
         events.iter().filter(|e| matches!(e.event, DeliveryEvent::Queued(_))).count() == 40
             && events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_)))
     })
     .await?;
     let sink = Sink::start_at(port, Script::smtp()).await?;
-    let received = wait_for_sink(&sink, 40).await?;
-    let mut subjects: Vec<String> = received.iter().map(|r| subject(&r.content)).collect();
+    let received = sink.wait_for_received(40, Duration::from_secs(60)).await;
+    let mut subjects: Vec<String> = received.iter().map(|r| r.subject()).collect();
     assert!(sink.connections() >= 2, "more than one connection was used: {}", sink.connections());
     // Each connection took the next message in receipt order.
     for connection in 0..sink.connections() {
-        let mine: Vec<String> =
-            received.iter().filter(|r| r.connection == connection).map(|r| subject(&r.content)).collect();
+        let mine: Vec<String> = received.iter().filter(|r| r.connection == connection).map(|r| r.subject()).collect();
         let mut sorted = mine.clone();
         sorted.sort();
         assert_eq!(mine, sorted, "connection {connection} went out of order");
@@ -335,8 +295,8 @@ async fn mx_hosts_are_tried_in_preference_order_and_an_unreachable_one_is_skippe
                 mx1.example.org. 300 IN A 127.0.0.5\nmx2.example.org. 300 IN A 127.0.0.1\n";
     let dns = DnsServer::start(zone)?;
     let sink = Sink::start(Script::smtp()).await?; // 127.0.0.1 only: mx1's address refuses
-    let router = Router::start(&config(&dns, sink.address.port(), ""))?;
-    send_numbered(&router, "alice@contoso.com", "bob@example.org", 1)?;
+    let router = Router::start(&relay_config(&dns, sink.address.port(), ""))?;
+    send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 1)?;
     let events = wait_for_events(&router, "a delivery", |events| {
         events.iter().any(|e| matches!(e.event, DeliveryEvent::Delivered(_)))
     })
@@ -360,7 +320,7 @@ async fn a_dns_failure_defers_the_destination_instead_of_failing_the_mail() -> a
         sink.address.port()
     );
     let router = Router::start(&config)?;
-    send_numbered(&router, "alice@contoso.com", "bob@example.org", 1)?;
+    send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 1)?;
     let events = wait_for_events(&router, "a deferral", |events| {
         events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_)))
     })

@@ -243,13 +243,10 @@ async fn on_kafka_the_queue_commands_snapshots_and_replay_verify_work_as_on_the_
     log.create_topic(topic::SNAPSHOTS, 3, mailflow_events::log::TopicKind::Snapshots).await?;
     let number = state["partition"].as_u64().unwrap_or(0) as u32;
     assert!(!read_all(&log, topic::SNAPSHOTS, number, 0).await?.is_empty(), "a snapshot record on Kafka");
-    let verify = std::process::Command::new(mailflow_tests::router::binary()?)
-        .args(["replay", "--verify", "--json", "--config"])
-        .arg(router.config_path())
-        .args(["--admin", &router.listener("admin").to_string()])
-        .env("RUST_LOG", "warn")
-        .output()?;
-    let report: serde_json::Value = serde_json::from_slice(&verify.stdout)?;
+    let (config_path, admin) = (router.config_path().display().to_string(), router.listener("admin").to_string());
+    let report =
+        mailflow_tests::router::cli(&["replay", "--verify", "--json", "--config", &config_path, "--admin", &admin])?
+            .json();
     assert_eq!(report["same"], true, "{report}");
     // The next hop recovers; an operator asks for the attempt now.
     let sink = Sink::start_at(port, Script::smtp()).await?;

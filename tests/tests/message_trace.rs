@@ -4,26 +4,16 @@
 //! the admin API (`/api/v1/trace`) and the `mailflow trace` command of the real
 //! binary what became of each message.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use mailflow_tests::clients::python;
 use mailflow_tests::dns::DnsServer;
-use mailflow_tests::router::{BASE_CONFIG, Router, binary};
+use mailflow_tests::router::{Router, cli, relay_config};
 use mailflow_tests::sink::{Script, Sink};
 use serde_json::Value;
 
 const ZONE: &str = "example.org. 300 IN MX 10 mx.example.org.\nmx.example.org. 300 IN A 127.0.0.1\n";
-
-/// The router as the on-premises server's relay, the internet's MX port given.
-fn config(dns: &DnsServer, mx_port: u16) -> String {
-    format!(
-        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[transport]\nmx_port = {mx_port}\nretry_schedule = [\"1s\"]\n\n\
-         [[inbound_connectors]]\nname = \"onprem\"\nkind = \"on_premises\"\nsender_ip_addresses = [\"127.0.0.1\"]\n",
-        dns.address
-    )
-}
 
 /// Sends one message to each of `recipients` and one transaction whose only
 /// recipient is refused; returns recipient → message id, and `refused` → the reply.
@@ -53,20 +43,12 @@ print(json.dumps(ids))
 
 /// Runs `mailflow trace --json` against the router; returns the JSON it printed.
 fn mailflow_trace(router: &Router, args: &[&str]) -> anyhow::Result<Value> {
-    let output = Command::new(binary()?)
-        .arg("trace")
-        .arg("--admin")
-        .arg(router.listener("admin").to_string())
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .context("running mailflow trace")?;
-    ensure!(output.status.success(), "mailflow trace {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    if args.contains(&"--json") {
-        Ok(serde_json::from_slice(&output.stdout)?)
-    } else {
-        Ok(Value::String(String::from_utf8(output.stdout)?))
-    }
+    let admin = router.listener("admin").to_string();
+    let mut all = vec!["trace", "--admin", admin.as_str()];
+    all.extend_from_slice(args);
+    let run = cli(&all)?;
+    ensure!(run.status == 0, "mailflow trace {args:?} failed: {}", run.stderr);
+    if args.contains(&"--json") { Ok(serde_json::from_str(&run.stdout)?) } else { Ok(Value::String(run.stdout)) }
 }
 
 /// `(recipient, status)` of each row of a search answer.
@@ -107,7 +89,7 @@ async fn trace_finds_delivered_refused_and_deferred_then_delivered_mail_and_list
 -> anyhow::Result<()> {
     let dns = DnsServer::start(ZONE)?;
     let port = Sink::closed_port()?;
-    let router = Router::start(&config(&dns, port.port()))?;
+    let router = Router::start(&relay_config(&dns, port.port(), "retry_schedule = [\"1s\"]"))?;
     router.wait_ready().await?;
     let ids = send(&router, &["alice@contoso.com", "bob@example.org"], "nobody@contoso.com")?;
     let refused = ids["refused"].as_str().context("refused")?;

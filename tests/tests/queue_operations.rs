@@ -3,60 +3,16 @@
 //! `mailflow replay` commands of the real binary against a running router, a
 //! real DNS server and a scriptable next hop.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mailflow_events::delivery::{DeliveryEvent, Scope};
-use mailflow_tests::clients::python;
+use mailflow_tests::clients::{python, send_numbered};
 use mailflow_tests::dns::DnsServer;
-use mailflow_tests::router::{BASE_CONFIG, Router, binary};
+use mailflow_tests::router::{BASE_CONFIG, CliRun, Router, cli, relay_config};
 use mailflow_tests::sink::{Script, Sink};
 
 const ZONE: &str = "example.org. 300 IN MX 10 mx.example.org.\nmx.example.org. 300 IN A 127.0.0.1\n";
 const DESTINATION: &str = "internet:example.org";
-
-fn config(dns: &DnsServer, mx_port: u16, transport: &str) -> String {
-    format!(
-        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[transport]\nmx_port = {mx_port}\n{transport}\n\n\
-         [[inbound_connectors]]\nname = \"onprem\"\nkind = \"on_premises\"\nsender_ip_addresses = [\"127.0.0.1\"]\n",
-        dns.address
-    )
-}
-
-fn send_numbered(router: &Router, count: usize) -> anyhow::Result<()> {
-    let script = format!(
-        r#"
-s = smtplib.SMTP(ADDR, PORT)
-s.ehlo("onprem.contoso.com")
-for n in range({count}):
-    s.sendmail("alice@contoso.com", ["bob@example.org"], ("From: alice@contoso.com\r\nSubject: message %03d\r\n\r\nbody %d\r\n" % (n, n)).encode())
-s.quit()
-print(json.dumps("sent"))
-"#
-    );
-    python(router.smtp(), &script)?;
-    Ok(())
-}
-
-fn subject(content: &[u8]) -> String {
-    let text = String::from_utf8_lossy(content);
-    text.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().trim().to_string()
-}
-
-/// Runs the binary with `args`; returns (exit code, stdout).
-fn mailflow(args: &[&str]) -> anyhow::Result<(i32, String)> {
-    let output = Command::new(binary()?).args(args).env("RUST_LOG", "warn").output()?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
-        eprintln!("mailflow {args:?} failed: {stderr}");
-    }
-    Ok((output.status.code().unwrap_or(-1), String::from_utf8(output.stdout)?))
-}
-
-fn path(p: &Path) -> String {
-    p.display().to_string()
-}
 
 /// Polls `GET path` until `done` holds.
 async fn wait_for(
@@ -78,14 +34,6 @@ async fn wait_for(
     }
 }
 
-async fn wait_for_sink(sink: &Sink, count: usize) -> Vec<mailflow_tests::sink::Received> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sink.received().len() < count && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    sink.received()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_router_rebuilds_exactly_the_state_it_had_and_an_operator_retry_delivers_in_order()
 -> anyhow::Result<()> {
@@ -95,9 +43,9 @@ async fn a_killed_router_rebuilds_exactly_the_state_it_had_and_an_operator_retry
     let dns = DnsServer::start(ZONE)?;
     let port = Sink::closed_port()?;
     // Snapshots every second: the restart loads one and folds only what follows.
-    let config = config(&dns, port.port(), "retry_schedule = [\"1h\"]\nsnapshot_interval = \"1s\"");
+    let config = relay_config(&dns, port.port(), "retry_schedule = [\"1h\"]\nsnapshot_interval = \"1s\"");
     let router = Router::start(&config)?;
-    send_numbered(&router, 20)?;
+    send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 20)?;
     let queue = wait_for(&router, &format!("/api/v1/queues/{DESTINATION}"), "20 queued in retry", |q| {
         q["state"] == "retry" && q["depth"] == 20
     })
@@ -112,18 +60,19 @@ async fn a_killed_router_rebuilds_exactly_the_state_it_had_and_an_operator_retry
 
     // `replay --verify` folds the log to where the live state is: equal.
     let admin = router.listener("admin").to_string();
-    let config_path = path(&router.config_path());
-    let (code, out) = mailflow(&["replay", "--config", &config_path, "--verify", "--admin", &admin, "--json"])?;
+    let config_path = router.config_path().display().to_string();
+    let CliRun { status: code, stdout: out, .. } =
+        cli(&["replay", "--config", &config_path, "--verify", "--admin", &admin, "--json"])?;
     assert_eq!(code, 0, "{out}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out)?["same"], true, "{out}");
     // `replay --state` from the log alone shows the same queue.
-    let (code, out) = mailflow(&["replay", "--config", &config_path, "--state", "--json"])?;
+    let CliRun { status: code, stdout: out, .. } = cli(&["replay", "--config", &config_path, "--state", "--json"])?;
     assert_eq!(code, 0);
     let replayed: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(replayed[0]["state"], before[0]["state"], "the log alone gives the live state");
     // As of an instant before anything was queued, the state is empty.
-    let (code, out) =
-        mailflow(&["replay", "--config", &config_path, "--state", "--json", "--at", "2000-01-01T00:00:00Z"])?;
+    let CliRun { status: code, stdout: out, .. } =
+        cli(&["replay", "--config", &config_path, "--state", "--json", "--at", "2000-01-01T00:00:00Z"])?;
     assert_eq!(code, 0);
     let empty: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(empty[0]["state"]["destinations"], serde_json::json!({}));
@@ -140,12 +89,13 @@ async fn a_killed_router_rebuilds_exactly_the_state_it_had_and_an_operator_retry
     // operator asks for one now (an event in the log).
     let sink = Sink::start_at(port, Script::smtp()).await?;
     let admin = router.listener("admin").to_string();
-    let config_path = path(&router.config_path());
-    let (code, out) = mailflow(&["queue", "--config", &config_path, "--admin", &admin, "retry", DESTINATION])?;
+    let config_path = router.config_path().display().to_string();
+    let CliRun { status: code, stdout: out, .. } =
+        cli(&["queue", "--config", &config_path, "--admin", &admin, "retry", DESTINATION])?;
     assert_eq!(code, 0);
     assert!(out.starts_with("RetryRequested internet:example.org appended"), "{out}");
-    let received = wait_for_sink(&sink, 20).await;
-    let subjects: Vec<String> = received.iter().map(|r| subject(&r.content)).collect();
+    let received = sink.wait_for_received(20, Duration::from_secs(30)).await;
+    let subjects: Vec<String> = received.iter().map(|r| r.subject()).collect();
     let expected: Vec<String> = (0..20).map(|n| format!("message {n:03}")).collect();
     assert_eq!(subjects, expected, "in receipt order, each once");
     let events = router.delivery_events().await?;
@@ -161,14 +111,14 @@ async fn a_killed_router_rebuilds_exactly_the_state_it_had_and_an_operator_retry
 async fn operators_hold_release_delete_and_bounce_queued_mail_and_every_action_is_an_event() -> anyhow::Result<()> {
     let dns = DnsServer::start(ZONE)?;
     let sink = Sink::start(Script::smtp()).await?;
-    let router = Router::start(&config(&dns, sink.address.port(), ""))?;
+    let router = Router::start(&relay_config(&dns, sink.address.port(), ""))?;
     router.wait_ready().await?;
     let admin = router.listener("admin").to_string();
-    let config_path = path(&router.config_path());
+    let config_path = router.config_path().display().to_string();
     let queue = |args: &[&str]| {
         let mut all = vec!["queue", "--config", config_path.as_str(), "--admin", admin.as_str()];
         all.extend_from_slice(args);
-        mailflow(&all)
+        cli(&all)
     };
 
     // Without the token nothing changes.
@@ -183,14 +133,14 @@ async fn operators_hold_release_delete_and_bounce_queued_mail_and_every_action_i
     assert!(refused.unwrap_err().to_string().contains("the admin token is wrong"));
 
     // Hold the destination before mail for it arrives.
-    let (code, _) = queue(&["suspend", DESTINATION, "--reason", "maintenance at the partner"])?;
+    let CliRun { status: code, .. } = queue(&["suspend", DESTINATION, "--reason", "maintenance at the partner"])?;
     assert_eq!(code, 0);
-    send_numbered(&router, 3)?;
+    send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 3)?;
     let held = wait_for(&router, &format!("/api/v1/queues/{DESTINATION}"), "3 held", |q| q["depth"] == 3).await?;
     assert_eq!(held["state"], "suspended");
     let ids: Vec<String> =
         held["messages"].as_array().unwrap().iter().map(|m| m["message_id"].as_str().unwrap().to_string()).collect();
-    let (code, out) = queue(&["--json"])?;
+    let CliRun { status: code, stdout: out, .. } = queue(&["--json"])?;
     assert_eq!(code, 0);
     let listed: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(listed[0]["key"], DESTINATION);
@@ -199,16 +149,16 @@ async fn operators_hold_release_delete_and_bounce_queued_mail_and_every_action_i
     assert!(sink.received().is_empty(), "nothing leaves a held queue");
 
     // Delete the first without notice, bounce the second with an NDR.
-    assert_eq!(queue(&["delete", DESTINATION, "--message", &ids[0]])?.0, 0);
-    let (code, out) = queue(&["bounce", DESTINATION, "--message", &ids[1], "--json"])?;
+    assert_eq!(queue(&["delete", DESTINATION, "--message", &ids[0]])?.status, 0);
+    let CliRun { status: code, stdout: out, .. } = queue(&["bounce", DESTINATION, "--message", &ids[1], "--json"])?;
     assert_eq!(code, 0);
     let bounced: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(bounced["ndrs"].as_array().map(Vec::len), Some(1), "{bounced}");
-    assert_eq!(queue(&["resume", DESTINATION])?.0, 0);
-    let received = wait_for_sink(&sink, 1).await;
+    assert_eq!(queue(&["resume", DESTINATION])?.status, 0);
+    let received = sink.wait_for_received(1, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(received.len(), 1);
-    assert_eq!(subject(&received[0].content), "message 002", "only the third message is delivered");
+    assert_eq!(received[0].subject(), "message 002", "only the third message is delivered");
     assert_eq!(sink.received().len(), 1);
 
     // The bounce's NDR reaches alice's mailbox with Exchange's admin text.
@@ -248,7 +198,7 @@ async fn operators_hold_release_delete_and_bounce_queued_mail_and_every_action_i
         ]
     );
     // An unknown message is a clear error.
-    let (code, _) = queue(&["delete", DESTINATION, "--message", "no-such-id"])?;
+    let CliRun { status: code, .. } = queue(&["delete", DESTINATION, "--message", "no-such-id"])?;
     assert_eq!(code, 1);
     Ok(())
 }
@@ -312,11 +262,11 @@ print(json.dumps("sent"))
 
     // Released by the operator: delivered to the inbox, once.
     let admin = router.listener("admin").to_string();
-    let config_path = path(&router.config_path());
+    let config_path = router.config_path().display().to_string();
     let release = |id: &str| {
-        mailflow(&["queue", "--config", &config_path, "--admin", &admin, "release", id, "--reason", "false positive"])
+        cli(&["queue", "--config", &config_path, "--admin", &admin, "release", id, "--reason", "false positive"])
     };
-    let (code, out) = release(id)?;
+    let CliRun { status: code, stdout: out, .. } = release(id)?;
     assert_eq!(code, 0, "{out}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while maildir_messages(&router, "alice@contoso.com").len() < 2 && Instant::now() < deadline {
@@ -327,7 +277,7 @@ print(json.dumps("sent"))
     assert!(inbox.iter().any(|m| m.contains("Subject: please hold this")), "the released message is in the inbox");
     let shown = router.admin().get(&format!("/api/v1/quarantine/{id}")).await?;
     assert!(shown["released_at_offset"].is_u64(), "{shown}");
-    let (code, _) = release(id)?;
+    let CliRun { status: code, .. } = release(id)?;
     assert_eq!(code, 1, "a second release is refused");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(maildir_messages(&router, "alice@contoso.com").len(), 2, "nothing delivered twice");

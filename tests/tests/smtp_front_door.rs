@@ -219,13 +219,10 @@ async fn mailflow_replay_shows_the_events_of_a_running_router() -> anyhow::Resul
     let (code, transcript) = swaks(router.smtp(), &["--from", "s@example.net", "--to", "bob@contoso.com"])?;
     assert_eq!(code, 0, "{transcript}");
     let (_, _) = swaks(router.smtp(), &["--from", "s@example.net", "--to", "nobody@contoso.com"])?;
-    let output = std::process::Command::new(mailflow_tests::router::binary()?)
-        .args(["replay", "--json", "--config"])
-        .arg(router.dir.path().join("config.toml"))
-        .output()?;
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(output.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let config = router.config_path().display().to_string();
+    let run = mailflow_tests::router::cli(&["replay", "--json", "--config", &config])?;
+    assert!(run.status == 0, "{}", run.stderr);
+    let lines: Vec<serde_json::Value> = run.stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     let types: Vec<&str> = lines.iter().filter_map(|l| l["event"]["type"].as_str()).collect();
     assert!(types.contains(&"MessageReceived"), "{types:?}");
     assert!(types.contains(&"RecipientRejected"), "{types:?}");

@@ -4,50 +4,25 @@
 //! serving the test zone.
 
 use std::path::Path;
-use std::process::Command;
 
 use mailflow_tests::dns::DnsServer;
 use mailflow_tests::postfix::{PostfixTls, SmtpSink};
-use mailflow_tests::router::binary;
+use mailflow_tests::router::{CliRun, cli_in};
 use mailflow_tests::sink::Sink;
-
-/// What the command did.
-#[derive(Debug)]
-struct Run {
-    status: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// The `--json` document.
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not one JSON document ({e}): {self:?}"))
-    }
-}
 
 /// Runs `mailflow validate-connector` with `config` (TOML, after a base with
 /// the accepted domain `contoso.com`) written into a temporary directory.
-fn validate(config: &str, args: &[&str]) -> Run {
+fn validate(config: &str, args: &[&str]) -> CliRun {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("config.toml");
     let base = "[server]\nhostname = \"mailflow.contoso.test\"\n\n[[accepted_domains]]\nname = \"contoso.com\"\n\
                 default = true\n";
     std::fs::write(&path, format!("{base}\n{config}")).expect("config");
-    let output = Command::new(binary().expect("binary"))
-        .arg("validate-connector")
-        .args(args)
-        .arg("--config")
-        .arg(&path)
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running mailflow");
-    let run = Run {
-        status: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
+    let path = path.to_str().expect("UTF-8 path");
+    let mut all = vec!["validate-connector"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--config", path]);
+    let run = cli_in(dir.path(), &all).expect("running mailflow");
     eprintln!("{}{}", run.stdout, run.stderr);
     run
 }

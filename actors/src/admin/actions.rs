@@ -9,6 +9,7 @@ use chrono::Utc;
 use mailflow_events::delivery::{
     DeliveryEvent, Destination, DestinationKind, OperatorAction, OperatorDeleted, Queued, Scope,
 };
+use mailflow_events::envelope::TaggedEvent as _;
 use mailflow_events::received::SmtpReply;
 use mailflow_events::{Envelope, topic};
 use serde::Deserialize;
@@ -229,7 +230,7 @@ async fn act(
     }
     let scope = if message.is_some() { Scope::Message } else { Scope::Destination };
     let event = event_for(action, destination, scope, &body);
-    let type_name = event_name(&event);
+    let type_name = event.tag();
     let envelope = Envelope::new(message.clone().unwrap_or_default(), &state.producer, Utc::now(), event);
     match state.log.append(topic::DELIVERY, key.as_bytes(), &envelope.to_json()).await {
         Ok(position) => {
@@ -244,16 +245,6 @@ async fn act(
             }))
         }
         Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, format!("the event log refused the action: {err}")),
-    }
-}
-
-fn event_name(event: &DeliveryEvent) -> &'static str {
-    match event {
-        DeliveryEvent::RetryRequested(_) => "RetryRequested",
-        DeliveryEvent::Suspended(_) => "Suspended",
-        DeliveryEvent::Resumed(_) => "Resumed",
-        DeliveryEvent::Deleted(_) => "Deleted",
-        _ => "other",
     }
 }
 

@@ -25,15 +25,6 @@ use mailflow_events::log::EventLog as _;
 use mailflow_events::log::embedded::{EmbeddedLog, Options};
 use mailflow_events::topic;
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let count: u64 = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(1_000_000);
@@ -109,11 +100,11 @@ fn main() -> anyhow::Result<()> {
             }
             println!("wrote {count} events in {:.1} s", started.elapsed().as_secs_f64());
         }
-        let before = rss_kib();
+        let before = mailflow_benches::rss_kib();
         let started = Instant::now();
         let state = mailflow_actors::delivery::actor::rebuild(log.as_ref(), 0, None).await?;
         let elapsed = started.elapsed();
-        let after = rss_kib();
+        let after = mailflow_benches::rss_kib();
         let queued = state.depth();
         println!(
             "replayed {} events in {:.3} s ({:.0} events/s); {queued} messages queued; RSS +{} MiB = {:.0} bytes per queued message",

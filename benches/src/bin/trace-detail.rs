@@ -27,15 +27,6 @@ use mailflow_events::topic;
 
 const PARTITIONS: u32 = 12;
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// xorshift64*: reproducible picks without a dependency.
 fn next_random(state: &mut u64) -> u64 {
     *state ^= *state >> 12;
@@ -142,12 +133,12 @@ fn main() -> anyhow::Result<()> {
         }
 
         let index = TraceHandle::default();
-        let before = rss_kib();
+        let before = mailflow_benches::rss_kib();
         let started = Instant::now();
         let mut next = vec![0u64; PARTITIONS as usize];
         let applied = follow::catch_up(log.as_ref(), &index, &mut next).await?;
         let elapsed = started.elapsed();
-        let after = rss_kib();
+        let after = mailflow_benches::rss_kib();
         let messages = index.read().map_or(0, |i| i.messages());
         println!(
             "built the index of {messages} messages from {applied} records in {:.2} s ({:.0} records/s); RSS +{} MiB = {:.0} bytes per message",
