@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix::{Actor, AsyncContext as _, Context, WrapFuture as _};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use hickory_resolver::TokioResolver;
 use mailflow_events::delivery::{Deferred, Delivered, DeliveryEvent, DestinationKind, Expired, Failed, Queued, Scope};
 use mailflow_events::log::{EventLog, Record};
@@ -349,12 +349,18 @@ async fn run(shared: Arc<Shared>, mut queries: mpsc::Receiver<Query>, ready: Arc
             if changed >= SNAPSHOT_EVERY_EVENTS
                 || changed > 0 && owned.snapshot_time.elapsed() >= shared.snapshot_interval
             {
-                // Serialised here, where the state is; written by a task.
-                let data = super::snapshot::serialise(&owned.state);
+                // Copied here, where the state is (a clone costs far less than
+                // serialising); serialised on a blocking thread and written by a
+                // task, so the loop does not wait for either.
+                let state = owned.state.clone();
                 let (next_offset, partition, log) = (owned.state.next_offset, *partition, Arc::clone(&shared.log));
                 owned.snapshot_at = next_offset;
                 owned.snapshot_time = tokio::time::Instant::now();
                 tokio::spawn(async move {
+                    let Ok(data) = tokio::task::spawn_blocking(move || super::snapshot::serialise(&state)).await else {
+                        tracing::warn!(partition, "snapshot not serialised; the next one will be");
+                        return;
+                    };
                     match super::snapshot::write(log.as_ref(), partition, next_offset, &data).await {
                         Ok(at) => tracing::info!(
                             partition,
@@ -1003,28 +1009,4 @@ async fn deliver_maildir(
         last = defer_message(shared, work, &remaining, &failure, None).await;
     }
     last
-}
-
-/// Used by tests and `mailflow replay`: the state of a partition from its events.
-pub async fn rebuild(
-    log: &dyn EventLog,
-    partition: u32,
-    until: Option<DateTime<Utc>>,
-) -> Result<PartitionState, mailflow_events::log::LogError> {
-    let mut state = PartitionState::default();
-    let mut offset = 0;
-    loop {
-        let records = log.read(topic::DELIVERY, partition, offset, 4096).await?;
-        if records.is_empty() {
-            return Ok(state);
-        }
-        for record in &records {
-            offset = record.position.offset + 1;
-            let Ok(envelope) = Envelope::<DeliveryEvent>::from_json(&record.value) else { continue };
-            if until.is_some_and(|until| envelope.occurred_at > until) {
-                return Ok(state);
-            }
-            state.apply(record.position.offset, &envelope);
-        }
-    }
 }

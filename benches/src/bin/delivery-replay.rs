@@ -5,7 +5,7 @@
 //! Writes N events for one destination: `Queued`, and every 1,000th a
 //! destination-level `Deferred` of the head of the queue, into one partition of a fresh embedded log
 //! (many concurrent appenders, so group commit batches them), then measures
-//! `delivery::actor::rebuild` of that partition: wall time, events per second,
+//! `replay::fold` (what `mailflow replay --state` runs) of that partition: wall time, events per second,
 //! and the growth of the resident set while the state is held, per message.
 //!
 //! Then writes the state as a snapshot and times loading it back.
@@ -102,7 +102,8 @@ fn main() -> anyhow::Result<()> {
         }
         let before = mailflow_benches::rss_kib();
         let started = Instant::now();
-        let state = mailflow_actors::delivery::actor::rebuild(log.as_ref(), 0, None).await?;
+        let until = mailflow_actors::replay::Until::default();
+        let state = mailflow_actors::replay::fold(log.as_ref(), 0, until, &mut |_, _| {}).await?;
         let elapsed = started.elapsed();
         let after = mailflow_benches::rss_kib();
         let queued = state.depth();
