@@ -13,8 +13,21 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "mailflow", version, about)]
 struct Cli {
+    /// Log lines on standard error as text or as one JSON object per line
+    /// (fields such as `message_id` as JSON fields; the filter is `RUST_LOG`).
+    #[arg(long, global = true, env = "MAILFLOW_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,11 +222,14 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 
 /// Runs the command named on the command line.
 pub fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
     match cli.command {
         Command::Serve { config, roles } => {
             let config = load(config.as_ref())?;
@@ -470,9 +486,21 @@ enum Role {
     Journal,
 }
 
+/// SIGTERM (what Kubernetes and systemd send) or SIGINT (Ctrl-C).
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM"),
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+    }
+    Ok(())
+}
+
 async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     use actix::Actor as _;
     let log = event_log::open(&config.event_log, "mailflow").await.context("opening the event log")?;
+    let (drain, drained) = crate::drain::Drain::new();
     // One resolver, hence one DNS cache, for every role of the process.
     let resolver = crate::dns::resolver(&config.dns).context("building the DNS resolver")?;
     let authenticator = std::sync::Arc::new(mail_auth::MessageAuthenticator(resolver.clone()));
@@ -486,6 +514,7 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
             std::sync::Arc::clone(&log),
             std::sync::Arc::clone(&authenticator),
             "mailflow/connection",
+            drain.clone(),
         )
         .await
         .context("starting the SMTP listeners")?;
@@ -501,6 +530,7 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
             policy: std::sync::Arc::clone(&policy),
             hostname: config.server.hostname.clone(),
             producer: "mailflow/verdict".to_string(),
+            drain: drain.clone(),
         }
         .start();
     }
@@ -510,20 +540,27 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
             router: std::sync::Arc::clone(&router),
             ndr: std::sync::Arc::clone(&ndr),
             producer: "mailflow/routing".to_string(),
+            drain: drain.clone(),
         }
         .start();
     }
     let mut delivery = None;
     if roles.contains(&Role::Delivery) {
-        let shared =
-            crate::delivery::actor::Shared::new(&config, std::sync::Arc::clone(&log), resolver, router, ndr.clone())
-                .context("setting up delivery")?;
+        let shared = crate::delivery::actor::Shared::new(
+            &config,
+            std::sync::Arc::clone(&log),
+            resolver,
+            router,
+            ndr.clone(),
+            drain.clone(),
+        )
+        .context("setting up delivery")?;
         let (actor, handle) = crate::delivery::actor::DeliveryActor::new(std::sync::Arc::new(shared));
         actor.start();
         delivery = Some(handle);
     }
     if roles.contains(&Role::Journal) {
-        crate::journal::actor::JournalActor::new(&config, std::sync::Arc::clone(&log)).start();
+        crate::journal::actor::JournalActor::new(&config, std::sync::Arc::clone(&log), drain.clone()).start();
     }
     let admin_state = std::sync::Arc::new(crate::admin::AdminState {
         log: std::sync::Arc::clone(&log),
@@ -534,6 +571,7 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         producer: "mailflow/admin".to_string(),
         // Every process serving the admin API keeps the message trace.
         trace: config.admin.listen.map(|_| crate::trace::TraceService::start(std::sync::Arc::clone(&log))),
+        drain: drain.clone(),
     });
     let admin = match config.admin.listen {
         Some(listen) => Some(crate::admin::start(listen, std::sync::Arc::clone(&admin_state))?),
@@ -548,8 +586,23 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     }
     admin_state.started.store(true, std::sync::atomic::Ordering::Release);
     println!("ready");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-    tracing::info!("shutting down");
+    shutdown_signal().await?;
+    // See `crate::drain`: the listeners stay open (answering 421 4.3.2) until the end.
+    let deadline = config.server.drain_timeout;
+    tracing::info!(deadline = ?deadline, "draining");
+    drain.start();
+    drop(drain);
+    // A moment past the deadline, for the sessions ended at it to say so (421 4.3.2).
+    let finished = drained.finished(deadline + std::time::Duration::from_secs(1)).await;
+    if finished {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!("drain deadline passed; exiting with work unfinished (it is retried by whoever takes over)");
+    }
+    // Appends acknowledged by now are durable; what a producer still buffers
+    // (Kafka) is flushed when the log is dropped.
     drop(front_door);
+    drop(log);
+    tracing::info!("stopped");
     Ok(())
 }

@@ -56,6 +56,7 @@ pub async fn start(
     log: Arc<dyn EventLog>,
     authenticator: Arc<mail_auth::MessageAuthenticator>,
     producer: &str,
+    drain: crate::drain::Drain,
 ) -> Result<FrontDoor, StartError> {
     let server = &config.server;
     let tls = match &server.tls {
@@ -74,6 +75,8 @@ pub async fn start(
         authenticator,
         hostname: server.hostname.clone(),
         anti_spam: Arc::new(config.anti_spam.clone()),
+        drain,
+        drain_timeout: server.drain_timeout,
     };
     let limits = ConnectionLimits::new(server.max_connections, server.max_connections_per_ip);
     let cores = std::thread::available_parallelism().map_or(2, usize::from);

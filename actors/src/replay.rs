@@ -108,7 +108,13 @@ pub async fn print_state(
     }
     let views: Vec<PartitionView<'_>> = folded
         .iter()
-        .map(|f| PartitionView { partition: f.partition, state: &f.state, replaying: false, snapshot_at: 0 })
+        .map(|f| PartitionView {
+            partition: f.partition,
+            state: &f.state,
+            replaying: false,
+            snapshot_at: 0,
+            replay_remaining: 0,
+        })
         .collect();
     let queues: Vec<QueueSummary> = summaries(&views);
     if let Some(at) = at {

@@ -10,6 +10,30 @@ use mailflow_events::Envelope;
 use mailflow_events::delivery::DeliveryEvent;
 use mailflow_events::log::{EventLog, LogError};
 
+/// The arguments of the log benchmarks, `[N] [DIR]`: how many to write
+/// (default `default_count`) and where the embedded log lives. With DIR the
+/// log is kept for another run (and what it holds is reused); without it, a
+/// temporary directory is removed when this is dropped.
+#[derive(Debug)]
+pub struct LogArgs {
+    /// N.
+    pub count: u64,
+    /// The log directory.
+    pub dir: std::path::PathBuf,
+    _temp: tempfile::TempDir,
+}
+
+impl LogArgs {
+    /// From the command line.
+    pub fn from_env(default_count: u64) -> anyhow::Result<Self> {
+        let args: Vec<String> = std::env::args().collect();
+        let count = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(default_count);
+        let temp = tempfile::tempdir()?;
+        let dir = args.get(2).map_or_else(|| temp.path().join("log"), std::path::PathBuf::from);
+        Ok(Self { count, dir, _temp: temp })
+    }
+}
+
 /// `count` delivery envelopes as (key, JSON), cycling through every delivery
 /// fixture with fresh event and message ids; keys spread over 500 destinations.
 pub fn delivery_envelopes(count: usize) -> Vec<(String, Vec<u8>)> {

@@ -299,6 +299,9 @@ pub enum RejectReason {
     /// Too many concurrent connections from the client (`421 4.7.0`).
     #[serde(rename = "too_many_connections")]
     TooManyConnections,
+    /// The process was draining for a shutdown (`421 4.3.2`).
+    #[serde(rename = "shutting_down")]
+    ShuttingDown,
     /// Source IP on a block list (`5.7.513`, `5.7.606`) or throttled (`451 4.7.500`).
     #[serde(rename = "blocked_ip")]
     BlockedIp,

@@ -4,6 +4,12 @@
 //! native broker binary. It is found through `MAILFLOW_KAFKA_BROKER` (path of
 //! the binary) or the installed Python package. If it is missing the test
 //! fails and says how to install it: Kafka tests never skip silently.
+//!
+//! noida-db keeps its data in memory and saves it to the data directory when
+//! its Kafka service is stopped (`noida-db stop kafka`): an outage is that
+//! stop and a later start on the same port and data. A SIGKILL of the broker
+//! process loses everything it held, like any single broker without fsync
+//! (reliability notes §1.1), so it is no outage a router could survive.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -22,7 +28,7 @@ pub struct Broker {
     child: Child,
     /// `host:port` for `bootstrap.servers`.
     pub bootstrap: String,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 /// Path of the broker binary.
@@ -64,20 +70,55 @@ impl Broker {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}; {INSTALL_HINT}", binary.display()))?;
-        let mut broker = Broker { child, bootstrap: format!("127.0.0.1:{port}"), _data: data };
-        let address: SocketAddr = broker.bootstrap.parse()?;
+        let mut broker = Broker { child, bootstrap: format!("127.0.0.1:{port}"), data };
+        broker.wait_listening()?;
+        Ok(broker)
+    }
+
+    /// Stops the broker's Kafka service: its port refuses connections, its
+    /// data is saved to the data directory. [`Broker::resume`] brings it back.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        self.service("stop")?;
+        let address: SocketAddr = self.bootstrap.parse()?;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
-            if let Some(status) = broker.child.try_wait()? {
-                let log = std::fs::read_to_string(broker._data.path().join("broker.log")).unwrap_or_default();
-                bail!("broker exited with {status}: {log}");
-            }
+        while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
             if Instant::now() > deadline {
-                bail!("broker did not listen on {} within 20 s", broker.bootstrap);
+                bail!("broker still listens on {} 20 s after it was stopped", self.bootstrap);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(broker)
+        Ok(())
+    }
+
+    /// Starts the Kafka service again, on the same port with the saved data.
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        self.service("start")?;
+        self.wait_listening()
+    }
+
+    /// `noida-db stop|start kafka` against the running broker.
+    fn service(&self, action: &str) -> anyhow::Result<()> {
+        let output = Command::new(binary()?).args([action, "kafka", "--data-dir"]).arg(self.data.path()).output()?;
+        if !output.status.success() {
+            bail!("noida-db {action} kafka failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(())
+    }
+
+    fn wait_listening(&mut self) -> anyhow::Result<()> {
+        let address: SocketAddr = self.bootstrap.parse()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+            if let Some(status) = self.child.try_wait()? {
+                let log = std::fs::read_to_string(self.data.path().join("broker.log")).unwrap_or_default();
+                bail!("broker exited with {status}: {log}");
+            }
+            if Instant::now() > deadline {
+                bail!("broker did not listen on {} within 20 s", self.bootstrap);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
     }
 }
 

@@ -53,3 +53,35 @@ print(json.dumps("sent"))
     python(address, &script)?;
     Ok(())
 }
+
+/// Over one session from the on-premises connector's address, sends each of
+/// `messages` (recipient, content) from alice@contoso.com in a transaction of
+/// its own, then one transaction whose only recipient, `refused`, must be
+/// refused. Returns recipient → message id (from each 250), and `"refused"` →
+/// the refusal as `"CODE TEXT"`.
+pub fn send_each_and_refuse(
+    address: SocketAddr,
+    messages: &[(String, String)],
+    refused: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let script = format!(
+        r#"
+ids = {{}}
+s = smtplib.SMTP(ADDR, PORT)
+s.ehlo("onprem.contoso.com")
+for to, body in {messages:?}:
+    assert s.mail("alice@contoso.com")[0] == 250
+    assert s.rcpt(to)[0] == 250
+    code, reply = s.data(body.encode())
+    assert code == 250, reply
+    ids[to] = reply.decode().split("<")[1].split(">")[0]
+assert s.mail("alice@contoso.com")[0] == 250
+code, reply = s.rcpt({refused:?})
+ids["refused"] = "%d %s" % (code, reply.decode())
+s.rset()
+s.quit()
+print(json.dumps(ids))
+"#
+    );
+    python(address, &script)
+}

@@ -65,12 +65,26 @@ impl SmtpSink {
 
     /// The transactions dumped so far (in no particular order within a second).
     pub fn dumped(&self) -> anyhow::Result<Vec<Dumped>> {
+        Ok(self.dumped_by_name()?.into_iter().map(|(_, dumped)| dumped).collect())
+    }
+
+    /// Like [`SmtpSink::dumped`], each with the name of its dump file.
+    pub fn dumped_by_name(&self) -> anyhow::Result<Vec<(String, Dumped)>> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(self.dumps.path())? {
-            let text = std::fs::read_to_string(entry?.path())?;
-            out.push(parse_dump(&text)?);
+            let entry = entry?;
+            let text = std::fs::read_to_string(entry.path())?;
+            out.push((entry.file_name().to_string_lossy().into_owned(), parse_dump(&text)?));
         }
         Ok(out)
+    }
+
+    /// Names of the dump files so far, one per transaction smtp-sink answered
+    /// (it keeps no file of a transaction whose connection broke before the end).
+    pub fn dump_names(&self) -> anyhow::Result<std::collections::BTreeSet<String>> {
+        std::fs::read_dir(self.dumps.path())?
+            .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+            .collect()
     }
 
     /// Polls until at least `count` transactions were dumped (smtp-sink may

@@ -21,6 +21,9 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 #[derive(Debug)]
 pub struct Router {
     child: Child,
+    /// The router's own process when it runs under a wrapper command
+    /// ([`Router::start_wrapped`]); `child` is then the wrapper.
+    wrapped: Option<u32>,
     /// Listener name → bound address.
     pub listeners: HashMap<String, SocketAddr>,
     /// Holds `config.toml`, `log/` and anything a test puts there.
@@ -69,6 +72,19 @@ impl Router {
 
     /// Like [`Router::start_in`], with more `serve` arguments (e.g. `--roles delivery`).
     pub fn start_with(dir: tempfile::TempDir, config: &str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn(dir, config, args, &[])
+    }
+
+    /// Like [`Router::start_in`], with the binary run by a wrapper command
+    /// that runs its arguments as a child (e.g. `strace -f -e inject=…`):
+    /// `wrapper… mailflow serve --config …`. [`Router::kill`] kills the router
+    /// itself with SIGKILL, then the wrapper.
+    pub fn start_wrapped(dir: tempfile::TempDir, config: &str, wrapper: &[String]) -> anyhow::Result<Self> {
+        anyhow::ensure!(!wrapper.is_empty(), "a wrapper command is needed");
+        Self::spawn(dir, config, &[], wrapper)
+    }
+
+    fn spawn(dir: tempfile::TempDir, config: &str, args: &[&str], wrapper: &[String]) -> anyhow::Result<Self> {
         let log = dir.path().join("log");
         // The embedded log in the test's directory, unless the test brings its own.
         let full = if config.contains("[event_log]") {
@@ -91,7 +107,15 @@ impl Router {
         };
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, full)?;
-        let mut child = Command::new(binary()?)
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(binary()?);
+                command
+            }
+            None => Command::new(binary()?),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -106,10 +130,9 @@ impl Router {
         let stdout = child.stdout.take().context("stdout")?;
         let (lines, received) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // Read to the end even after startup, so the router never writes into a closed pipe.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
+                let _ = lines.send(line);
             }
         });
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -130,7 +153,14 @@ impl Router {
                 }
             }
         }
-        Ok(Self { child, listeners, dir })
+        // The wrapper's only child is the router (it printed `ready`, so it exists).
+        let wrapped = if wrapper.is_empty() {
+            None
+        } else {
+            let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))?;
+            Some(children.split_whitespace().next().context("the wrapper has no child")?.parse()?)
+        };
+        Ok(Self { child, wrapped, listeners, dir })
     }
 
     /// Address of the listener named `name`.
@@ -163,18 +193,64 @@ impl Router {
         self.dir.path().join("config.toml")
     }
 
+    /// The router's resident set size in KiB (`VmRSS` of its `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in the router's /proc status")
+    }
+
     /// Address of the `smtp` listener.
     pub fn smtp(&self) -> SocketAddr {
         self.listener("smtp")
     }
 
-    /// Kills the router with SIGKILL and waits for it.
+    /// Kills the router with SIGKILL and waits for it (and for its wrapper).
     pub fn kill(&mut self) {
+        if let Some(pid) = self.wrapped.take() {
+            // The wrapper reaps the router and then exits: once it has, the
+            // router's log lock is free. It is killed if it does not within 10 s.
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    /// Kills the router and hands back its directory (to restart on the same log).
+    /// The router's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (a graceful drain) and waits up to `timeout` for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        self.wait_for_exit(timeout)
+    }
+
+    /// Waits up to `timeout` for the router to exit (SIGKILL after that, and an error).
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                bail!("mailflow did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the router (if it still runs) and hands back its directory (to restart on the same log).
     pub fn into_dir(mut self) -> tempfile::TempDir {
         self.kill();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -234,6 +310,29 @@ impl Router {
     pub async fn delivery_events(&self) -> anyhow::Result<Vec<Envelope<mailflow_events::delivery::DeliveryEvent>>> {
         let records = self.wait_for_records(mailflow_events::topic::DELIVERY, 0).await?;
         records.iter().map(|r| Ok(Envelope::from_json(&r.value)?)).collect()
+    }
+
+    /// Polls the delivery events until `done` holds for them (60 s at most;
+    /// the error names `what` and lists the events).
+    pub async fn wait_for_delivery_events(
+        &self,
+        what: &str,
+        done: impl Fn(&[Envelope<mailflow_events::delivery::DeliveryEvent>]) -> bool,
+    ) -> anyhow::Result<Vec<Envelope<mailflow_events::delivery::DeliveryEvent>>> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let events = self.delivery_events().await?;
+            if done(&events) {
+                return Ok(events);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out waiting for {what}; events: {:#?}",
+                    events.iter().map(|e| &e.event).collect::<Vec<_>>()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits (polling a read-only view of the running router's log) until
@@ -310,9 +409,14 @@ pub fn cli_in(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<CliRun> {
 /// 127.0.0.1 (matched by the on-premises inbound connector `onprem`), the
 /// test DNS server, MX hosts on `mx_port`, and `transport` lines added to `[transport]`.
 pub fn relay_config(dns: &crate::dns::DnsServer, mx_port: u16, transport: &str) -> String {
+    relay_config_at(dns.address, "", mx_port, transport)
+}
+
+/// Like [`relay_config`], with the nameserver at `nameserver` (e.g. a
+/// [`crate::dns::DnsRelay`]) and `dns` lines added to `[dns]` (e.g. `timeout`).
+pub fn relay_config_at(nameserver: SocketAddr, dns: &str, mx_port: u16, transport: &str) -> String {
     format!(
-        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[transport]\nmx_port = {mx_port}\n{transport}\n\n\
-         [[inbound_connectors]]\nname = \"onprem\"\nkind = \"on_premises\"\nsender_ip_addresses = [\"127.0.0.1\"]\n",
-        dns.address
+        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{nameserver}\"]\n{dns}\n\n[transport]\nmx_port = {mx_port}\n{transport}\n\n\
+         [[inbound_connectors]]\nname = \"onprem\"\nkind = \"on_premises\"\nsender_ip_addresses = [\"127.0.0.1\"]\n"
     )
 }

@@ -269,6 +269,14 @@ impl Sink {
         Ok(Self { address, record, task })
     }
 
+    /// Stops the sink and returns once its listener is closed, so that
+    /// another can start at the same address (dropping it only asks the
+    /// runtime to stop it).
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
     /// A loopback address where nothing listens (bound, then closed): connecting is refused.
     pub fn closed_port() -> anyhow::Result<SocketAddr> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;

@@ -591,17 +591,11 @@ async fn lmtp_connection_lost_after_the_end_of_data_keeps_the_replies_received_a
 /// A private CA and a server certificate for `mx.fabrikam.test`, written to
 /// `dir`: returns (server chain PEM, server key PEM, CA file).
 fn certificates(dir: &std::path::Path) -> anyhow::Result<(String, String, std::path::PathBuf)> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::from_params(&ca_params, &ca_key);
-    let server_key = KeyPair::generate()?;
-    let server = CertificateParams::new(vec!["mx.fabrikam.test".to_string()])?.signed_by(&server_key, &issuer)?;
+    let ca = mailflow_tests::pki::TestCa::new()?;
+    let (chain, key) = ca.issue("mx.fabrikam.test")?;
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, ca.pem())?;
-    Ok((server.pem(), server_key.serialize_pem(), ca_file))
+    Ok((chain, key, ca_file))
 }
 
 #[tokio::test]

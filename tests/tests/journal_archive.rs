@@ -18,7 +18,7 @@ use mailflow_events::log::EventLog as _;
 use mailflow_events::log::embedded::EmbeddedLog;
 use mailflow_events::topic;
 use mailflow_tests::broker::Broker;
-use mailflow_tests::clients::python;
+use mailflow_tests::clients::send_each_and_refuse;
 use mailflow_tests::dns::DnsServer;
 use mailflow_tests::router::{Router, cli, relay_config};
 use mailflow_tests::sink::{Script, Sink};
@@ -37,27 +37,8 @@ fn content(to: &str) -> String {
 /// Sends one message per recipient (each in its own transaction) and one
 /// transaction whose only recipient is refused; returns recipient → message id.
 fn send(router: &Router, recipients: &[&str], refused: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let bodies: Vec<String> = recipients.iter().map(|to| content(to)).collect();
-    let script = format!(
-        r#"
-ids = {{}}
-s = smtplib.SMTP(ADDR, PORT)
-s.ehlo("onprem.contoso.com")
-for to, body in zip({recipients:?}, {bodies:?}):
-    assert s.mail("alice@contoso.com")[0] == 250
-    assert s.rcpt(to)[0] == 250
-    code, reply = s.data(body.encode())
-    assert code == 250, reply
-    ids[to] = reply.decode().split("<")[1].split(">")[0]
-assert s.mail("alice@contoso.com")[0] == 250
-code, reply = s.rcpt({refused:?})
-ids["refused"] = "%d %s" % (code, reply.decode())
-s.rset()
-s.quit()
-print(json.dumps(ids))
-"#
-    );
-    let ids = python(router.smtp(), &script)?;
+    let messages: Vec<(String, String)> = recipients.iter().map(|to| (to.to_string(), content(to))).collect();
+    let ids = send_each_and_refuse(router.smtp(), &messages, refused)?;
     serde_json::from_value(ids).context("message ids")
 }
 

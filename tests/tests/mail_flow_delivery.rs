@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use mailflow_events::Envelope;
 use mailflow_events::delivery::{DeliveryEvent, Scope};
 use mailflow_tests::clients::send_numbered;
 use mailflow_tests::dns::DnsServer;
@@ -29,28 +28,6 @@ macro_rules! first {
     };
 }
 
-/// Polls the delivery events until `done` holds for them.
-async fn wait_for_events(
-    router: &Router,
-    what: &str,
-    done: impl Fn(&[Envelope<DeliveryEvent>]) -> bool,
-) -> anyhow::Result<Vec<Envelope<DeliveryEvent>>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let events = router.delivery_events().await?;
-        if done(&events) {
-            return Ok(events);
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!(
-                "timed out waiting for {what}; events: {:#?}",
-                events.iter().map(|e| &e.event).collect::<Vec<_>>()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_mail_is_delivered_to_the_recipient_domains_mx_a_real_postfix_peer() -> anyhow::Result<()> {
     let dns = DnsServer::start(ZONE)?;
@@ -64,10 +41,11 @@ async fn outbound_mail_is_delivered_to_the_recipient_domains_mx_a_real_postfix_p
         ["<bob@example.org>"]
     );
     assert!(dumped[0].message.contains("Subject: message 000"), "{}", dumped[0].message);
-    let events = wait_for_events(&router, "Delivered", |events| {
-        events.iter().any(|e| matches!(e.event, DeliveryEvent::Delivered(_)))
-    })
-    .await?;
+    let events = router
+        .wait_for_delivery_events("Delivered", |events| {
+            events.iter().any(|e| matches!(e.event, DeliveryEvent::Delivered(_)))
+        })
+        .await?;
     let delivered = first!(events, Delivered, "delivered");
     assert_eq!(delivered.destination.key(), "internet:example.org");
     assert_eq!(delivered.remote_host.as_deref(), Some("mx.example.org"));
@@ -85,14 +63,15 @@ async fn a_down_next_hop_defers_on_schedule_and_after_recovery_100_messages_arri
     let router = Router::start(&relay_config(&dns, port.port(), "retry_schedule = [\"1s\", \"2s\"]"))?;
     send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 100)?;
     // The destination is probed on the schedule while it refuses connections.
-    let events = wait_for_events(&router, "three destination deferrals", |events| {
-        events
-            .iter()
-            .filter(|e| matches!(&e.event, DeliveryEvent::Deferred(d) if d.scope == Scope::Destination))
-            .count()
-            >= 3
-    })
-    .await?;
+    let events = router
+        .wait_for_delivery_events("three destination deferrals", |events| {
+            events
+                .iter()
+                .filter(|e| matches!(&e.event, DeliveryEvent::Deferred(d) if d.scope == Scope::Destination))
+                .count()
+                >= 3
+        })
+        .await?;
     let deferrals: Vec<_> = events
         .iter()
         .filter_map(|e| match &e.event {
@@ -120,10 +99,11 @@ async fn a_down_next_hop_defers_on_schedule_and_after_recovery_100_messages_arri
     let subjects: Vec<String> = received.iter().map(|r| r.subject()).collect();
     let expected: Vec<String> = (0..100).map(|n| format!("message {n:03}")).collect();
     assert_eq!(subjects, expected);
-    let events = wait_for_events(&router, "100 deliveries", |events| {
-        events.iter().filter(|e| matches!(e.event, DeliveryEvent::Delivered(_))).count() >= 100
-    })
-    .await?;
+    let events = router
+        .wait_for_delivery_events("100 deliveries", |events| {
+            events.iter().filter(|e| matches!(e.event, DeliveryEvent::Delivered(_))).count() >= 100
+        })
+        .await?;
     assert_eq!(events.iter().filter(|e| matches!(e.event, DeliveryEvent::Delivered(_))).count(), 100, "exactly once");
     Ok(())
 }
@@ -136,11 +116,12 @@ async fn a_killed_router_rebuilds_its_queue_from_the_log_and_delivers_each_messa
     let transport = "retry_schedule = [\"1s\"]";
     let router = Router::start(&relay_config(&dns, port.port(), transport))?;
     send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 20)?;
-    let before = wait_for_events(&router, "20 queued and a deferral", |events| {
-        events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_)))
-            && events.iter().filter(|e| matches!(e.event, DeliveryEvent::Queued(_))).count() >= 20
-    })
-    .await?;
+    let before = router
+        .wait_for_delivery_events("20 queued and a deferral", |events| {
+            events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_)))
+                && events.iter().filter(|e| matches!(e.event, DeliveryEvent::Queued(_))).count() >= 20
+        })
+        .await?;
     assert_eq!(before.iter().filter(|e| matches!(e.event, DeliveryEvent::Queued(_))).count(), 20);
     // kill -9, then the next hop recovers while the router is down.
     let dir = router.into_dir();
@@ -150,10 +131,11 @@ async fn a_killed_router_rebuilds_its_queue_from_the_log_and_delivers_each_messa
     let subjects: Vec<String> = received.iter().map(|r| r.subject()).collect();
     let expected: Vec<String> = (0..20).map(|n| format!("message {n:03}")).collect();
     assert_eq!(subjects, expected, "the rebuilt queue keeps receipt order; nothing delivered twice");
-    let events = wait_for_events(&router, "20 deliveries", |events| {
-        events.iter().filter(|e| matches!(e.event, DeliveryEvent::Delivered(_))).count() >= 20
-    })
-    .await?;
+    let events = router
+        .wait_for_delivery_events("20 deliveries", |events| {
+            events.iter().filter(|e| matches!(e.event, DeliveryEvent::Delivered(_))).count() >= 20
+        })
+        .await?;
     assert_eq!(
         events.iter().filter(|e| matches!(e.event, DeliveryEvent::Queued(_))).count(),
         20,
@@ -169,10 +151,11 @@ async fn a_5xx_fails_the_recipient_at_once_and_its_ndr_reaches_the_senders_mailb
         Sink::start(Script::smtp().rcpt("gone@example.org", "550 5.1.1 <gone@example.org>: User unknown")).await?;
     let router = Router::start(&relay_config(&dns, sink.address.port(), ""))?;
     send_numbered(router.smtp(), "alice@contoso.com", "gone@example.org", 1)?;
-    let events = wait_for_events(&router, "a failure", |events| {
-        events.iter().any(|e| matches!(e.event, DeliveryEvent::Failed(_)))
-    })
-    .await?;
+    let events = router
+        .wait_for_delivery_events("a failure", |events| {
+            events.iter().any(|e| matches!(e.event, DeliveryEvent::Failed(_)))
+        })
+        .await?;
     let failed = first!(events, Failed, "failed");
     assert_eq!((failed.reply.code, failed.reply.enhanced.as_deref(), failed.attempt), (550, Some("5.1.1"), 1));
     assert!(failed.ndr_message_id.is_some(), "an NDR was sent");
@@ -196,10 +179,11 @@ async fn a_message_that_cannot_be_delivered_in_time_expires_with_an_ndr_4_4_7() 
     let router =
         Router::start(&relay_config(&dns, port.port(), "retry_schedule = [\"1s\"]\nmessage_expiration = \"3s\""))?;
     send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 1)?;
-    let events = wait_for_events(&router, "expiry", |events| {
-        events.iter().any(|e| matches!(e.event, DeliveryEvent::Expired(_)))
-    })
-    .await?;
+    let events = router
+        .wait_for_delivery_events("expiry", |events| {
+            events.iter().any(|e| matches!(e.event, DeliveryEvent::Expired(_)))
+        })
+        .await?;
     let expired = first!(events, Expired, "expired");
     assert_eq!((expired.reply.code, expired.reply.enhanced.as_deref()), (550, Some("4.4.7")));
     assert!(expired.attempts >= 1, "{expired:?}");
@@ -266,11 +250,12 @@ async fn several_connections_to_one_destination_take_messages_in_receipt_order()
     let transport = "retry_schedule = [\"1s\"]\nmax_connections_per_destination = 4";
     let router = Router::start(&relay_config(&dns, port.port(), transport))?;
     send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 40)?;
-    wait_for_events(&router, "40 queued and a deferral", |events| {
-        events.iter().filter(|e| matches!(e.event, DeliveryEvent::Queued(_))).count() == 40
-            && events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_)))
-    })
-    .await?;
+    router
+        .wait_for_delivery_events("40 queued and a deferral", |events| {
+            events.iter().filter(|e| matches!(e.event, DeliveryEvent::Queued(_))).count() == 40
+                && events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_)))
+        })
+        .await?;
     let sink = Sink::start_at(port, Script::smtp()).await?;
     let received = sink.wait_for_received(40, Duration::from_secs(60)).await;
     let mut subjects: Vec<String> = received.iter().map(|r| r.subject()).collect();
@@ -297,10 +282,11 @@ async fn mx_hosts_are_tried_in_preference_order_and_an_unreachable_one_is_skippe
     let sink = Sink::start(Script::smtp()).await?; // 127.0.0.1 only: mx1's address refuses
     let router = Router::start(&relay_config(&dns, sink.address.port(), ""))?;
     send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 1)?;
-    let events = wait_for_events(&router, "a delivery", |events| {
-        events.iter().any(|e| matches!(e.event, DeliveryEvent::Delivered(_)))
-    })
-    .await?;
+    let events = router
+        .wait_for_delivery_events("a delivery", |events| {
+            events.iter().any(|e| matches!(e.event, DeliveryEvent::Delivered(_)))
+        })
+        .await?;
     let delivered = first!(events, Delivered, "delivered");
     assert_eq!(delivered.remote_host.as_deref(), Some("mx2.example.org"));
     assert_eq!(delivered.attempt, 1, "the second host was tried within the same attempt");
@@ -321,10 +307,11 @@ async fn a_dns_failure_defers_the_destination_instead_of_failing_the_mail() -> a
     );
     let router = Router::start(&config)?;
     send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 1)?;
-    let events = wait_for_events(&router, "a deferral", |events| {
-        events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_)))
-    })
-    .await?;
+    let events = router
+        .wait_for_delivery_events("a deferral", |events| {
+            events.iter().any(|e| matches!(e.event, DeliveryEvent::Deferred(_)))
+        })
+        .await?;
     let deferred = first!(events, Deferred, "deferred");
     assert_eq!(deferred.scope, Scope::Destination);
     assert!(deferred.error.as_deref().is_some_and(|e| e.starts_with("4.4.0 DNS query failed")), "{deferred:?}");

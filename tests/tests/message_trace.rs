@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use mailflow_tests::clients::python;
+use mailflow_tests::clients::send_each_and_refuse;
 use mailflow_tests::dns::DnsServer;
 use mailflow_tests::router::{Router, cli, relay_config};
 use mailflow_tests::sink::{Script, Sink};
@@ -18,27 +18,16 @@ const ZONE: &str = "example.org. 300 IN MX 10 mx.example.org.\nmx.example.org. 3
 /// Sends one message to each of `recipients` and one transaction whose only
 /// recipient is refused; returns recipient → message id, and `refused` → the reply.
 fn send(router: &Router, recipients: &[&str], refused: &str) -> anyhow::Result<Value> {
-    let script = format!(
-        r#"
-ids = {{}}
-s = smtplib.SMTP(ADDR, PORT)
-s.ehlo("onprem.contoso.com")
-for to in {recipients:?}:
-    body = "From: alice@contoso.com\r\nTo: %s\r\nSubject: Quarterly report for %s\r\nMessage-ID: <%s.trace@contoso.com>\r\n\r\nHello.\r\n" % (to, to, to)
-    assert s.mail("alice@contoso.com")[0] == 250
-    assert s.rcpt(to)[0] == 250
-    code, reply = s.data(body.encode())
-    assert code == 250, reply
-    ids[to] = reply.decode().split("<")[1].split(">")[0]
-assert s.mail("alice@contoso.com")[0] == 250
-code, reply = s.rcpt({refused:?})
-ids["refused"] = "%d %s" % (code, reply.decode())
-s.rset()
-s.quit()
-print(json.dumps(ids))
-"#
-    );
-    python(router.smtp(), &script)
+    let messages: Vec<(String, String)> = recipients
+        .iter()
+        .map(|to| {
+            let body = format!(
+                "From: alice@contoso.com\r\nTo: {to}\r\nSubject: Quarterly report for {to}\r\nMessage-ID: <{to}.trace@contoso.com>\r\n\r\nHello.\r\n"
+            );
+            (to.to_string(), body)
+        })
+        .collect();
+    send_each_and_refuse(router.smtp(), &messages, refused)
 }
 
 /// Runs `mailflow trace --json` against the router; returns the JSON it printed.

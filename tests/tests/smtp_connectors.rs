@@ -88,22 +88,15 @@ async fn a_restricting_partner_connector_admits_only_its_addresses() -> anyhow::
 /// written into `dir`; returns the configuration with TLS and a
 /// certificate-identified on-premises connector.
 fn certificate_config(dir: &std::path::Path) -> anyhow::Result<String> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::from_params(&ca_params, &ca_key);
-    let server_key = KeyPair::generate()?;
-    let server = CertificateParams::new(vec!["mx.contoso.test".to_string()])?.signed_by(&server_key, &issuer)?;
-    let client_key = KeyPair::generate()?;
-    let client = CertificateParams::new(vec!["mail.contoso.com".to_string()])?.signed_by(&client_key, &issuer)?;
+    let ca = mailflow_tests::pki::TestCa::new()?;
+    let (server, server_key) = ca.issue("mx.contoso.test")?;
+    let (client, client_key) = ca.issue("mail.contoso.com")?;
     let write = |name: &str, pem: String| std::fs::write(dir.join(name), pem);
     write("ca.pem", ca.pem())?;
-    write("server.pem", server.pem())?;
-    write("server-key.pem", server_key.serialize_pem())?;
-    write("client.pem", client.pem())?;
-    write("client-key.pem", client_key.serialize_pem())?;
+    write("server.pem", server)?;
+    write("server-key.pem", server_key)?;
+    write("client.pem", client)?;
+    write("client-key.pem", client_key)?;
     let path = |name: &str| dir.join(name).display().to_string();
     Ok(format!(
         r#"{BASE_CONFIG}

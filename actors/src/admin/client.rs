@@ -29,12 +29,35 @@ impl AdminClient {
         self.request(Method::POST, path, Some(body)).await
     }
 
+    /// `GET path` → status and body as text, whatever the status (for
+    /// `/readyz`, `/metrics` and other answers that are not errors when not 2xx).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let (status, body) = self.send(Method::GET, path, None).await?;
+        Ok((status.as_u16(), String::from_utf8_lossy(&body).into_owned()))
+    }
+
     async fn request(
         &self,
         method: Method,
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
+        let (status, body) = self.send(method, path, body).await?;
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .with_context(|| format!("the admin API answered {status} with a body that is not JSON"))?;
+        if !status.is_success() {
+            let message = value.get("error").and_then(|e| e.as_str()).unwrap_or("no detail");
+            bail!("the admin API refused {path}: {status}: {message}");
+        }
+        Ok(value)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
         let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(self.address))
             .await
             .map_err(|_| anyhow::anyhow!("the admin API at {} did not answer within 5 s", self.address))?
@@ -61,12 +84,6 @@ impl AdminClient {
                 })??;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
-        let value: serde_json::Value = serde_json::from_slice(&body)
-            .with_context(|| format!("the admin API answered {status} with a body that is not JSON"))?;
-        if !status.is_success() {
-            let message = value.get("error").and_then(|e| e.as_str()).unwrap_or("no detail");
-            bail!("the admin API refused {path}: {status}: {message}");
-        }
-        Ok(value)
+        Ok((status, body))
     }
 }

@@ -9,7 +9,9 @@
 //! configured token; with no token configured they are refused.
 //!
 //! Endpoints (all JSON):
-//! - `GET /healthz` — the process runs; `GET /readyz` — it has finished replaying.
+//! - `GET /metrics` — Prometheus metrics (see `crate::metrics`).
+//! - `GET /healthz` — the process runs; `GET /readyz` — it has finished
+//!   replaying and is not draining.
 //! - `GET /api/v1/queues` — destinations with state, depth, oldest message,
 //!   last error, next attempt; `GET /api/v1/queues/{key}` — one destination's
 //!   messages in delivery order; `GET /api/v1/state` — the folded state of every
@@ -88,6 +90,8 @@ pub struct AdminState {
     pub producer: String,
     /// The message trace index, when this process keeps one.
     pub trace: Option<crate::trace::TraceService>,
+    /// Once it begins, `/readyz` answers 503 so that no new client is sent here.
+    pub drain: crate::drain::Drain,
 }
 
 impl AdminState {
@@ -142,6 +146,7 @@ pub fn start(listen: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<Socke
             .app_data(web::JsonConfig::default().limit(64 * 1024))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
             .configure(views::routes)
             .configure(actions::routes)
             .configure(quarantine::routes)
@@ -159,8 +164,15 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
+async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
+    let text = crate::metrics::metrics().render(state.log.as_ref(), state.delivery.as_ref()).await;
+    HttpResponse::Ok().content_type("application/openmetrics-text; version=1.0.0; charset=utf-8").body(text)
+}
+
 async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
-    if state.is_ready() {
+    if state.drain.is_draining() {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({ "status": "draining" }))
+    } else if state.is_ready() {
         HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
     } else {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({ "status": "replaying" }))

@@ -26,7 +26,8 @@ pub struct ServerConfig {
     pub max_recipients: usize,
     /// Longest command line in bytes, CRLF included (default 2048); longer gets `500 5.5.2`.
     pub max_line_length: usize,
-    /// Idle time allowed while waiting for a command (default 5m); then `421 4.4.2`.
+    /// Time allowed for the next command to arrive complete, from the last
+    /// reply (default 5m); then `421 4.4.2`. Partial bytes do not extend it.
     #[serde(with = "humane")]
     pub command_timeout: Duration,
     /// Time allowed between two reads during DATA/BDAT (default 3m); then `421 4.4.2`.
@@ -35,6 +36,11 @@ pub struct ServerConfig {
     /// Longest a whole session may last (default 30m); then `421 4.4.2`. Bounds slow-drip clients.
     #[serde(with = "humane")]
     pub session_timeout: Duration,
+    /// After SIGTERM, how long sessions in a transaction and running deliveries
+    /// may take to finish (default 25s, inside Kubernetes' default grace period
+    /// of 30s); new connections meanwhile get `421 4.3.2`. See `drain`.
+    #[serde(with = "humane")]
+    pub drain_timeout: Duration,
     /// Concurrent sessions in all (default 1000); past it `421 4.7.0`.
     pub max_connections: usize,
     /// Concurrent sessions per client IP (default 50); past it `421 4.7.0`.
@@ -60,6 +66,7 @@ impl Default for ServerConfig {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             session_timeout: Duration::from_secs(1800),
+            drain_timeout: Duration::from_secs(25),
             max_connections: 1000,
             max_connections_per_ip: 50,
             max_errors: 20,

@@ -17,10 +17,16 @@ pub async fn store(
     incoming: Incoming,
     inline_checks: Option<Authentication>,
 ) -> StoreOutcome {
+    let listener = crate::metrics::ListenerLabels { listener: incoming.session.listener.clone() };
+    let message_id = incoming.id.clone();
     match try_store(log, producer, incoming, inline_checks).await {
-        Ok(()) => StoreOutcome::Stored,
+        Ok(()) => {
+            tracing::info!(%message_id, listener = %listener.listener, "accepted");
+            crate::metrics::metrics().accepted.get_or_create(&listener).inc();
+            StoreOutcome::Stored
+        }
         Err(err) => {
-            tracing::error!(error = %err, "could not store an incoming message; answering 4xx");
+            tracing::error!(%message_id, error = %err, "could not store an incoming message; answering 4xx");
             match err {
                 content::ContentError::Log(LogError::NoSpace(_)) => StoreOutcome::NoSpace,
                 _ => StoreOutcome::Failed,
@@ -58,6 +64,7 @@ async fn try_store(
 /// Appends a refusal (RCPT or message) so that the message trace shows it.
 /// A failure is logged, not answered: the refusal's reply does not depend on it.
 pub async fn record(log: &dyn EventLog, producer: &str, key: &str, event: ReceivedEvent) {
+    crate::metrics::refused(&event);
     let envelope = Envelope::new(key, producer, Utc::now(), event);
     if let Err(err) = log.append(topic::RECEIVED, key.as_bytes(), &envelope.to_json()).await {
         tracing::warn!(error = %err, "could not record a refusal");

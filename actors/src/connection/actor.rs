@@ -4,7 +4,8 @@
 //! with `421 4.7.0` past them, recorded as `ConnectionRefused`), and starts a
 //! [`ConnectionActor`] on one of the arbiters, round-robin, so sessions spread
 //! over the cores. The actor owns the session: its permit, its socket and the
-//! driver future; it stops when the session ends.
+//! driver future; it stops when the session ends. While the process drains,
+//! the listener answers new connections with `421 4.3.2` (see `crate::drain`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,10 @@ pub struct ConnectionActor {
     socket: Option<std::net::TcpStream>,
     peer: SocketAddr,
     _permit: Permit,
+    /// A session the drain waits for.
+    _working: crate::drain::Working,
+    /// Counts the session in `mailflow_smtp_sessions_*`.
+    _counted: crate::metrics::SessionGauge,
 }
 
 impl std::fmt::Debug for ConnectionActor {
@@ -98,8 +103,12 @@ impl Listener {
                 }
             };
             let _ = tcp.set_nodelay(true);
+            if self.shared.drain.is_draining() {
+                self.refuse(tcp, addr, Reply::ShuttingDown, RejectReason::ShuttingDown);
+                continue;
+            }
             let Some(permit) = self.limits.try_acquire(addr.ip()) else {
-                self.refuse(tcp, addr);
+                self.refuse(tcp, addr, Reply::TooManyConnections, RejectReason::TooManyConnections);
                 continue;
             };
             let Ok(socket) = tcp.into_std() else { continue };
@@ -110,18 +119,20 @@ impl Listener {
                 socket: Some(socket),
                 peer: addr,
                 _permit: permit,
+                _working: self.shared.drain.working(),
+                _counted: crate::metrics::SessionGauge::start(&self.config.listener),
             };
             let arbiter = &self.arbiters[next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
             ConnectionActor::start_in_arbiter(arbiter, move |_| actor);
         }
     }
 
-    /// `421 4.7.0` to a connection over the limits, recorded for the trace.
-    fn refuse(&self, mut tcp: TcpStream, addr: SocketAddr) {
+    /// `421 4.7.0` to a connection over the limits (`421 4.3.2` while
+    /// draining), recorded for the trace.
+    fn refuse(&self, mut tcp: TcpStream, addr: SocketAddr, reply: Reply, reason: RejectReason) {
         let shared = self.shared.clone();
         let listener = self.config.listener.clone();
         actix_rt::spawn(async move {
-            let reply = Reply::TooManyConnections;
             let _ = tcp.write_all(reply.render().as_bytes()).await;
             let _ = tcp.shutdown().await;
             let event = ReceivedEvent::ConnectionRefused(ConnectionRefused {
@@ -129,7 +140,7 @@ impl Listener {
                 client_ip: addr.ip().to_string(),
                 client_port: addr.port(),
                 reply: reply.to_event(),
-                reason: RejectReason::TooManyConnections,
+                reason,
             });
             accept::record(shared.log.as_ref(), &shared.producer, &addr.to_string(), event).await;
         });

@@ -41,6 +41,10 @@ pub struct Shared {
     pub hostname: String,
     /// Inline checks: honour DMARC, deadline.
     pub anti_spam: Arc<crate::verdict::AntiSpamConfig>,
+    /// The process's drain signal.
+    pub drain: crate::drain::Drain,
+    /// How long a session inside a transaction may go on once the drain began.
+    pub drain_timeout: Duration,
 }
 
 impl std::fmt::Debug for Shared {
@@ -95,22 +99,66 @@ impl AsyncWrite for Stream {
 }
 
 /// Runs the session to its end. I/O errors end it quietly: the client went away.
+///
+/// Timeouts: during DATA/BDAT, `data_timeout` is the longest gap between two
+/// reads. Outside them, `command_timeout` is the time the client has to
+/// complete its next command, counted from the last reply: bytes that do not
+/// finish a command do not extend it, so a client dripping a byte at a time
+/// (slowloris, reliability notes §2.6) loses its session as a silent one does.
 pub async fn run(shared: Shared, mut session: Session, first: Vec<Step>, tcp: TcpStream) {
     let mut stream = Stream::Plain(tcp);
     let deadline = tokio::time::Instant::now() + shared.session_timeout;
     let mut input = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut steps = first;
+    let mut command_deadline = tokio::time::Instant::now() + shared.command_timeout;
+    // Set once the drain has begun: the session ends by then at the latest.
+    let mut drain_by = shared.drain.is_draining().then(|| tokio::time::Instant::now() + shared.drain_timeout);
     loop {
+        if !steps.is_empty() || session.in_data() {
+            command_deadline = tokio::time::Instant::now() + shared.command_timeout;
+        }
         match carry_out(&shared, &mut session, &mut stream, &mut input, steps).await {
             Ok(true) => {}
             Ok(false) | Err(_) => break,
         }
-        let idle = if session.in_data() { shared.data_timeout } else { shared.command_timeout };
-        let read_deadline = (tokio::time::Instant::now() + idle).min(deadline);
-        match tokio::time::timeout_at(read_deadline, stream.read(&mut chunk)).await {
+        // Draining: a session between transactions ends now; one inside a
+        // transaction finishes it first (see `drain`).
+        if drain_by.is_some() && !session.in_transaction() {
+            let _ = stream.write_all(Reply::ShuttingDown.render().as_bytes()).await;
+            break;
+        }
+        // Commands pipelined behind an effect (the end of a message, a password
+        // check) are already here: answer them now, not after the next read,
+        // which may never come from a client waiting for those very replies.
+        if !input.is_empty() {
+            steps = session.feed(&mut input);
+            if !steps.is_empty() {
+                continue;
+            }
+        }
+        let mut read_deadline =
+            if session.in_data() { tokio::time::Instant::now() + shared.data_timeout } else { command_deadline };
+        read_deadline = read_deadline.min(deadline);
+        if let Some(by) = drain_by {
+            read_deadline = read_deadline.min(by);
+        }
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(read_deadline, stream.read(&mut chunk)) => read,
+            () = shared.drain.started(), if drain_by.is_none() => {
+                drain_by = Some(tokio::time::Instant::now() + shared.drain_timeout);
+                steps = Vec::new();
+                continue;
+            }
+        };
+        match read {
             Err(_) => {
-                let _ = stream.write_all(Reply::Timeout.render().as_bytes()).await;
+                let reply = if drain_by.is_some_and(|by| by <= tokio::time::Instant::now()) {
+                    Reply::ShuttingDown
+                } else {
+                    Reply::Timeout
+                };
+                let _ = stream.write_all(reply.render().as_bytes()).await;
                 break;
             }
             Ok(Ok(0)) | Ok(Err(_)) => break,
@@ -217,7 +265,10 @@ async fn accept_message(shared: &Shared, incoming: super::session::Incoming) -> 
                 inline_checks = Some(checks);
             }
             Err(_) if incoming.requires_ipv6_authentication => return StoreOutcome::Ipv6AuthenticationFailed,
-            Err(_) => tracing::info!("inline checks passed their deadline; the verdict role will judge"),
+            Err(_) => tracing::info!(
+                message_id = %incoming.id,
+                "inline checks passed their deadline; the verdict role will judge"
+            ),
         }
     }
     accept::store(shared.log.as_ref(), &shared.producer, incoming, inline_checks).await
@@ -237,5 +288,131 @@ async fn start_tls(shared: &Shared, session: &mut Session, stream: &mut Stream) 
             session.tls_started(None)
         }
         Err(_) => session.tls_started(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The driver over a real loopback socket: what only shows with the reads
+    //! and timeouts in place.
+
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::{Config, ListenerKind};
+    use crate::connection::session::{Peer, SessionConfig};
+
+    /// Serves one session on a loopback port with the given timeouts; the
+    /// event log lives in `dir`.
+    async fn serve_one(dir: &std::path::Path, command_timeout: Duration) -> std::net::SocketAddr {
+        let config = Config::builtin();
+        let log_config = crate::config::EventLogConfig::Embedded { path: dir.to_path_buf(), partitions: 1 };
+        let log = crate::event_log::open(&log_config, "test").await.expect("log");
+        let resolver = crate::dns::resolver(&crate::dns::DnsConfig {
+            // Nothing answers there; the tests send nothing that needs DNS.
+            nameservers: vec!["127.0.0.1:9".parse().expect("address")],
+            ..Default::default()
+        })
+        .expect("resolver");
+        let anti_spam = crate::verdict::AntiSpamConfig { honor_dmarc_policy: false, ..Default::default() };
+        let shared = Shared {
+            log,
+            policy: Arc::new(InboundPolicy::new(&config)),
+            tls: None,
+            producer: "test".into(),
+            command_timeout,
+            data_timeout: Duration::from_secs(30),
+            session_timeout: Duration::from_secs(60),
+            authenticator: Arc::new(mail_auth::MessageAuthenticator(resolver)),
+            hostname: "mx.test".into(),
+            anti_spam: Arc::new(anti_spam),
+            drain: crate::drain::Drain::new().0,
+            drain_timeout: Duration::from_secs(25),
+        };
+        let session_config = Arc::new(SessionConfig::new(&config.server, "test", ListenerKind::Smtp));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let (tcp, addr) = listener.accept().await.expect("accept");
+            let peer = Peer { addr, local: tcp.local_addr().ok(), ptr: None };
+            let (session, first) = Session::new(session_config, Arc::clone(&shared.policy), peer);
+            run(shared, session, first, tcp).await;
+        });
+        address
+    }
+
+    /// Reads one reply line (these tests see no multi-line replies but EHLO's,
+    /// which they skip through its last line), failing after two seconds.
+    async fn reply_line(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
+        loop {
+            let mut line = String::new();
+            tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line))
+                .await
+                .expect("a reply within 2 s")
+                .expect("read");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn commands_pipelined_behind_the_end_of_data_are_answered_without_more_input() {
+        // RFC 2920: the final dot need not end a pipeline group. Before, QUIT
+        // sat in the buffer until the command timeout answered 421 4.4.2.
+        let dir = tempfile::tempdir().expect("dir");
+        let address = serve_one(dir.path(), Duration::from_secs(30)).await;
+        let (read, mut write) = TcpStream::connect(address).await.expect("connect").into_split();
+        let mut reader = BufReader::new(read);
+        assert!(reply_line(&mut reader).await.starts_with("220 "));
+        write.write_all(b"EHLO client.example\r\n").await.expect("write");
+        assert!(reply_line(&mut reader).await.starts_with("250 "));
+        write.write_all(b"MAIL FROM:<s@example.net>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n").await.expect("write");
+        for expected in ["250 2.1.0 ", "250 2.1.5 ", "354 "] {
+            let line = reply_line(&mut reader).await;
+            assert!(line.starts_with(expected), "{expected}: {line:?}");
+        }
+        write
+            .write_all(
+                b"Subject: one\r\n\r\nhi\r\n.\r\nMAIL FROM:<s@example.net>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n",
+            )
+            .await
+            .expect("write");
+        for expected in ["250 2.0.0 OK <", "250 2.1.0 ", "250 2.1.5 ", "354 "] {
+            let line = reply_line(&mut reader).await;
+            assert!(line.starts_with(expected), "{expected}: {line:?}");
+        }
+        write.write_all(b"Subject: two\r\n\r\nhi\r\n.\r\nQUIT\r\n").await.expect("write");
+        assert!(reply_line(&mut reader).await.starts_with("250 2.0.0 OK <"));
+        assert!(reply_line(&mut reader).await.starts_with("221 2.0.0 "));
+    }
+
+    #[tokio::test]
+    async fn a_command_dripped_a_byte_at_a_time_gets_the_command_timeout() {
+        // Reliability notes §2.6 (slowloris): every byte arrives well within the
+        // timeout, the command as a whole does not.
+        let dir = tempfile::tempdir().expect("dir");
+        let address = serve_one(dir.path(), Duration::from_millis(600)).await;
+        let (read, mut write) = TcpStream::connect(address).await.expect("connect").into_split();
+        let mut reader = BufReader::new(read);
+        assert!(reply_line(&mut reader).await.starts_with("220 "));
+        let started = tokio::time::Instant::now();
+        let drip = async {
+            for byte in b"NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP".iter().cycle() {
+                if write.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let line = tokio::select! {
+            line = reply_line(&mut reader) => line,
+            () = drip => panic!("the connection closed without a reply"),
+        };
+        assert!(line.starts_with("421 4.4.2 "), "{line:?}");
+        assert!(started.elapsed() < Duration::from_millis(1500), "closed after {:?}", started.elapsed());
     }
 }

@@ -107,6 +107,9 @@ pub enum Reply {
     InvalidCharacters,
     /// `552 5.3.4 Message size exceeds fixed maximum message size`.
     MessageTooLarge,
+    /// `553 5.6.7`: a non-ASCII address from a client that did not declare
+    /// SMTPUTF8 (RFC 6531; Postfix's wording).
+    SmtpUtf8Required,
     /// `554 5.4.14 Hop count exceeded - possible mail loop`.
     HopCountExceeded,
     /// `554 5.5.0 Error: SMTP protocol synchronization`; closes (RFC 2920 violation).
@@ -148,6 +151,7 @@ impl Reply {
             | TenantAttribution
             | InvalidCharacters => 550,
             MessageTooLarge => 552,
+            SmtpUtf8Required => 553,
             HopCountExceeded | SynchronizationError => 554,
         }
     }
@@ -188,6 +192,7 @@ impl Reply {
             DmarcReject { .. } => "5.7.509",
             InvalidCharacters => "5.6.11",
             MessageTooLarge => "5.3.4",
+            SmtpUtf8Required => "5.6.7",
             HopCountExceeded => "5.4.14",
             SynchronizationError => "5.5.0",
         })
@@ -250,6 +255,7 @@ impl Reply {
             }
             InvalidCharacters => "Invalid characters: bare CR or LF, or NUL, in the message".into(),
             MessageTooLarge => "Message size exceeds fixed maximum message size".into(),
+            SmtpUtf8Required => "Must declare SMTPUTF8 to send unicode address".into(),
             HopCountExceeded => "Hop count exceeded - possible mail loop".into(),
             SynchronizationError => "Error: SMTP protocol synchronization".into(),
         }

@@ -83,6 +83,8 @@ pub struct Shared {
     pub producer: String,
     /// How often a changed partition's state is snapshotted.
     pub snapshot_interval: Duration,
+    /// Once it begins, no new attempt starts (see `crate::drain`).
+    pub drain: crate::drain::Drain,
 }
 
 impl Shared {
@@ -93,6 +95,7 @@ impl Shared {
         resolver: TokioResolver,
         router: Arc<Router>,
         ndr: Arc<NdrPolicy>,
+        drain: crate::drain::Drain,
     ) -> anyhow::Result<Self> {
         let transport = &config.transport;
         if let MailboxStoreConfig::Maildir { path } = &config.mailbox_store {
@@ -112,6 +115,7 @@ impl Shared {
             max_connections_per_destination: transport.max_connections_per_destination,
             dkim: super::dkim::DkimSigners::load(&config.dkim_signing)?,
             snapshot_interval: transport.snapshot_interval,
+            drain,
             // Which process delivered is part of the audit trail (pods come and go).
             producer: format!(
                 "mailflow/delivery@{}/{}",
@@ -204,6 +208,8 @@ pub struct PartitionView<'a> {
     pub replaying: bool,
     /// `next_offset` of the latest snapshot written or loaded (0: none).
     pub snapshot_at: u64,
+    /// Events still to fold before the partition delivers again.
+    pub replay_remaining: u64,
 }
 
 /// A question about the delivery state, answered inside the actor's loop.
@@ -273,6 +279,7 @@ struct Done {
 type Busy = HashMap<String, (u32, Option<u64>)>;
 
 async fn run(shared: Arc<Shared>, mut queries: mpsc::Receiver<Query>, ready: Arc<AtomicBool>) {
+    let _working = shared.drain.working();
     let mut member = crate::event_log::join_until_member(shared.log.as_ref(), GROUP, &[topic::DELIVERY]).await;
     let mut owned: HashMap<u32, Owned> = HashMap::new();
     let mut busy: Busy = HashMap::new();
@@ -325,6 +332,7 @@ async fn run(shared: Arc<Shared>, mut queries: mpsc::Receiver<Query>, ready: Arc
                     state: &o.state,
                     replaying: o.state.next_offset < o.replay_until,
                     snapshot_at: o.snapshot_at,
+                    replay_remaining: o.replay_until.saturating_sub(o.state.next_offset),
                 })
                 .collect();
             views.sort_by_key(|v| v.partition);
@@ -336,6 +344,19 @@ async fn run(shared: Arc<Shared>, mut queries: mpsc::Receiver<Query>, ready: Arc
             (Some(offset), Some(owned)) => owned.state.next_offset <= *offset,
             (Some(_), None) => false,
         });
+        if shared.drain.is_draining() {
+            // No new attempt; once the running ones have recorded their
+            // outcomes and the fold has them, snapshot and hand the partitions back.
+            if busy.is_empty() {
+                for (partition, owned) in &owned {
+                    if owned.state.next_offset >= owned.replay_until && owned.state.next_offset > owned.snapshot_at {
+                        snapshot(Arc::clone(&shared.log), *partition, owned.state.clone()).await;
+                    }
+                }
+                break;
+            }
+            continue;
+        }
         let now = Utc::now();
         let check_expiry = tokio::time::Instant::now() >= next_expiry_check;
         if check_expiry {
@@ -352,28 +373,9 @@ async fn run(shared: Arc<Shared>, mut queries: mpsc::Receiver<Query>, ready: Arc
                 // Copied here, where the state is (a clone costs far less than
                 // serialising); serialised on a blocking thread and written by a
                 // task, so the loop does not wait for either.
-                let state = owned.state.clone();
-                let (next_offset, partition, log) = (owned.state.next_offset, *partition, Arc::clone(&shared.log));
-                owned.snapshot_at = next_offset;
+                owned.snapshot_at = owned.state.next_offset;
                 owned.snapshot_time = tokio::time::Instant::now();
-                tokio::spawn(async move {
-                    let Ok(data) = tokio::task::spawn_blocking(move || super::snapshot::serialise(&state)).await else {
-                        tracing::warn!(partition, "snapshot not serialised; the next one will be");
-                        return;
-                    };
-                    match super::snapshot::write(log.as_ref(), partition, next_offset, &data).await {
-                        Ok(at) => tracing::info!(
-                            partition,
-                            next_offset,
-                            bytes = data.len(),
-                            manifest = at.offset,
-                            "snapshot written"
-                        ),
-                        Err(err) => {
-                            tracing::warn!(error = %err, partition, "snapshot not written; the next one will be")
-                        }
-                    }
-                });
+                tokio::spawn(snapshot(Arc::clone(&shared.log), *partition, owned.state.clone()));
             }
             let owned = &*owned;
             let is_busy = |key: &str| busy.contains_key(key);
@@ -404,6 +406,20 @@ async fn run(shared: Arc<Shared>, mut queries: mpsc::Receiver<Query>, ready: Arc
                 });
             }
         }
+    }
+    crate::event_log::leave(member, "delivery").await;
+}
+
+/// Writes a snapshot of `state`, serialised on a blocking thread.
+async fn snapshot(log: Arc<dyn EventLog>, partition: u32, state: PartitionState) {
+    let next_offset = state.next_offset;
+    let Ok(data) = tokio::task::spawn_blocking(move || super::snapshot::serialise(&state)).await else {
+        tracing::warn!(partition, "snapshot not serialised; the next one will be");
+        return;
+    };
+    match super::snapshot::write(log.as_ref(), partition, next_offset, &data).await {
+        Ok(at) => tracing::info!(partition, next_offset, bytes = data.len(), manifest = at.offset, "snapshot written"),
+        Err(err) => tracing::warn!(error = %err, partition, "snapshot not written; the next one will be"),
     }
 }
 
@@ -438,10 +454,19 @@ async fn apply(shared: &Shared, owned: &mut HashMap<u32, Owned>, record: &Record
 
 /// Appends an outcome until it is durable; returns its offset.
 async fn record(shared: &Shared, message_id: &str, event: DeliveryEvent) -> u64 {
+    use mailflow_events::envelope::TaggedEvent as _;
+    let outcome = crate::metrics::OutcomeLabels { outcome: event.tag().to_string() };
+    crate::metrics::metrics().delivery_outcomes.get_or_create(&outcome).inc();
     let key = event.destination().key();
     let envelope = Envelope::new(message_id, &shared.producer, Utc::now(), event);
     let value = envelope.to_json();
     crate::event_log::append_until_durable(shared.log.as_ref(), topic::DELIVERY, key.as_bytes(), &value).await.offset
+}
+
+/// Receipt to now, for `mailflow_delivery_latency_seconds`.
+fn observe_latency(queued: &Queued) {
+    let latency = (Utc::now() - queued.received_at).num_milliseconds().max(0) as f64 / 1000.0;
+    crate::metrics::metrics().delivery_latency.observe(latency);
 }
 
 /// Reads the `Queued` event at `offset`.
@@ -667,16 +692,22 @@ impl InFlight {
 struct Source {
     queue: std::sync::Mutex<std::collections::VecDeque<DueMessage>>,
     stopped: std::sync::atomic::AtomicBool,
+    /// A drain stops handing out messages too; the rest stay queued.
+    drain: crate::drain::Drain,
 }
 
 impl Source {
-    fn new(messages: Vec<DueMessage>) -> Self {
-        Self { queue: std::sync::Mutex::new(messages.into()), stopped: std::sync::atomic::AtomicBool::new(false) }
+    fn new(messages: Vec<DueMessage>, drain: crate::drain::Drain) -> Self {
+        Self {
+            queue: std::sync::Mutex::new(messages.into()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+            drain,
+        }
     }
 
-    /// The next message, in receipt order; `None` once stopped or empty.
+    /// The next message, in receipt order; `None` once stopped, draining or empty.
     fn next(&self) -> Option<DueMessage> {
-        if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) || self.drain.is_draining() {
             return None;
         }
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
@@ -696,7 +727,7 @@ impl Source {
 async fn deliver(shared: &Arc<Shared>, partition: u32, work: Due) -> Option<u64> {
     let connections = shared.max_connections_per_destination.clamp(1, work.messages.len().max(1));
     let work = Arc::new(work);
-    let source = Arc::new(Source::new(work.messages.clone()));
+    let source = Arc::new(Source::new(work.messages.clone(), shared.drain.clone()));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..connections {
         let (shared, work, source) = (Arc::clone(shared), Arc::clone(&work), Arc::clone(&source));
@@ -928,6 +959,7 @@ async fn record_outcomes(
     }
     for (reply, recipients) in delivered {
         tracing::info!(message_id = %message.message_id, destination = %work.key, host = %hop.host, "delivered");
+        observe_latency(queued);
         let event = DeliveryEvent::Delivered(Delivered {
             destination: work.destination.clone(),
             attempt: message.attempt,
@@ -1001,6 +1033,7 @@ async fn deliver_maildir(
             reply: SmtpReply::new(250, "2.0.0", "Delivered to Maildir"),
         });
         tracing::info!(message_id = %message.message_id, "delivered to Maildir");
+        observe_latency(queued);
         last = record(shared, &message.message_id, event).await;
     }
     if let Some(error) = error {

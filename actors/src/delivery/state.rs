@@ -13,11 +13,14 @@
 //! - a message is in a queue while it has pending recipients; `Delivered`,
 //!   `Failed`, `Expired` and `Deleted` remove recipients or the message;
 //! - a message is queued once per destination: a second `Queued` for the same
-//!   message (routing ran again after a crash) is ignored while the first is queued;
+//!   message (routing, or the verdict before it, ran again after a crash) is
+//!   ignored while the first is queued, and also once the first has left the
+//!   queue, as long as it is among the last [`COMPLETED_KEPT`] to leave the
+//!   partition's queues (a copy comes within the restart's re-processing window);
 //! - only the offset of the `Queued` event is kept, not its payload, so a queued
 //!   message costs a few hundred bytes; delivery reads the event back.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use mailflow_events::Envelope;
@@ -77,6 +80,60 @@ pub struct PartitionState {
     pub destinations: BTreeMap<String, DestinationState>,
     /// Offset after the last event applied.
     pub next_offset: u64,
+    /// The messages that last left a queue, so that a copy of their `Queued`
+    /// does not queue them again. Absent from snapshots written before it.
+    #[serde(default, skip_serializing_if = "Completed::is_empty")]
+    pub completed: Completed,
+}
+
+/// Messages that left a queue (delivered, failed, expired or deleted) per
+/// destination, the last [`COMPLETED_KEPT`] of a partition: bounded memory
+/// (about 150 bytes each), O(1) lookup. Serialised as its list, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "VecDeque<(String, Box<str>)>", into = "VecDeque<(String, Box<str>)>")]
+pub struct Completed {
+    order: VecDeque<(String, Box<str>)>,
+    index: HashSet<(String, Box<str>)>,
+}
+
+/// How many completed messages a partition remembers. A copy of a `Queued`
+/// comes from a role that re-processes what it had not committed when it
+/// stopped: within the few rounds before a crash, far fewer completions.
+pub const COMPLETED_KEPT: usize = 4096;
+
+impl Completed {
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    fn contains(&self, key: &str, message_id: &str) -> bool {
+        self.index.contains(&(key.to_string(), message_id.into()))
+    }
+
+    fn insert(&mut self, key: &str, message_id: &str) {
+        let entry = (key.to_string(), Box::<str>::from(message_id));
+        if self.index.insert(entry.clone()) {
+            self.order.push_back(entry);
+        }
+        while self.order.len() > COMPLETED_KEPT {
+            if let Some(oldest) = self.order.pop_front() {
+                self.index.remove(&oldest);
+            }
+        }
+    }
+}
+
+impl From<VecDeque<(String, Box<str>)>> for Completed {
+    fn from(order: VecDeque<(String, Box<str>)>) -> Self {
+        let index = order.iter().cloned().collect();
+        Self { order, index }
+    }
+}
+
+impl From<Completed> for VecDeque<(String, Box<str>)> {
+    fn from(completed: Completed) -> Self {
+        completed.order
+    }
 }
 
 /// What to attempt for one destination now.
@@ -132,6 +189,9 @@ impl PartitionState {
         let key = event.destination().key();
         let message_id = envelope.message_id.as_str();
         if let DeliveryEvent::Queued(queued) = event {
+            if self.completed.contains(&key, message_id) {
+                return;
+            }
             let state = self.destinations.entry(key).or_insert_with(|| DestinationState {
                 destination: Destination { next_hop: None, ..queued.destination.clone() },
                 queue: VecDeque::new(),
@@ -179,12 +239,14 @@ impl PartitionState {
         }
         let Some(state) = self.destinations.get_mut(&key) else { return };
         let position = state.queue.iter().position(|m| &*m.message_id == message_id);
-        let remove = |state: &mut DestinationState, recipients: &[String]| {
+        let completed = &mut self.completed;
+        let mut remove = |state: &mut DestinationState, recipients: &[String]| {
             if let Some(index) = position {
                 let message = &mut state.queue[index];
                 message.pending.retain(|p| !recipients.iter().any(|r| r.eq_ignore_ascii_case(p)));
                 if message.pending.is_empty() {
                     state.queue.remove(index);
+                    completed.insert(&key, message_id);
                 }
             }
         };
@@ -243,10 +305,15 @@ impl PartitionState {
             DeliveryEvent::Suspended(_) => state.suspended = true,
             DeliveryEvent::Resumed(_) => state.suspended = false,
             DeliveryEvent::Deleted(deleted) => match deleted.scope {
-                Scope::Destination => state.queue.clear(),
+                Scope::Destination => {
+                    for message in state.queue.drain(..) {
+                        completed.insert(&key, &message.message_id);
+                    }
+                }
                 Scope::Message => {
                     if let Some(index) = position {
                         state.queue.remove(index);
+                        completed.insert(&key, message_id);
                     }
                 }
             },

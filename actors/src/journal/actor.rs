@@ -51,6 +51,8 @@ pub struct JournalActor {
     pub log: Arc<dyn EventLog>,
     /// The mapping to journal records.
     pub projector: Arc<Projector>,
+    /// Ends the loop after the batch in hand (see `crate::drain`).
+    pub drain: crate::drain::Drain,
 }
 
 impl std::fmt::Debug for JournalActor {
@@ -61,10 +63,10 @@ impl std::fmt::Debug for JournalActor {
 
 impl JournalActor {
     /// The journal role of a process with this configuration.
-    pub fn new(config: &crate::config::Config, log: Arc<dyn EventLog>) -> Self {
+    pub fn new(config: &crate::config::Config, log: Arc<dyn EventLog>, drain: crate::drain::Drain) -> Self {
         let projector =
             Projector { hostname: config.server.hostname.clone(), producer: "mailflow/journal".to_string() };
-        Self { log, projector: Arc::new(projector) }
+        Self { log, projector: Arc::new(projector), drain }
     }
 }
 
@@ -80,9 +82,10 @@ impl Actor for JournalActor {
 impl JournalActor {
     async fn run(self) {
         let topics = [topic::RECEIVED, topic::VERDICTS, topic::DELIVERY];
+        let _working = self.drain.working();
         let mut member = join_until_member(self.log.as_ref(), GROUP, &topics).await;
         let mut indexes: HashMap<u32, QueuedIndex> = HashMap::new();
-        loop {
+        while !self.drain.is_draining() {
             let batch = match poll_batch(member.as_mut()).await {
                 Ok(batch) => batch,
                 Err(err) => {
@@ -95,6 +98,7 @@ impl JournalActor {
             let assigned = member.assignment();
             indexes.retain(|partition, _| assigned.iter().any(|(t, p)| t == topic::DELIVERY && p == partition));
             if batch.is_empty() {
+                crate::metrics::metrics().assigned(GROUP, &assigned);
                 continue;
             }
             let mut records = Vec::new();
@@ -109,11 +113,15 @@ impl JournalActor {
             records.sort_by_key(|record| record.occurred_at);
             self.append(records).await;
             for ((topic, partition), next) in handled {
-                if let Err(err) = member.commit(&topic, partition, next).await {
-                    tracing::warn!(error = %err, topic, partition, "commit failed; the events will be journaled again");
+                match member.commit(&topic, partition, next).await {
+                    Ok(()) => crate::metrics::metrics().consumed(GROUP, &topic, partition, next),
+                    Err(err) => {
+                        tracing::warn!(error = %err, topic, partition, "commit failed; the events will be journaled again")
+                    }
                 }
             }
         }
+        crate::event_log::leave(member, "journal").await;
     }
 
     /// The journal records of one source record.

@@ -34,6 +34,8 @@ pub struct RoutingActor {
     pub ndr: Arc<NdrPolicy>,
     /// Producer name in events.
     pub producer: String,
+    /// Ends the loop after the record in hand (see `crate::drain`).
+    pub drain: crate::drain::Drain,
 }
 
 impl std::fmt::Debug for RoutingActor {
@@ -53,17 +55,19 @@ impl Actor for RoutingActor {
 
 impl RoutingActor {
     async fn run(self) {
+        let _working = self.drain.working();
         let mut member = join_until_member(self.log.as_ref(), GROUP, &[topic::VERDICTS]).await;
-        loop {
+        while !self.drain.is_draining() {
             match member.poll(Duration::from_secs(1)).await {
                 Ok(Some(record)) => self.handle(member.as_mut(), record).await,
-                Ok(None) => {}
+                Ok(None) => crate::metrics::metrics().assigned(GROUP, &member.assignment()),
                 Err(err) => {
                     tracing::warn!(error = %err, "routing role: poll failed");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         }
+        crate::event_log::leave(member, "routing").await;
     }
 
     async fn handle(&self, member: &mut dyn GroupMember, record: Record) {
@@ -97,8 +101,9 @@ impl RoutingActor {
             }
         }
         let (partition, next) = (record.position.partition, record.position.offset + 1);
-        if let Err(err) = member.commit(topic::VERDICTS, partition, next).await {
-            tracing::warn!(error = %err, "commit failed; the verdict may be routed again");
+        match member.commit(topic::VERDICTS, partition, next).await {
+            Ok(()) => crate::metrics::metrics().consumed(GROUP, topic::VERDICTS, partition, next),
+            Err(err) => tracing::warn!(error = %err, "commit failed; the verdict may be routed again"),
         }
     }
 

@@ -15,7 +15,7 @@ use mail_parser::MimeHeaders as _;
 use mailflow_events::log::{EventLog, GroupMember, Record};
 use mailflow_events::received::{Directionality, MessageReceived, ReceivedEvent};
 use mailflow_events::verdicts::{PolicyAction, VerdictEvent, VerdictReached};
-use mailflow_events::{Envelope, content, topic};
+use mailflow_events::{Envelope, topic};
 
 use super::auth::{Arrival, authenticate};
 use super::headers;
@@ -44,6 +44,8 @@ pub struct VerdictActor {
     pub hostname: String,
     /// Producer name in events.
     pub producer: String,
+    /// Ends the loop after the record in hand (see `crate::drain`).
+    pub drain: crate::drain::Drain,
 }
 
 impl std::fmt::Debug for VerdictActor {
@@ -64,17 +66,19 @@ impl Actor for VerdictActor {
 impl VerdictActor {
     /// Consumes `mailflow.received` until the log closes.
     async fn run(self) {
+        let _working = self.drain.working();
         let mut member = crate::event_log::join_until_member(self.log.as_ref(), GROUP, &[topic::RECEIVED]).await;
-        loop {
+        while !self.drain.is_draining() {
             match member.poll(Duration::from_secs(1)).await {
                 Ok(Some(record)) => self.handle(member.as_mut(), record).await,
-                Ok(None) => {}
+                Ok(None) => crate::metrics::metrics().assigned(GROUP, &member.assignment()),
                 Err(err) => {
                     tracing::warn!(error = %err, "verdict role: poll failed");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         }
+        crate::event_log::leave(member, "verdict").await;
     }
 
     async fn handle(&self, member: &mut dyn GroupMember, record: Record) {
@@ -82,6 +86,20 @@ impl VerdictActor {
             Ok(envelope) => {
                 if let ReceivedEvent::MessageReceived(received) = envelope.event {
                     let verdict = self.judge(&envelope.message_id, &received).await;
+                    if let VerdictEvent::VerdictReached(reached) = &verdict {
+                        tracing::info!(
+                            message_id = %envelope.message_id,
+                            scl = reached.scl,
+                            action = %crate::metrics::label(&reached.action),
+                            "judged"
+                        );
+                        let labels = crate::metrics::VerdictLabels {
+                            scl: reached.scl.to_string(),
+                            verdict: crate::metrics::label(&reached.verdict),
+                            action: crate::metrics::label(&reached.action),
+                        };
+                        crate::metrics::metrics().verdicts.get_or_create(&labels).inc();
+                    }
                     let event = Envelope::new(&envelope.message_id, &self.producer, Utc::now(), verdict);
                     // Retry until the verdict is durable: committing first would lose it.
                     let key = envelope.message_id.as_bytes();
@@ -106,8 +124,9 @@ impl VerdictActor {
             }
         }
         let (partition, next) = (record.position.partition, record.position.offset + 1);
-        if let Err(err) = member.commit(topic::RECEIVED, partition, next).await {
-            tracing::warn!(error = %err, "commit failed; the event may be judged again");
+        match member.commit(topic::RECEIVED, partition, next).await {
+            Ok(()) => crate::metrics::metrics().consumed(GROUP, topic::RECEIVED, partition, next),
+            Err(err) => tracing::warn!(error = %err, "commit failed; the event may be judged again"),
         }
     }
 
@@ -168,7 +187,11 @@ impl VerdictActor {
         if received.session.listener == crate::ndr::SYSTEM_LISTENER {
             return system_verdict(received);
         }
-        let content = match content::load(self.log.as_ref(), message_id, &received.content).await {
+        // A broker outage is waited out: a verdict on the envelope alone would
+        // skip every content check for good. Only content that cannot ever be
+        // read (missing, altered) is judged without it.
+        let loaded = crate::event_log::load_content_until_readable(self.log.as_ref(), message_id, &received.content);
+        let content = match loaded.await {
             Ok(content) => content,
             Err(err) => {
                 tracing::error!(error = %err, message_id, "content unreadable; judging the envelope alone");

@@ -96,11 +96,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let count: u64 = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(1_000_000);
-    let keep = args.get(2).map(std::path::PathBuf::from);
-    let temp = tempfile::tempdir()?;
-    let dir = keep.clone().unwrap_or_else(|| temp.path().join("log"));
+    let args = mailflow_benches::LogArgs::from_env(1_000_000)?;
+    let (count, dir) = (args.count, args.dir.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let log = Arc::new(EmbeddedLog::open(&dir, Options::default())?);
@@ -188,6 +185,6 @@ fn main() -> anyhow::Result<()> {
         std::hint::black_box(index);
         anyhow::Ok(())
     })?;
-    drop(temp);
+    drop(args);
     Ok(())
 }

@@ -3,6 +3,7 @@
 use mailflow_events::received::{BodyType, DsnReturn, ReceivedEvent, RejectReason, SmtpEnvelope, SmtpStage};
 use smtp_proto::MailFrom;
 
+use super::address::{AddressProblem, mailbox};
 use super::{Session, Step, Transaction};
 use crate::config::ListenerKind;
 use crate::connection::reply::Reply;
@@ -27,7 +28,12 @@ impl Session {
             // Injection through xtext parameters (21Nails class): never stored.
             return self.error(Reply::SyntaxError("control characters in MAIL parameters".into()));
         }
-        let address = from.address.clone();
+        let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
+        let address = match mailbox(&from.address, smtputf8) {
+            Ok(address) => address,
+            Err(AddressProblem::Syntax) => return self.error(Reply::BadSender),
+            Err(AddressProblem::NeedsSmtpUtf8) => return self.error(Reply::SmtpUtf8Required),
+        };
         if let Some(user) = &self.authenticated_as
             && self.policy.resolve(&address) != Some(user.as_str())
         {
@@ -61,7 +67,7 @@ impl Session {
                 dsn_return,
                 dsn_envid: from.env_id,
                 body,
-                smtputf8: from.flags & smtp_proto::MAIL_SMTPUTF8 != 0,
+                smtputf8,
                 declared_size: (from.size > 0).then_some(from.size as u64),
             },
             sender_domain,

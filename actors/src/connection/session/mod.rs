@@ -10,8 +10,10 @@
 //! therefore be driven from a test with plain byte strings.
 //!
 //! One file per verb family: `hello` (EHLO/HELO/STARTTLS), `auth`, `mail`,
-//! `rcpt`, `data` (DATA/BDAT/end of message), `misc` (RSET/NOOP/VRFY/HELP/QUIT).
+//! `rcpt`, `data` (DATA/BDAT/end of message), `misc` (RSET/NOOP/VRFY/HELP/QUIT);
+//! `address` turns parsed envelope addresses into the ones recorded.
 
+mod address;
 mod auth;
 mod data;
 mod hello;
@@ -250,6 +252,12 @@ impl Session {
         matches!(self.state, State::Data(_) | State::Bdat { .. })
     }
 
+    /// Whether a mail transaction is open: `MAIL` accepted and the message
+    /// not yet stored, refused or reset. A drain lets such a session finish.
+    pub fn in_transaction(&self) -> bool {
+        self.transaction.is_some() || self.pending.is_some() || self.in_data()
+    }
+
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
@@ -333,6 +341,13 @@ impl Session {
             Ok(request) => request.into_owned(),
             Err(err) => return self.error(parse_error(err)),
         };
+        // RFC 2920: only a client that was offered PIPELINING (in the EHLO
+        // reply) may send a command before the reply to the one before; any
+        // other did not wait (reliability notes §2.2, Postfix's
+        // `smtpd_forbid_unauth_pipelining`).
+        if !self.esmtp && !input.is_empty() {
+            return vec![Step::Reply(Reply::SynchronizationError)];
+        }
         match request {
             Request::Ehlo { host } => self.ehlo(host, input),
             Request::Helo { host } => self.helo(host, input),

@@ -391,3 +391,69 @@ fn organisation_headers_from_the_internet_are_stripped_and_marked() {
         "{content}"
     );
 }
+
+#[test]
+fn a_client_not_offered_pipelining_may_not_pipeline() {
+    // reliability.md §2.2: without EHLO there was no PIPELINING; commands sent
+    // before the previous reply get 554 5.5.0 and the session ends.
+    let mut t = Transcript::smtp();
+    let replies = t.send(b"MAIL FROM:<s@example.net>\r\nRCPT TO:<bob@example.com>\r\n");
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(replies[0].starts_with("554 5.5.0 "), "{replies:?}");
+    assert!(t.closed);
+
+    let mut t = Transcript::smtp();
+    t.cmd("HELO c", "250 ");
+    let replies = t.send(b"MAIL FROM:<s@example.net>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n");
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(replies[0].starts_with("554 5.5.0 "), "{replies:?}");
+    assert!(t.closed);
+
+    // One command at a time is fine after HELO.
+    let mut t = Transcript::smtp();
+    t.cmd("HELO c", "250 ");
+    t.cmd("MAIL FROM:<s@example.net>", "250 2.1.0 ");
+    t.cmd("RCPT TO:<bob@example.com>", "250 2.1.5 ");
+}
+
+#[test]
+fn envelope_addresses_are_recorded_as_mailboxes() {
+    // reliability.md §2.4/§2.5: quotes are kept where the local part needs them,
+    // non-ASCII needs SMTPUTF8 (553 5.6.7), and `user@` is no mailbox.
+    let mut t = Transcript::smtp();
+    t.cmd("EHLO c", "250");
+    t.cmd("MAIL FROM:<user@>", "501 5.1.7 ");
+    t.cmd("MAIL FROM:<josé@example.net>", "553 5.6.7 Must declare SMTPUTF8 to send unicode address");
+    t.cmd("MAIL FROM:<s@example.net>", "250 2.1.0 ");
+    t.cmd("RCPT TO:<jürgen@example.com>", "553 5.6.7 ");
+    t.cmd("RCPT TO:<\"relay@example.org\"@example.com>", "550 5.4.1 ");
+    t.cmd("RCPT TO:<\"bob\"@example.com>", "250 2.1.5 ");
+    t.cmd("DATA", "354");
+    t.send(b"Subject: x\r\n\r\nhi\r\n.\r\n");
+    assert_eq!(t.stored[0].recipients[0].address, "bob@example.com", "needless quotes are dropped");
+    match &t.records[0] {
+        ReceivedEvent::RecipientRejected(r) => assert_eq!(r.address, "\"relay@example.org\"@example.com"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let mut t = Transcript::smtp();
+    t.cmd("EHLO c", "250");
+    t.cmd("MAIL FROM:<josé@example.net> SMTPUTF8", "250 2.1.0 ");
+    t.send(b"MAIL FROM:<jos\xe9@example.net> SMTPUTF8\r\n");
+    t.cmd("RCPT TO:<jürgen@example.com>", "550 5.4.1 ");
+}
+
+#[test]
+fn orcpt_is_recorded_with_its_type_and_in_xtext() {
+    // The event's contract (`rfc822;anna@contoso.com`), which the delivery
+    // client relays as is; the parser gave the decoded address alone.
+    let mut t = Transcript::smtp();
+    t.cmd("EHLO c", "250");
+    t.cmd("MAIL FROM:<s@example.net>", "250");
+    t.cmd("RCPT TO:<alice@example.com> ORCPT=rfc822;Alice@Example.COM", "250 2.1.5 ");
+    t.cmd("RCPT TO:<bob@example.com> ORCPT=rfc822;George+20@Tax-+20ME+2BX+3D.GOV", "250 2.1.5 ");
+    t.cmd("DATA", "354");
+    t.send(b"Subject: x\r\n\r\nhi\r\n.\r\n");
+    let orcpts: Vec<Option<&str>> = t.stored[0].recipients.iter().map(|r| r.orcpt.as_deref()).collect();
+    assert_eq!(orcpts, [Some("rfc822;Alice@Example.COM"), Some("rfc822;George+20@Tax-+20ME+2BX+3D.GOV")]);
+}

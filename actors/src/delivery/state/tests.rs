@@ -191,3 +191,33 @@ fn a_destination_suspended_before_any_mail_holds_what_arrives_until_resumed() {
     state.apply(2, &Envelope::new("", "op", at(3), DeliveryEvent::Resumed(action(Scope::Destination))));
     assert_eq!(state.due(at(3), &never_busy, 100).len(), 1, "released");
 }
+
+#[test]
+fn a_copy_of_queued_after_the_message_left_the_queue_does_not_queue_it_again() {
+    // The verdict or routing role ran again after a crash: its copy of
+    // `Queued` comes after the original was delivered, and must not send it twice.
+    let state = fold(&[queued("m1", 0), delivered("m1", &["a@example.org", "b@example.org"]), queued("m1", 0)]);
+    assert_eq!(state.depth(), 0, "delivered once is enough");
+    // Another destination of the same message is another queue.
+    let mut other = queued("m1", 0);
+    if let DeliveryEvent::Queued(q) = &mut other.event {
+        q.destination.name = "example.net".into();
+    }
+    let mut state = state;
+    state.apply(3, &other);
+    assert_eq!(state.depth(), 1);
+    // Snapshots keep what is remembered; the oldest is forgotten past the bound.
+    let restored: PartitionState = serde_json::from_slice(&serde_json::to_vec(&state).expect("json")).expect("state");
+    assert_eq!(restored, state);
+    let mut events = Vec::new();
+    for n in 0..=COMPLETED_KEPT {
+        events.push(queued(&format!("m{n}"), 0));
+        events.push(delivered(&format!("m{n}"), &["a@example.org", "b@example.org"]));
+    }
+    events.push(queued("m0", 0));
+    events.push(queued(&format!("m{COMPLETED_KEPT}"), 0));
+    let state = fold(&events);
+    let queued_again: Vec<&str> =
+        state.destinations.values().flat_map(|d| d.queue.iter().map(|m| &*m.message_id)).collect();
+    assert_eq!(queued_again, ["m0"], "only the forgotten one queues again");
+}
