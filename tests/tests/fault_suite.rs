@@ -111,6 +111,23 @@ async fn received_numbers(router: &Router) -> anyhow::Result<BTreeSet<u64>> {
         .collect()
 }
 
+/// The dump files once smtp-sink has finished with the killed router's
+/// connection: it may write a transaction's file just after its reply, so a
+/// copy the killed run delivered can appear a moment after the kill. Lists
+/// until two listings 200 ms apart agree (at most 5 s).
+async fn settled_dump_names(sink: &SmtpSink) -> anyhow::Result<BTreeSet<String>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut names = sink.dump_names()?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let again = sink.dump_names()?;
+        if again == names || Instant::now() > deadline {
+            return Ok(again);
+        }
+        names = again;
+    }
+}
+
 fn numbers<'a>(attempts: impl IntoIterator<Item = &'a Attempt>) -> BTreeSet<u64> {
     attempts.into_iter().map(|a| a.number).collect()
 }
@@ -128,7 +145,7 @@ async fn fifty_kill_9s_under_load_lose_no_accepted_message_and_deliver_none_part
     let mut dumped_at_kill: Vec<BTreeSet<String>> = Vec::new();
     let mut rng = rand::rng();
     for cycle in 0..KILLS {
-        let router = Router::start_in(dir, &config)?;
+        let router = Router::start_in(dir, &config).with_context(|| format!("restart after kill {cycle}"))?;
         let address = router.smtp();
         let clients =
             Clients { threads: 4, first: cycle as u64 * 100_000, per_client: 10_000, per_session: 25, seconds: 30 };
@@ -136,8 +153,11 @@ async fn fifty_kill_9s_under_load_lose_no_accepted_message_and_deliver_none_part
         let run = Duration::from_millis(rng.random_range(200..2000));
         tokio::time::sleep(run).await;
         dir = router.into_dir(); // SIGKILL, at a moment the router does not choose
-        let sent = sender.join().map_err(|_| anyhow!("client thread panicked"))??;
-        dumped_at_kill.push(sink.dump_names()?);
+        let sent = sender
+            .join()
+            .map_err(|_| anyhow!("client thread panicked"))?
+            .with_context(|| format!("the clients of cycle {cycle}"))?;
+        dumped_at_kill.push(settled_dump_names(&sink).await?);
         let accepted = sent.iter().filter(|a| a.accepted()).count();
         let lost = sent.iter().filter(|a| a.outcome == Outcome::Lost).count();
         eprintln!("cycle {cycle}: killed after {run:?}: {accepted} accepted, {lost} without a reply");
