@@ -81,6 +81,20 @@ enum Command {
         /// Admin API address for --verify (default: `[admin] listen`).
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
+        /// Judge and route the messages received in a past window again under
+        /// this configuration file, with no side effects, and report per
+        /// message what would change (verdict, action, rules, destinations).
+        #[arg(long, value_name = "PROPOSED.toml", conflicts_with_all = ["state", "verify"])]
+        what_if: Option<PathBuf>,
+        /// With --what-if: messages received at or after this instant (RFC 3339).
+        #[arg(long, requires = "what_if")]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// With --what-if: messages received before this instant (RFC 3339).
+        #[arg(long, requires = "what_if")]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// With --what-if: report every message, not only those that would change.
+        #[arg(long, requires = "what_if")]
+        all: bool,
     },
     /// Shows the delivery queues of a running router and acts on them
     /// (through its admin API; every action is appended to the log as an event).
@@ -253,9 +267,28 @@ pub fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Replay { config, topic, partition, from, json, state, at, verify, admin } => {
+        Command::Replay {
+            config,
+            topic,
+            partition,
+            from,
+            json,
+            state,
+            at,
+            verify,
+            admin,
+            what_if,
+            since,
+            until,
+            all,
+        } => {
             let config = load(config.as_ref())?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            if let Some(proposed) = what_if {
+                let proposed = load(Some(&proposed))?;
+                let window = crate::what_if::Window { since, until };
+                return runtime.block_on(what_if_report(&config, &proposed, window, json, all));
+            }
             if verify {
                 let address = admin.or(config.admin.listen).context("no admin API address: pass --admin")?;
                 let client = crate::admin::client::AdminClient { address, token: None };
@@ -318,6 +351,39 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `mailflow replay --what-if`: one line (or JSON object) per message that
+/// would change (every message with `all`), then the totals.
+async fn what_if_report(
+    config: &Config,
+    proposed: &Config,
+    window: crate::what_if::Window,
+    json: bool,
+    all: bool,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let summary = crate::what_if::run(config, proposed, window, &mut |comparison| {
+        if !all && comparison.changed.is_empty() {
+            return Ok(());
+        }
+        if json {
+            writeln!(out, "{}", serde_json::to_string(comparison)?)?;
+        } else if comparison.changed.is_empty() {
+            writeln!(out, "{} unchanged", comparison.message_id)?;
+        } else {
+            writeln!(out, "{}", crate::what_if::describe(comparison))?;
+        }
+        Ok(())
+    })
+    .await?;
+    if json {
+        writeln!(out, "{}", serde_json::json!({ "summary": summary }))?;
+    } else {
+        writeln!(out, "{summary}")?;
+    }
+    Ok(())
 }
 
 async fn replay(config: &Config, topic: &str, partition: Option<u32>, from: u64, json: bool) -> anyhow::Result<()> {

@@ -21,3 +21,4 @@ pub mod routing;
 pub mod trace;
 pub mod validate;
 pub mod verdict;
+pub mod what_if;

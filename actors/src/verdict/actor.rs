@@ -184,6 +184,18 @@ impl VerdictActor {
 
     /// The verdict on one accepted message.
     pub async fn judge(&self, message_id: &str, received: &MessageReceived) -> VerdictEvent {
+        self.judge_with(message_id, received, None).await
+    }
+
+    /// The verdict on one accepted message, with the authentication results
+    /// `recorded` earlier instead of new lookups when given (what-if replay:
+    /// the DNS of the day the message came, see `crate::what_if`).
+    pub async fn judge_with(
+        &self,
+        message_id: &str,
+        received: &MessageReceived,
+        recorded: Option<&mailflow_events::verdicts::Authentication>,
+    ) -> VerdictEvent {
         if received.session.listener == crate::ndr::SYSTEM_LISTENER {
             return system_verdict(received);
         }
@@ -215,8 +227,9 @@ impl VerdictActor {
         };
         // The session may already have run every check before its reply
         // (anonymous mail only, so never with Enhanced Filtering).
-        let mut authentication = match &received.inline_checks {
-            Some(checks) if checks.dmarc.is_some() && original.is_none() => checks.clone(),
+        let mut authentication = match (recorded, &received.inline_checks) {
+            (Some(recorded), _) => recorded.clone(),
+            (None, Some(checks)) if checks.dmarc.is_some() && original.is_none() => checks.clone(),
             _ => {
                 authenticate(
                     &self.authenticator,
