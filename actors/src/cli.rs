@@ -237,18 +237,12 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 /// Runs the command named on the command line.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    // `serve` sets its logs up itself, beside its traces.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_logs(cli.log_format, None);
     }
     match cli.command {
-        Command::Serve { config, roles } => {
-            let config = load(config.as_ref())?;
-            actix_rt::System::new().block_on(serve(config, roles))
-        }
+        Command::Serve { config, roles } => serve_command(cli.log_format, config.as_ref(), roles),
         Command::CheckConfig { config, json } => {
             let result = Config::load(&config);
             if json {
@@ -384,6 +378,45 @@ async fn what_if_report(
         writeln!(out, "{summary}")?;
     }
     Ok(())
+}
+
+/// `mailflow serve`: logs and traces, the roles until SIGTERM and their drain,
+/// then the spans still batched.
+fn serve_command(format: LogFormat, config: Option<&PathBuf>, roles: Vec<Role>) -> anyhow::Result<()> {
+    let config = load(config)?;
+    let names: Vec<String> = roles
+        .iter()
+        .filter_map(|role| clap::ValueEnum::to_possible_value(role).map(|value| value.get_name().to_string()))
+        .collect();
+    let (telemetry, traces) = crate::telemetry::Telemetry::start(&config.telemetry, &names.join(","))?.unzip();
+    init_logs(format, traces);
+    if let Some(telemetry) = &telemetry {
+        tracing::info!(url = telemetry.url(), "exporting traces");
+    }
+    let served = actix_rt::System::new().block_on(serve(config, roles));
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    served
+}
+
+/// Log lines on standard error (`RUST_LOG` filters them; spans of
+/// `crate::telemetry` are never logged), and `traces` beside them when tracing is on.
+fn init_logs(format: LogFormat, traces: Option<crate::telemetry::BoxedLayer>) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::FilterExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let env = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let not_telemetry = tracing_subscriber::filter::filter_fn(|meta| meta.target() != crate::telemetry::TARGET);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => fmt.with_filter(not_telemetry.and(env)).boxed(),
+        LogFormat::Json => {
+            fmt.json().with_current_span(true).with_span_list(false).with_filter(not_telemetry.and(env)).boxed()
+        }
+    };
+    tracing_subscriber::registry().with(std::iter::once(logs).chain(traces).collect::<Vec<_>>()).init();
 }
 
 async fn replay(config: &Config, topic: &str, partition: Option<u32>, from: u64, json: bool) -> anyhow::Result<()> {

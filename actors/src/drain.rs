@@ -21,6 +21,9 @@
 //!   its outcome, snapshots its partitions and leaves the group. An attempt
 //!   still running at the deadline records nothing: the partition's next owner
 //!   sees it still queued and tries it again.
+//!
+//! Once the drain is over, `serve` returns and the spans still batched for
+//! export are flushed (`crate::telemetry::Telemetry::shutdown`) before exit.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -18,6 +18,7 @@ pub mod ndr;
 pub mod policy;
 pub mod replay;
 pub mod routing;
+pub mod telemetry;
 pub mod trace;
 pub mod validate;
 pub mod verdict;

@@ -19,9 +19,11 @@ use mailflow_events::received::{
     Directionality, DsnNotify, DsnReturn, MessageReceived, ReceivedEvent, Recipient, SmtpEnvelope, SmtpReply,
     SmtpSession,
 };
-use mailflow_events::{Envelope, content, topic};
+use mailflow_events::{Envelope, TraceContext, content, topic};
+use tracing::Instrument as _;
 
 use crate::config::{Config, RemoteDomainConfig};
+use crate::telemetry::{self, Stage};
 
 /// Listener name of messages the router generates itself (NDRs).
 pub const SYSTEM_LISTENER: &str = "system";
@@ -218,7 +220,7 @@ pub enum NdrError {
 }
 
 /// The message an NDR reports on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Original<'a> {
     /// Its message id.
     pub message_id: &'a str,
@@ -232,6 +234,9 @@ pub struct Original<'a> {
     pub received_at: DateTime<Utc>,
     /// Its content.
     pub content: &'a ContentRef,
+    /// The trace context of the stage that failed it: the NDR's own trace
+    /// continues from there (see `crate::telemetry`).
+    pub trace: Option<TraceContext>,
 }
 
 impl<'a> Original<'a> {
@@ -244,6 +249,7 @@ impl<'a> Original<'a> {
             full: received.envelope.dsn_return == Some(DsnReturn::Full),
             received_at: received.received_at,
             content: &received.content,
+            trace: None,
         }
     }
 
@@ -256,14 +262,21 @@ impl<'a> Original<'a> {
             full: queued.dsn_return == Some(DsnReturn::Full),
             received_at: queued.received_at,
             content: &queued.content,
+            trace: None,
         }
+    }
+
+    /// The same original, reported on from the stage whose context is `trace`.
+    pub fn in_trace(self, trace: Option<TraceContext>) -> Self {
+        Self { trace, ..self }
     }
 }
 
 /// Builds the NDR for `recipients` of `original` and appends it as a new
-/// message; returns its message id, or `None` when no NDR is due (null
-/// sender, remote domain with NDRs disabled). The caller leaves out
-/// recipients whose `NOTIFY` excludes failures ([`wants_failure_notice`]).
+/// message (its `MessageReceived` in the trace `original.trace`); returns its
+/// message id, or `None` when no NDR is due (null sender, remote domain with
+/// NDRs disabled). The caller leaves out recipients whose `NOTIFY` excludes
+/// failures ([`wants_failure_notice`]).
 pub async fn submit(
     log: &dyn EventLog,
     policy: &NdrPolicy,
@@ -321,7 +334,7 @@ pub async fn submit(
         header_from: Some(policy.postmaster.clone()),
         inline_checks: None,
     });
-    let envelope = Envelope::new(&id, producer, now, event);
+    let envelope = Envelope::new(&id, producer, now, event).with_trace_context(original.trace.clone());
     log.append(topic::RECEIVED, id.as_bytes(), &envelope.to_json()).await.map_err(content::ContentError::from)?;
     Ok(Some(id))
 }
@@ -329,7 +342,28 @@ pub async fn submit(
 /// [`submit`], retried every 500 ms while the log refuses it, so that the
 /// failure event that follows can name the NDR; `None` when no NDR is due or
 /// the original content cannot be read (then none can be built; logged).
+/// Generating it is an `ndr` span, a child of `original.trace`.
 pub async fn submit_until_stored(
+    log: &dyn EventLog,
+    policy: &NdrPolicy,
+    producer: &str,
+    original: &Original<'_>,
+    recipients: &[FailedRecipient],
+) -> Option<String> {
+    if recipients.is_empty() || !policy.sends_to(original.mail_from) {
+        return None;
+    }
+    let stage = Stage::start(telemetry::ndr_span(original.message_id), original.trace.as_ref());
+    let original = original.clone().in_trace(stage.context());
+    let submitted =
+        submit_retrying(log, policy, producer, &original, recipients).instrument(stage.span().clone()).await;
+    if let Some(id) = &submitted {
+        stage.span().record("mailflow.ndr_message_id", id.as_str());
+    }
+    submitted
+}
+
+async fn submit_retrying(
     log: &dyn EventLog,
     policy: &NdrPolicy,
     producer: &str,

@@ -88,6 +88,12 @@ impl<E> Envelope<E> {
             event,
         }
     }
+
+    /// The same envelope in the trace `trace_context` describes (none: in no trace).
+    pub fn with_trace_context(mut self, trace_context: Option<TraceContext>) -> Self {
+        self.trace_context = trace_context;
+        self
+    }
 }
 
 impl<E: Serialize> Envelope<E> {
@@ -564,6 +570,31 @@ mod tests {
         json["type"] = Value::from("Rerouted");
         let result = Envelope::<DeliveryEvent>::from_json(json.to_string().as_bytes());
         assert!(matches!(result, Err(DecodeError::FutureVersion(version)) if version == SCHEMA_VERSION + 1));
+    }
+
+    #[test]
+    fn a_trace_context_round_trips_through_the_wire_form_and_its_absence_too() {
+        let json = fixture("delivery.Resumed.json");
+        let plain = Envelope::<DeliveryEvent>::from_json(json.to_string().as_bytes()).expect("fixture decodes");
+        let context = TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+            tracestate: "vendor=opaque,other=1".to_string(),
+        };
+        let traced = plain.clone().with_trace_context(Some(context.clone()));
+        let wire: Value = serde_json::from_slice(&traced.to_json()).expect("JSON");
+        assert_eq!(wire["trace_context"]["traceparent"], context.traceparent.as_str());
+        assert_eq!(wire["trace_context"]["tracestate"], context.tracestate.as_str());
+        let decoded = Envelope::<DeliveryEvent>::from_json(&traced.to_json()).expect("decodes");
+        assert_eq!(decoded.trace_context, Some(context.clone()));
+        assert_eq!(decoded, traced);
+        // No tracestate: the field is left out, and read back as empty.
+        let bare = TraceContext { tracestate: String::new(), ..context };
+        let written = plain.clone().with_trace_context(Some(bare.clone())).to_json();
+        assert!(!String::from_utf8_lossy(&written).contains("tracestate"));
+        assert_eq!(Envelope::<DeliveryEvent>::from_json(&written).expect("decodes").trace_context, Some(bare));
+        let untraced = plain.with_trace_context(None).to_json();
+        assert!(!String::from_utf8_lossy(&untraced).contains("trace_context"));
+        assert_eq!(Envelope::<DeliveryEvent>::from_json(&untraced).expect("decodes").trace_context, None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod dns;
 pub mod dovecot;
 pub mod k8s;
 pub mod logs;
+pub mod otlp;
 pub mod pki;
 pub mod postfix;
 pub mod router;

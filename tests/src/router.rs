@@ -72,7 +72,18 @@ impl Router {
 
     /// Like [`Router::start_in`], with more `serve` arguments (e.g. `--roles delivery`).
     pub fn start_with(dir: tempfile::TempDir, config: &str, args: &[&str]) -> anyhow::Result<Self> {
-        Self::spawn(dir, config, args, &[])
+        Self::spawn(dir, config, args, &[], &[])
+    }
+
+    /// Like [`Router::start_with`], with these environment variables set for
+    /// the router (e.g. `OTEL_BSP_SCHEDULE_DELAY`).
+    pub fn start_with_env(
+        dir: tempfile::TempDir,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::spawn(dir, config, args, &[], env)
     }
 
     /// Like [`Router::start_in`], with the binary run by a wrapper command
@@ -81,10 +92,16 @@ impl Router {
     /// itself with SIGKILL, then the wrapper.
     pub fn start_wrapped(dir: tempfile::TempDir, config: &str, wrapper: &[String]) -> anyhow::Result<Self> {
         anyhow::ensure!(!wrapper.is_empty(), "a wrapper command is needed");
-        Self::spawn(dir, config, &[], wrapper)
+        Self::spawn(dir, config, &[], wrapper, &[])
     }
 
-    fn spawn(dir: tempfile::TempDir, config: &str, args: &[&str], wrapper: &[String]) -> anyhow::Result<Self> {
+    fn spawn(
+        dir: tempfile::TempDir,
+        config: &str,
+        args: &[&str],
+        wrapper: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let log = dir.path().join("log");
         // The embedded log in the test's directory, unless the test brings its own.
         let full = if config.contains("[event_log]") {
@@ -122,6 +139,7 @@ impl Router {
             .args(args)
             // `MAILFLOW_TEST_LOG=info cargo test …` shows what the router did.
             .env("RUST_LOG", std::env::var("MAILFLOW_TEST_LOG").unwrap_or_else(|_| "warn".to_string()))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -220,10 +220,11 @@ async fn act(
     let mut ndrs = Vec::new();
     if action == Action::Bounce {
         for (id, partition, offset, pending) in &targets {
-            let Some(queued) = crate::delivery::actor::queued_at(state.log.as_ref(), *partition, *offset).await else {
+            let log = state.log.as_ref();
+            let Some((queued, trace)) = crate::delivery::actor::queued_at(log, *partition, *offset).await else {
                 continue;
             };
-            if let Some(ndr) = bounce(state, id, &queued, pending).await {
+            if let Some(ndr) = bounce(state, id, &queued, trace, pending).await {
                 ndrs.push(ndr);
             }
         }
@@ -248,8 +249,15 @@ async fn act(
     }
 }
 
-/// Sends the NDR of a bounced message to its sender (never to `<>`, as NOTIFY asks).
-async fn bounce(state: &AdminState, message_id: &str, queued: &Queued, pending: &[String]) -> Option<String> {
+/// Sends the NDR of a bounced message to its sender (never to `<>`, as NOTIFY
+/// asks), in the message's trace (`trace`, from its `Queued` event).
+async fn bounce(
+    state: &AdminState,
+    message_id: &str,
+    queued: &Queued,
+    trace: Option<mailflow_events::TraceContext>,
+    pending: &[String],
+) -> Option<String> {
     let notify: Vec<FailedRecipient> = queued
         .recipients
         .iter()
@@ -262,7 +270,7 @@ async fn bounce(state: &AdminState, message_id: &str, queued: &Queued, pending: 
             remote_mta: None,
         })
         .collect();
-    let original = ndr::Original::queued(message_id, queued);
+    let original = ndr::Original::queued(message_id, queued).in_trace(trace);
     ndr::submit_until_stored(state.log.as_ref(), &state.ndr, &state.producer, &original, &notify).await
 }
 

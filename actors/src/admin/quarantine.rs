@@ -9,7 +9,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use mailflow_events::log::EventLog;
 use mailflow_events::verdicts::{MessageQuarantined, MessageReleased, VerdictEvent};
-use mailflow_events::{Envelope, topic};
+use mailflow_events::{Envelope, TraceContext, topic};
 use serde::Serialize;
 
 use super::actions::ActionBody;
@@ -32,6 +32,9 @@ pub struct Held {
     pub quarantined: MessageQuarantined,
     /// Offset of the `MessageReleased`, once released.
     pub released_at_offset: Option<u64>,
+    /// The record's trace context: a release continues the message's trace.
+    #[serde(skip)]
+    pub trace_context: Option<TraceContext>,
 }
 
 /// Finds message `id`'s latest quarantine record by reading its partition of
@@ -45,12 +48,12 @@ pub async fn find(log: &dyn EventLog, id: &str) -> anyhow::Result<Option<Held>> 
         let Some(last) = records.last() else { break };
         offset = last.position.offset + 1;
         for record in records.iter().filter(|r| &r.key[..] == id.as_bytes()) {
-            match Envelope::<VerdictEvent>::from_json(&record.value).map(|e| e.event) {
-                Ok(VerdictEvent::MessageQuarantined(quarantined)) => {
-                    held =
-                        Some(Held { partition, offset: record.position.offset, quarantined, released_at_offset: None });
+            match Envelope::<VerdictEvent>::from_json(&record.value).map(|e| (e.event, e.trace_context)) {
+                Ok((VerdictEvent::MessageQuarantined(quarantined), trace_context)) => {
+                    let offset = record.position.offset;
+                    held = Some(Held { partition, offset, quarantined, released_at_offset: None, trace_context });
                 }
-                Ok(VerdictEvent::MessageReleased(released)) => {
+                Ok((VerdictEvent::MessageReleased(released), _)) => {
                     if let Some(held) = held.as_mut().filter(|h| h.offset == released.quarantined_offset) {
                         held.released_at_offset = Some(record.position.offset);
                     }
@@ -105,7 +108,7 @@ async fn release(
         operator: body.operator.unwrap_or_else(|| "admin-api".to_string()),
         reason: body.reason,
     });
-    let envelope = Envelope::new(&id, &state.producer, Utc::now(), event);
+    let envelope = Envelope::new(&id, &state.producer, Utc::now(), event).with_trace_context(held.trace_context);
     match state.log.append(topic::VERDICTS, id.as_bytes(), &envelope.to_json()).await {
         Ok(position) => {
             tracing::info!(message_id = %id, "released from quarantine");

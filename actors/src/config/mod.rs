@@ -7,6 +7,7 @@
 mod policy;
 mod routing;
 mod server;
+mod telemetry;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ pub use policy::{
 };
 pub use routing::{MailboxStoreConfig, OutboundConnectorConfig, RemoteDomainConfig, TlsSettings, TransportConfig};
 pub use server::{ListenerConfig, ListenerKind, ServerConfig, TlsConfig};
+pub use telemetry::{OTLP_ENDPOINT_ENV, OtlpProtocol, TelemetryConfig};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -55,6 +57,8 @@ pub struct Config {
     pub dkim_signing: Vec<crate::delivery::dkim::DkimSigningConfig>,
     /// The admin HTTP API (default: `127.0.0.1:8025`, no token, so read-only).
     pub admin: crate::admin::AdminConfig,
+    /// OpenTelemetry traces (default: none recorded, nothing exported).
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[organization]` (EOP's `Set-OrganizationConfig`).
@@ -259,6 +263,7 @@ impl Config {
         }
         problems.extend(crate::verdict::rules::problems(&self.transport_rules));
         self.anti_spam.validate(&mut problems);
+        self.telemetry.validate(std::env::var(OTLP_ENDPOINT_ENV).ok().as_deref(), &mut problems);
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
@@ -440,6 +445,7 @@ mod tests {
         assert_eq!(format!("{:?}", example.mailbox_store), format!("{:?}", builtin.mailbox_store));
         assert_eq!(format!("{:?}", example.anti_spam), format!("{:?}", builtin.anti_spam));
         assert_eq!(format!("{:?}", example.admin), format!("{:?}", builtin.admin));
+        assert_eq!(example.telemetry, builtin.telemetry);
     }
 
     #[test]

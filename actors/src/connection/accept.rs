@@ -2,24 +2,26 @@
 //! by the log before the session may answer `250`.
 
 use chrono::Utc;
-use mailflow_events::Envelope;
 use mailflow_events::log::{EventLog, LogError};
 use mailflow_events::received::{MessageReceived, ReceivedEvent};
 use mailflow_events::verdicts::Authentication;
+use mailflow_events::{Envelope, TraceContext};
 use mailflow_events::{content, topic};
 
 use super::session::{Incoming, StoreOutcome};
 
-/// Stores `incoming` durably; the outcome decides the reply.
+/// Stores `incoming` durably, its `MessageReceived` starting the message's
+/// trace with `trace`; the outcome decides the reply.
 pub async fn store(
     log: &dyn EventLog,
     producer: &str,
     incoming: Incoming,
     inline_checks: Option<Authentication>,
+    trace: Option<TraceContext>,
 ) -> StoreOutcome {
     let listener = crate::metrics::ListenerLabels { listener: incoming.session.listener.clone() };
     let message_id = incoming.id.clone();
-    match try_store(log, producer, incoming, inline_checks).await {
+    match try_store(log, producer, incoming, inline_checks, trace).await {
         Ok(()) => {
             tracing::info!(%message_id, listener = %listener.listener, "accepted");
             crate::metrics::metrics().accepted.get_or_create(&listener).inc();
@@ -40,6 +42,7 @@ async fn try_store(
     producer: &str,
     incoming: Incoming,
     inline_checks: Option<Authentication>,
+    trace: Option<TraceContext>,
 ) -> Result<(), content::ContentError> {
     let reference = content::store(log, &incoming.id, producer, &incoming.content).await?;
     let (internet_message_id, subject, header_from) = summary(&incoming.content);
@@ -56,7 +59,7 @@ async fn try_store(
         header_from,
         inline_checks,
     });
-    let envelope = Envelope::new(&incoming.id, producer, Utc::now(), event);
+    let envelope = Envelope::new(&incoming.id, producer, Utc::now(), event).with_trace_context(trace);
     log.append(topic::RECEIVED, incoming.id.as_bytes(), &envelope.to_json()).await?;
     Ok(())
 }

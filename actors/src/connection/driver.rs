@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tracing::Instrument as _;
 
 use super::accept;
 use super::reply::Reply;
@@ -196,8 +197,26 @@ async fn carry_out(
                     // Replies to earlier pipelined commands go out first.
                     stream.write_all(out.as_bytes()).await?;
                     out.clear();
-                    let outcome = accept_message(shared, *incoming).await;
-                    next.extend(session.stored(outcome));
+                    let stage = crate::telemetry::Stage::start(
+                        crate::telemetry::accept_span(
+                            &incoming.id,
+                            &incoming.session.client_ip,
+                            &incoming.session.listener,
+                            &incoming.envelope.mail_from,
+                            incoming.recipients.len(),
+                        ),
+                        None,
+                    );
+                    let outcome =
+                        accept_message(shared, *incoming, stage.context()).instrument(stage.span().clone()).await;
+                    let answered = session.stored(outcome);
+                    if let Some(code) = answered.iter().find_map(|step| match step {
+                        Step::Reply(reply) => Some(reply.code()),
+                        _ => None,
+                    }) {
+                        stage.span().record("smtp.reply_code", code);
+                    }
+                    next.extend(answered);
                 }
                 Step::CheckPassword { login, password } => {
                     let policy = Arc::clone(&shared.policy);
@@ -223,14 +242,19 @@ async fn carry_out(
     Ok(!session.is_closed())
 }
 
-/// Runs the checks answered before the reply, then stores the message.
+/// Runs the checks answered before the reply, then stores the message, its
+/// `MessageReceived` carrying `trace` (the accept span's context).
 ///
 /// Anonymous mail (no AUTH, no connector) is authenticated here, in the
 /// connection's process, with a deadline: anonymous IPv6 must pass SPF or DKIM
 /// (spec 3.2b), and a DMARC failure for a `p=reject` domain is refused when
 /// the policy is honoured. The results travel in `MessageReceived`, where the
 /// verdict role takes them instead of checking again.
-async fn accept_message(shared: &Shared, incoming: super::session::Incoming) -> super::session::StoreOutcome {
+async fn accept_message(
+    shared: &Shared,
+    incoming: super::session::Incoming,
+    trace: Option<mailflow_events::TraceContext>,
+) -> super::session::StoreOutcome {
     use super::session::StoreOutcome;
     use mailflow_events::verdicts::{AuthResult, DmarcPolicy};
     let mut inline_checks = None;
@@ -271,7 +295,7 @@ async fn accept_message(shared: &Shared, incoming: super::session::Incoming) -> 
             ),
         }
     }
-    accept::store(shared.log.as_ref(), &shared.producer, incoming, inline_checks).await
+    accept::store(shared.log.as_ref(), &shared.producer, incoming, inline_checks, trace).await
 }
 
 async fn start_tls(shared: &Shared, session: &mut Session, stream: &mut Stream) -> Vec<Step> {

@@ -15,6 +15,10 @@
 //! A crash between a next hop's `250` and the durable `Delivered` means the
 //! message is sent again after restart (at-least-once); the window is the
 //! `Delivered` appends in flight, at most [`MAX_IN_FLIGHT`] per destination.
+//!
+//! Each attempt at a message is a `delivery.attempt` span in the message's
+//! trace (`crate::telemetry`), continued from its `Queued` event; its outcome
+//! events carry the span's context.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,8 +31,9 @@ use hickory_resolver::TokioResolver;
 use mailflow_events::delivery::{Deferred, Delivered, DeliveryEvent, DestinationKind, Expired, Failed, Queued, Scope};
 use mailflow_events::log::{EventLog, Record};
 use mailflow_events::received::{DsnNotify, SmtpReply};
-use mailflow_events::{Envelope, content, topic};
+use mailflow_events::{Envelope, TraceContext, content, topic};
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use super::client::{
     ClientOptions, Connection, Hop, HopFailure, Outcome, Protocol, RootsError, Timeouts, TlsPolicy, Transaction,
@@ -39,6 +44,7 @@ use super::state::{Due, DueMessage, ExpiredMessage, PartitionState};
 use crate::config::{Config, MailboxStoreConfig, TlsSettings};
 use crate::ndr::{self, FailedRecipient, NdrPolicy};
 use crate::routing::{OutboundConnector, Router};
+use crate::telemetry::{self, Stage};
 
 /// Consumer group of the delivery role.
 pub const GROUP: &str = "mailflow-delivery";
@@ -452,13 +458,24 @@ async fn apply(shared: &Shared, owned: &mut HashMap<u32, Owned>, record: &Record
     }
 }
 
-/// Appends an outcome until it is durable; returns its offset.
-async fn record(shared: &Shared, message_id: &str, event: DeliveryEvent) -> u64 {
+/// Appends an outcome until it is durable, in `stage`'s trace, and records it
+/// on `stage`'s span (with several outcomes, the last one's); returns its offset.
+async fn record(shared: &Shared, message_id: &str, event: DeliveryEvent, stage: &Stage) -> u64 {
     use mailflow_events::envelope::TaggedEvent as _;
     let outcome = crate::metrics::OutcomeLabels { outcome: event.tag().to_string() };
     crate::metrics::metrics().delivery_outcomes.get_or_create(&outcome).inc();
+    let (code, host, ip) = match &event {
+        DeliveryEvent::Delivered(e) => (Some(e.reply.code), e.remote_host.as_deref(), e.remote_ip.as_deref()),
+        DeliveryEvent::Deferred(e) => {
+            (e.reply.as_ref().map(|r| r.code), e.remote_host.as_deref(), e.remote_ip.as_deref())
+        }
+        DeliveryEvent::Failed(e) => (Some(e.reply.code), e.remote_host.as_deref(), e.remote_ip.as_deref()),
+        DeliveryEvent::Expired(e) => (Some(e.reply.code), None, None),
+        _ => (None, None, None),
+    };
+    telemetry::record_outcome(stage.span(), &outcome.outcome.to_ascii_lowercase(), code, host, ip);
     let key = event.destination().key();
-    let envelope = Envelope::new(message_id, &shared.producer, Utc::now(), event);
+    let envelope = Envelope::new(message_id, &shared.producer, Utc::now(), event).with_trace_context(stage.context());
     let value = envelope.to_json();
     crate::event_log::append_until_durable(shared.log.as_ref(), topic::DELIVERY, key.as_bytes(), &value).await.offset
 }
@@ -469,12 +486,17 @@ fn observe_latency(queued: &Queued) {
     crate::metrics::metrics().delivery_latency.observe(latency);
 }
 
-/// Reads the `Queued` event at `offset`.
-pub(crate) async fn queued_at(log: &dyn EventLog, partition: u32, offset: u64) -> Option<Queued> {
+/// Reads the `Queued` event at `offset`, with the trace context its envelope carries.
+pub(crate) async fn queued_at(
+    log: &dyn EventLog,
+    partition: u32,
+    offset: u64,
+) -> Option<(Queued, Option<TraceContext>)> {
     let records = log.read(topic::DELIVERY, partition, offset, 1).await.ok()?;
     let record = records.into_iter().next()?;
-    match Envelope::<DeliveryEvent>::from_json(&record.value).ok()?.event {
-        DeliveryEvent::Queued(queued) => Some(queued),
+    let envelope = Envelope::<DeliveryEvent>::from_json(&record.value).ok()?;
+    match envelope.event {
+        DeliveryEvent::Queued(queued) => Some((queued, envelope.trace_context)),
         _ => None,
     }
 }
@@ -492,6 +514,7 @@ async fn fail(
     attempt: u32,
     failures: Vec<(String, SmtpReply)>,
     hop: Option<&Hop>,
+    stage: &Stage,
 ) -> Option<u64> {
     let mut last = None;
     let notify: Vec<FailedRecipient> = failures
@@ -508,7 +531,7 @@ async fn fail(
             remote_mta: hop.map(|h| h.host.clone()),
         })
         .collect();
-    let original = ndr::Original::queued(message_id, queued);
+    let original = ndr::Original::queued(message_id, queued).in_trace(stage.context());
     let ndr_message_id =
         ndr::submit_until_stored(shared.log.as_ref(), &shared.ndr, &shared.producer, &original, &notify).await;
     // One event per distinct reply, each naming its recipients.
@@ -532,7 +555,7 @@ async fn fail(
             mail_from: None,
             size: None,
         });
-        last = Some(record(shared, message_id, event).await);
+        last = Some(record(shared, message_id, event, stage).await);
     }
     last
 }
@@ -541,7 +564,10 @@ async fn fail(
 async fn expire(shared: &Shared, partition: u32, messages: &[ExpiredMessage]) -> Option<u64> {
     let mut last = None;
     for message in messages {
-        let Some(queued) = queued_at(shared.log.as_ref(), partition, message.queued_offset).await else { continue };
+        let Some((queued, trace)) = queued_at(shared.log.as_ref(), partition, message.queued_offset).await else {
+            continue;
+        };
+        let stage = Stage::start(telemetry::expiry_span(&message.message_id, &message.key), trace.as_ref());
         let expiry = SmtpReply::new(550, "4.4.7", "QUEUE.Expired; message expired");
         let notify: Vec<FailedRecipient> = message
             .recipients
@@ -554,7 +580,7 @@ async fn expire(shared: &Shared, partition: u32, messages: &[ExpiredMessage]) ->
                 remote_mta: None,
             })
             .collect();
-        let original = ndr::Original::queued(&message.message_id, &queued);
+        let original = ndr::Original::queued(&message.message_id, &queued).in_trace(stage.context());
         let ndr_message_id =
             ndr::submit_until_stored(shared.log.as_ref(), &shared.ndr, &shared.producer, &original, &notify).await;
         tracing::info!(message_id = %message.message_id, destination = %message.key, "expired");
@@ -566,7 +592,7 @@ async fn expire(shared: &Shared, partition: u32, messages: &[ExpiredMessage]) ->
             last_reply: message.last_error.as_deref().map(|text| SmtpReply::new(450, "4.4.7", text)),
             ndr_message_id,
         });
-        last = Some(record(shared, &message.message_id, event).await);
+        last = Some(record(shared, &message.message_id, event, &stage).await);
     }
     last
 }
@@ -633,6 +659,7 @@ async fn defer_destination(
     message: &DueMessage,
     failure: &HopFailure,
     hop: Option<&Hop>,
+    stage: &Stage,
 ) -> u64 {
     let now = Utc::now();
     tracing::info!(destination = %work.key, attempt = work.destination_attempt, error = %failure.error, "destination deferred");
@@ -647,7 +674,7 @@ async fn defer_destination(
         remote_ip: hop.map(|h| h.addr.ip().to_string()),
         next_attempt_at: shared.schedule.next_attempt(work.destination_attempt, now),
     });
-    record(shared, &message.message_id, event).await
+    record(shared, &message.message_id, event, stage).await
 }
 
 /// Delivers the due messages of one destination, in order.
@@ -668,14 +695,15 @@ impl InFlight {
         self.last = self.last.max(offset);
     }
 
-    async fn push(&mut self, shared: &Arc<Shared>, message_id: &str, event: DeliveryEvent) {
+    /// The attempt's `stage` ends once the event is durable.
+    async fn push(&mut self, shared: &Arc<Shared>, message_id: &str, event: DeliveryEvent, stage: &Stage) {
         if self.handles.len() >= MAX_IN_FLIGHT
             && let Some(handle) = self.handles.pop_front()
         {
             self.note(handle.await.ok());
         }
-        let (shared, message_id) = (Arc::clone(shared), message_id.to_string());
-        self.handles.push_back(tokio::spawn(async move { record(&shared, &message_id, event).await }));
+        let (shared, message_id, stage) = (Arc::clone(shared), message_id.to_string(), stage.clone());
+        self.handles.push_back(tokio::spawn(async move { record(&shared, &message_id, event, &stage).await }));
     }
 
     async fn finish(mut self) -> Option<u64> {
@@ -767,16 +795,21 @@ async fn deliver_batch(
                 if !source.stop() {
                     return None;
                 }
+                let trace = queued_at(shared.log.as_ref(), partition, first.queued_offset).await.and_then(|q| q.1);
+                let stage = attempt_stage(work, first, trace.as_ref());
                 let failure = local_failure(error);
-                return Some(defer_destination(shared, work, first, &failure, None).await);
+                return Some(defer_destination(shared, work, first, &failure, None, &stage).await);
             }
             Resolution::Fail(reply) => {
                 while let Some(message) = source.next() {
-                    let Some(queued) = queued_at(shared.log.as_ref(), partition, message.queued_offset).await else {
+                    let Some((queued, trace)) = queued_at(shared.log.as_ref(), partition, message.queued_offset).await
+                    else {
                         continue;
                     };
+                    let stage = attempt_stage(work, &message, trace.as_ref());
                     let failures = message.recipients.iter().map(|r| (r.clone(), reply.clone())).collect();
-                    last = fail(shared, &message.message_id, &queued, message.attempt, failures, None).await.max(last);
+                    let id = &message.message_id;
+                    last = fail(shared, id, &queued, message.attempt, failures, None, &stage).await.max(last);
                 }
                 return last;
             }
@@ -786,10 +819,13 @@ async fn deliver_batch(
     let mut sent_on_connection = 0;
     while let Some(message) = source.next() {
         let message = &message;
-        let Some(queued) = queued_at(shared.log.as_ref(), partition, message.queued_offset).await else {
+        let Some((queued, trace)) = queued_at(shared.log.as_ref(), partition, message.queued_offset).await else {
             tracing::error!(message_id = %message.message_id, "queued event unreadable; skipped");
             continue;
         };
+        // Ends when this message's outcome is recorded (or the loop moves on).
+        let stage = attempt_stage(work, message, trace.as_ref());
+        let attempt = Attempt { message, queued: &queued, stage: &stage };
         let content = match content::load(shared.log.as_ref(), &message.message_id, &queued.content).await {
             Ok(content) if work.destination.kind == DestinationKind::MailboxStore => {
                 super::render::render(&queued, &content)
@@ -798,12 +834,12 @@ async fn deliver_batch(
             Err(err) => {
                 tracing::error!(error = %err, message_id = %message.message_id, "content unreadable; deferred");
                 let failure = local_failure(format!("4.3.0 content unreadable: {err}"));
-                last = Some(defer_message(shared, work, message, &failure, None).await).max(last);
+                last = Some(defer_message(shared, work, message, &failure, None, &stage).await).max(last);
                 continue;
             }
         };
         if let Some(root) = &maildir {
-            last = Some(deliver_maildir(shared, work, message, &queued, root, content).await).max(last);
+            last = Some(deliver_maildir(shared, work, &attempt, root, content).await).max(last);
             continue;
         }
         if connection.is_none() || sent_on_connection >= shared.max_messages_per_connection {
@@ -811,7 +847,7 @@ async fn deliver_batch(
                 old.quit().await;
             }
             let options = options_for(shared, work, queued.require_tls);
-            match open_any(&hops, &options).await {
+            match open_any(&hops, &options).instrument(stage.span().clone()).await {
                 Ok(opened) => {
                     connection = Some(opened);
                     sent_on_connection = 0;
@@ -820,16 +856,16 @@ async fn deliver_batch(
                     // Every host refused to take mail at all: the message fails.
                     let reply = failure.reply.clone().unwrap_or_else(|| SmtpReply::new(554, "5.0.350", &failure.error));
                     let failures = message.recipients.iter().map(|r| (r.clone(), reply.clone())).collect();
-                    last = fail(shared, &message.message_id, &queued, message.attempt, failures, hop.as_ref())
-                        .await
-                        .max(last);
+                    let id = &message.message_id;
+                    last = fail(shared, id, &queued, message.attempt, failures, hop.as_ref(), &stage).await.max(last);
                     continue;
                 }
                 Err((failure, hop)) => {
                     if !source.stop() {
                         return last;
                     }
-                    return Some(defer_destination(shared, work, message, &failure, hop.as_ref()).await).max(last);
+                    let deferred = defer_destination(shared, work, message, &failure, hop.as_ref(), &stage).await;
+                    return Some(deferred).max(last);
                 }
             }
         }
@@ -860,15 +896,15 @@ async fn deliver_batch(
         };
         sent_on_connection += 1;
         let hop = open.hop().clone();
-        match open.send(&transaction, &content).await {
+        match open.send(&transaction, &content).instrument(stage.span().clone()).await {
             Ok(outcomes) => {
-                last = record_outcomes(shared, work, message, &queued, outcomes, &hop, in_flight).await.max(last);
+                last = record_outcomes(shared, work, &attempt, outcomes, &hop, in_flight).await.max(last);
             }
             Err(failure) => {
                 if !source.stop() {
                     return last;
                 }
-                return Some(defer_destination(shared, work, message, &failure, Some(&hop)).await).max(last);
+                return Some(defer_destination(shared, work, message, &failure, Some(&hop), &stage).await).max(last);
             }
         }
     }
@@ -908,6 +944,7 @@ async fn defer_message(
     message: &DueMessage,
     failure: &HopFailure,
     hop: Option<&Hop>,
+    stage: &Stage,
 ) -> u64 {
     tracing::info!(message_id = %message.message_id, destination = %work.key, error = %failure.error, "message deferred");
     let event = DeliveryEvent::Deferred(Deferred {
@@ -921,19 +958,33 @@ async fn defer_message(
         remote_ip: hop.map(|h| h.addr.ip().to_string()),
         next_attempt_at: shared.schedule.next_attempt(message.attempt, Utc::now()),
     });
-    record(shared, &message.message_id, event).await
+    record(shared, &message.message_id, event, stage).await
+}
+
+/// One attempt at one message: its place in the queue, its `Queued` event,
+/// and the stage (`delivery.attempt` span) its outcome events continue.
+#[derive(Debug, Clone, Copy)]
+struct Attempt<'a> {
+    message: &'a DueMessage,
+    queued: &'a Queued,
+    stage: &'a Stage,
+}
+
+/// The `delivery.attempt` stage of `message`, a child of its `Queued` event's `trace`.
+fn attempt_stage(work: &Due, message: &DueMessage, trace: Option<&TraceContext>) -> Stage {
+    Stage::start(telemetry::delivery_span(&message.message_id, &work.key, message.attempt), trace)
 }
 
 /// Records what the next hop said for each recipient.
 async fn record_outcomes(
     shared: &Arc<Shared>,
     work: &Due,
-    message: &DueMessage,
-    queued: &Queued,
+    attempt: &Attempt<'_>,
     outcomes: Vec<super::client::RecipientOutcome>,
     hop: &Hop,
     in_flight: &mut InFlight,
 ) -> Option<u64> {
+    let Attempt { message, queued, stage } = *attempt;
     let mut last = None;
     // LMTP with a `+Junk` detail answers for the rewritten address: map back by position.
     let original = |index: usize, address: &str| {
@@ -968,7 +1019,7 @@ async fn record_outcomes(
             remote_ip: Some(hop.addr.ip().to_string()),
             reply,
         });
-        in_flight.push(shared, &message.message_id, event).await;
+        in_flight.push(shared, &message.message_id, event, stage).await;
     }
     for (reply, recipients) in deferred {
         let event = DeliveryEvent::Deferred(Deferred {
@@ -982,10 +1033,10 @@ async fn record_outcomes(
             remote_ip: Some(hop.addr.ip().to_string()),
             next_attempt_at: shared.schedule.next_attempt(message.attempt, Utc::now()),
         });
-        last = Some(record(shared, &message.message_id, event).await);
+        last = Some(record(shared, &message.message_id, event, stage).await);
     }
     if !failed.is_empty() {
-        last = fail(shared, &message.message_id, queued, message.attempt, failed, Some(hop)).await.or(last);
+        last = fail(shared, &message.message_id, queued, message.attempt, failed, Some(hop), stage).await.or(last);
     }
     last
 }
@@ -994,11 +1045,11 @@ async fn record_outcomes(
 async fn deliver_maildir(
     shared: &Shared,
     work: &Due,
-    message: &DueMessage,
-    queued: &Queued,
+    attempt: &Attempt<'_>,
     root: &std::path::Path,
     content: Vec<u8>,
 ) -> u64 {
+    let Attempt { message, queued, stage } = *attempt;
     let content = Arc::new(content);
     let mut delivered = Vec::new();
     let mut undelivered = Vec::new();
@@ -1034,12 +1085,12 @@ async fn deliver_maildir(
         });
         tracing::info!(message_id = %message.message_id, "delivered to Maildir");
         observe_latency(queued);
-        last = record(shared, &message.message_id, event).await;
+        last = record(shared, &message.message_id, event, stage).await;
     }
     if let Some(error) = error {
         let failure = local_failure(format!("4.3.0 mailbox store: {error}"));
         let remaining = DueMessage { recipients: undelivered, ..message.clone() };
-        last = defer_message(shared, work, &remaining, &failure, None).await;
+        last = defer_message(shared, work, &remaining, &failure, None, stage).await;
     }
     last
 }

@@ -4,7 +4,8 @@
 //! destination), records unroutable recipients as `Failed` (attempt 0) with
 //! their NDR, and only then commits. A crash in between routes the verdict
 //! again; the delivery state drops a `Queued` for a message already in the
-//! destination's queue, so the copy is not delivered twice.
+//! destination's queue, so the copy is not delivered twice. Routing a verdict
+//! is a `routing` span in the message's trace (`crate::telemetry`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +15,13 @@ use chrono::Utc;
 use mailflow_events::delivery::{DeliveryEvent, Failed};
 use mailflow_events::log::{EventLog, GroupMember, Record};
 use mailflow_events::verdicts::VerdictEvent;
-use mailflow_events::{Envelope, topic};
+use mailflow_events::{Envelope, TraceContext, topic};
+use tracing::Instrument as _;
 
 use super::Router;
 use crate::event_log::{append_until_durable, join_until_member};
 use crate::ndr::{self, FailedRecipient, NdrPolicy};
+use crate::telemetry::{self, Stage};
 
 /// Consumer group of the routing role.
 pub const GROUP: &str = "mailflow-routing";
@@ -74,7 +77,10 @@ impl RoutingActor {
         match Envelope::<VerdictEvent>::from_json(&record.value) {
             Ok(envelope) => match &envelope.event {
                 VerdictEvent::VerdictReached(verdict) => match &verdict.received {
-                    Some(received) => self.route(&envelope.message_id, verdict, received).await,
+                    Some(received) => {
+                        let trace = envelope.trace_context.as_ref();
+                        self.route(&envelope.message_id, verdict, received, trace).await
+                    }
                     None => {
                         tracing::error!(message_id = %envelope.message_id, "verdict without its message; not routable")
                     }
@@ -84,7 +90,8 @@ impl RoutingActor {
                         Some(verdict) => {
                             tracing::info!(message_id = %envelope.message_id, operator = %released.operator, "released from quarantine");
                             if let Some(received) = &verdict.received {
-                                self.route(&envelope.message_id, &verdict, received).await;
+                                let trace = envelope.trace_context.as_ref();
+                                self.route(&envelope.message_id, &verdict, received, trace).await;
                             }
                         }
                         None => tracing::error!(
@@ -107,17 +114,33 @@ impl RoutingActor {
         }
     }
 
+    /// Routes one verdict, in a `routing` span that continues `trace`.
     async fn route(
         &self,
         message_id: &str,
         verdict: &mailflow_events::verdicts::VerdictReached,
         received: &mailflow_events::received::MessageReceived,
+        trace: Option<&TraceContext>,
+    ) {
+        let stage = Stage::start(telemetry::routing_span(message_id), trace);
+        self.route_in(message_id, verdict, received, &stage).instrument(stage.span().clone()).await;
+    }
+
+    async fn route_in(
+        &self,
+        message_id: &str,
+        verdict: &mailflow_events::verdicts::VerdictReached,
+        received: &mailflow_events::received::MessageReceived,
+        stage: &Stage,
     ) {
         let routed = self.router.route(verdict, received);
+        stage.span().record("mailflow.destination_count", routed.queued.len());
+        stage.span().record("mailflow.unroutable_count", routed.unroutable.len());
         for queued in routed.queued {
             let key = queued.destination.key();
             tracing::info!(message_id, destination = %key, recipients = queued.recipients.len(), "routed");
-            let event = Envelope::new(message_id, &self.producer, Utc::now(), DeliveryEvent::Queued(queued));
+            let event = Envelope::new(message_id, &self.producer, Utc::now(), DeliveryEvent::Queued(queued))
+                .with_trace_context(stage.context());
             append_until_durable(self.log.as_ref(), topic::DELIVERY, key.as_bytes(), &event.to_json()).await;
         }
         for unroutable in routed.unroutable {
@@ -135,7 +158,7 @@ impl RoutingActor {
                     remote_mta: None,
                 })
                 .collect();
-            let original = ndr::Original::received(message_id, received);
+            let original = ndr::Original::received(message_id, received).in_trace(stage.context());
             let ndr_message_id =
                 ndr::submit_until_stored(self.log.as_ref(), &self.ndr, &self.producer, &original, &failed).await;
             let key = unroutable.destination.key();
@@ -152,7 +175,8 @@ impl RoutingActor {
                 mail_from: Some(received.envelope.mail_from.clone()),
                 size: Some(received.content.size),
             });
-            let event = Envelope::new(message_id, &self.producer, Utc::now(), event);
+            let event =
+                Envelope::new(message_id, &self.producer, Utc::now(), event).with_trace_context(stage.context());
             append_until_durable(self.log.as_ref(), topic::DELIVERY, key.as_bytes(), &event.to_json()).await;
         }
     }

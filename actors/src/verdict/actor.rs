@@ -4,6 +4,7 @@
 //! `mailflow.verdicts` (key: message id), and only then commits the offset:
 //! a crash in between means the message is judged again (at-least-once;
 //! consumers dedupe on the message id). Refusal events carry no message to judge.
+//! Judging is a `verdict` span in the message's trace (`crate::telemetry`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +17,13 @@ use mailflow_events::log::{EventLog, GroupMember, Record};
 use mailflow_events::received::{Directionality, MessageReceived, ReceivedEvent};
 use mailflow_events::verdicts::{PolicyAction, VerdictEvent, VerdictReached};
 use mailflow_events::{Envelope, topic};
+use tracing::Instrument as _;
 
 use super::auth::{Arrival, authenticate};
 use super::headers;
 use super::score::{Signals, has_gtube, score};
 use super::{AntiSpamConfig, enhanced_filtering};
+use crate::telemetry::{self, Stage};
 
 /// Consumer group of the verdict role.
 pub const GROUP: &str = "mailflow-verdict";
@@ -85,7 +88,9 @@ impl VerdictActor {
         match Envelope::<ReceivedEvent>::from_json(&record.value) {
             Ok(envelope) => {
                 if let ReceivedEvent::MessageReceived(received) = envelope.event {
-                    let verdict = self.judge(&envelope.message_id, &received).await;
+                    let stage =
+                        Stage::start(telemetry::verdict_span(&envelope.message_id), envelope.trace_context.as_ref());
+                    let verdict = self.judge(&envelope.message_id, &received).instrument(stage.span().clone()).await;
                     if let VerdictEvent::VerdictReached(reached) = &verdict {
                         tracing::info!(
                             message_id = %envelope.message_id,
@@ -93,6 +98,10 @@ impl VerdictActor {
                             action = %crate::metrics::label(&reached.action),
                             "judged"
                         );
+                        let span = stage.span();
+                        span.record("mailflow.scl", reached.scl);
+                        span.record("mailflow.verdict", crate::metrics::label(&reached.verdict).as_str());
+                        span.record("mailflow.action", crate::metrics::label(&reached.action).as_str());
                         let labels = crate::metrics::VerdictLabels {
                             scl: reached.scl.to_string(),
                             verdict: crate::metrics::label(&reached.verdict),
@@ -100,7 +109,8 @@ impl VerdictActor {
                         };
                         crate::metrics::metrics().verdicts.get_or_create(&labels).inc();
                     }
-                    let event = Envelope::new(&envelope.message_id, &self.producer, Utc::now(), verdict);
+                    let event = Envelope::new(&envelope.message_id, &self.producer, Utc::now(), verdict)
+                        .with_trace_context(stage.context());
                     // Retry until the verdict is durable: committing first would lose it.
                     let key = envelope.message_id.as_bytes();
                     crate::event_log::append_until_durable(self.log.as_ref(), topic::VERDICTS, key, &event.to_json())
@@ -108,7 +118,8 @@ impl VerdictActor {
                     // The quarantine store is the log: the held copy is recorded with
                     // everything a release needs (`mailflow queue release`).
                     if let Some(held) = quarantine_record(&event.event, &received, Utc::now()) {
-                        let held = Envelope::new(&envelope.message_id, &self.producer, Utc::now(), held);
+                        let held = Envelope::new(&envelope.message_id, &self.producer, Utc::now(), held)
+                            .with_trace_context(stage.context());
                         crate::event_log::append_until_durable(
                             self.log.as_ref(),
                             topic::VERDICTS,
