@@ -332,6 +332,8 @@ pub async fn submit(
         internet_message_id: Some(format!("<{id}@{}>", policy.reporting_mta)),
         subject: Some(format!("Undeliverable: {}", subject.as_deref().unwrap_or(""))),
         header_from: Some(policy.postmaster.clone()),
+        // NDRs follow `NDREnabled`, not the automatic-reply setting.
+        auto_submitted: None,
         inline_checks: None,
     });
     let envelope = Envelope::new(&id, producer, now, event).with_trace_context(original.trace.clone());

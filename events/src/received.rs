@@ -266,6 +266,12 @@ pub struct MessageReceived {
     /// Address of the `From` header (RFC 5322.From), when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_from: Option<String>,
+    /// The `Auto-Submitted` header's keyword (RFC 3834), lower case, when the
+    /// header is present and not `no`: `auto-replied` (out-of-office and other
+    /// automatic replies), `auto-generated`, `auto-notified`. Remote domains
+    /// can refuse automatic replies (spec 14.2, `AutoReplyEnabled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_submitted: Option<String>,
     /// Results of the checks run inside the session before the reply to `DATA`
     /// (anonymous IPv6, DMARC reject); the verdict actor reuses them.
     #[serde(default, skip_serializing_if = "Option::is_none")]

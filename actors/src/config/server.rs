@@ -47,7 +47,9 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// Failed commands per session (default 20); then `421 4.7.0` and disconnect.
     pub max_errors: usize,
-    /// `Received:` headers a message may carry (default 50); more is a loop, `554 5.4.14`.
+    /// `Received:` headers a message may carry (default 20, the loop limit of
+    /// spec 6.5 / Q-13: EOP interrupts a loop after 20 iterations; Postfix's
+    /// `hopcount_limit` is 50); more is a loop, `554 5.4.14`.
     pub max_received_headers: usize,
     /// Whether VRFY answers (default false: `252 2.1.5`, never confirming an
     /// address); true: `250` for directory addresses, `550 5.1.1` otherwise.
@@ -70,7 +72,7 @@ impl Default for ServerConfig {
             max_connections: 1000,
             max_connections_per_ip: 50,
             max_errors: 20,
-            max_received_headers: 50,
+            max_received_headers: 20,
             vrfy: false,
         }
     }

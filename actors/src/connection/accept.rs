@@ -45,7 +45,7 @@ async fn try_store(
     trace: Option<TraceContext>,
 ) -> Result<(), content::ContentError> {
     let reference = content::store(log, &incoming.id, producer, &incoming.content).await?;
-    let (internet_message_id, subject, header_from) = summary(&incoming.content);
+    let Summary { internet_message_id, subject, header_from, auto_submitted } = summary(&incoming.content);
     let event = ReceivedEvent::MessageReceived(MessageReceived {
         session: incoming.session,
         envelope: incoming.envelope,
@@ -57,6 +57,7 @@ async fn try_store(
         internet_message_id,
         subject,
         header_from,
+        auto_submitted,
         inline_checks,
     });
     let envelope = Envelope::new(&incoming.id, producer, Utc::now(), event).with_trace_context(trace);
@@ -74,11 +75,57 @@ pub async fn record(log: &dyn EventLog, producer: &str, key: &str, event: Receiv
     }
 }
 
-/// `Message-ID`, `Subject` and `From` of the header, for the trace without loading content.
-fn summary(content: &[u8]) -> (Option<String>, Option<String>, Option<String>) {
+/// What the trace and routing need of the header, without loading content.
+#[derive(Debug, Default)]
+struct Summary {
+    /// `Message-ID`, in angle brackets.
+    internet_message_id: Option<String>,
+    /// `Subject`, at most 256 characters.
+    subject: Option<String>,
+    /// Address of the first `From`.
+    header_from: Option<String>,
+    /// `Auto-Submitted` keyword, lower case, unless `no` (RFC 3834).
+    auto_submitted: Option<String>,
+}
+
+fn summary(content: &[u8]) -> Summary {
     let Some(message) = mail_parser::MessageParser::default().parse_headers(content) else {
-        return (None, None, None);
+        return Summary::default();
     };
     let from = message.from().and_then(|from| from.first()).and_then(|addr| addr.address()).map(str::to_string);
-    (message.message_id().map(|id| format!("<{id}>")), message.subject().map(|s| s.chars().take(256).collect()), from)
+    let auto_submitted = message
+        .header_raw("Auto-Submitted")
+        .and_then(|value| value.split(';').next())
+        .map(|keyword| keyword.trim().to_ascii_lowercase())
+        .filter(|keyword| !keyword.is_empty() && keyword != "no");
+    Summary {
+        internet_message_id: message.message_id().map(|id| format!("<{id}>")),
+        subject: message.subject().map(|s| s.chars().take(256).collect()),
+        header_from: from,
+        auto_submitted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summary;
+
+    #[test]
+    fn the_summary_takes_the_auto_submitted_keyword_and_ignores_no() {
+        // RFC 3834 §5: `Auto-Submitted: auto-replied` marks automatic replies
+        // (spec 14.2 AutoReplyEnabled); `no` means a person sent it.
+        let with = |value: &str| {
+            let message =
+                format!("From: a@contoso.com\r\nAuto-Submitted: {value}\r\nSubject: Away\r\n\r\nback soon\r\n");
+            summary(message.as_bytes()).auto_submitted
+        };
+        assert_eq!(with("auto-replied").as_deref(), Some("auto-replied"));
+        assert_eq!(with("Auto-Replied; owner-email=\"a@contoso.com\"").as_deref(), Some("auto-replied"));
+        assert_eq!(with("auto-generated").as_deref(), Some("auto-generated"));
+        assert_eq!(with("no"), None);
+        let plain = summary(b"From: a@contoso.com\r\nSubject: hi\r\n\r\nbody\r\n");
+        assert_eq!(plain.auto_submitted, None);
+        assert_eq!(plain.subject.as_deref(), Some("hi"));
+        assert_eq!(plain.header_from.as_deref(), Some("a@contoso.com"));
+    }
 }

@@ -130,6 +130,17 @@ impl Router {
             .is_none_or(|remote| remote.auto_forward_enabled)
     }
 
+    /// Whether an automatic reply may go to `address`: always inside the
+    /// organisation; outside, unless its remote domain disables them.
+    fn auto_reply_allowed(&self, address: &str) -> bool {
+        let domain = domain_of(address);
+        if self.policy.accepted_domain(domain).is_some() {
+            return true;
+        }
+        crate::config::RemoteDomainConfig::most_specific(&self.remote_domains, domain)
+            .is_none_or(|remote| remote.auto_reply_enabled)
+    }
+
     /// The enabled outbound connector named `name`.
     pub fn connector(&self, name: &str) -> Option<&OutboundConnector> {
         self.connectors.iter().find(|c| c.name.eq_ignore_ascii_case(name))
@@ -288,6 +299,12 @@ impl Router {
         for target in forwards {
             let dsn = QueuedRecipient { address: target.clone(), notify: vec![DsnNotify::Never], orcpt: None };
             wanted.push((target, dsn, Some(RouteReason::Redirect)));
+        }
+        // Automatic replies (RFC 3834 `Auto-Submitted: auto-replied`, as
+        // out-of-office replies carry) to a remote domain that does not allow
+        // them are dropped silently, with no NDR (spec 14.2 `AutoReplyEnabled`).
+        if received.auto_submitted.as_deref() == Some("auto-replied") {
+            wanted.retain(|(address, ..)| self.auto_reply_allowed(address));
         }
         let rule_connector = verdict.route_via_connector.as_deref().and_then(|name| self.connector(name));
         let junk = verdict.action == PolicyAction::MoveToJunk;

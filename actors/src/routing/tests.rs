@@ -43,6 +43,7 @@ forward_to = "me@blocked.example"
 [[remote_domains]]
 name = "blocked.example"
 auto_forward_enabled = false
+auto_reply_enabled = false
 
 [[outbound_connectors]]
 name = "to-onprem"
@@ -100,6 +101,7 @@ fn received(recipients: &[&str], connector: Option<ConnectorKind>) -> MessageRec
         internet_message_id: None,
         subject: None,
         header_from: None,
+        auto_submitted: None,
         inline_checks: None,
     }
 }
@@ -313,4 +315,31 @@ fn mailbox_forwarding_sends_a_copy_unless_the_remote_domain_blocks_auto_forwards
     assert!(routed.unroutable.is_empty(), "a blocked forward is dropped silently");
     let forward = &routed.queued[1].recipients[0];
     assert_eq!(forward.notify, vec![mailflow_events::received::DsnNotify::Never], "a failed forward bounces to nobody");
+}
+
+#[test]
+fn an_automatic_reply_to_a_remote_domain_that_refuses_them_is_dropped_silently() {
+    // Spec 14.2: AutoReplyEnabled=$false → an automatic reply (RFC 3834
+    // `Auto-Submitted: auto-replied`) to that domain is not sent, and no NDR;
+    // other recipients of the same reply, and other automatic mail, go out.
+    let router = router("");
+    let rcpts = ["x@blocked.example", "y@tailspin.example", "anna@contoso.com"];
+    let mut reply = received(&rcpts, None);
+    reply.auto_submitted = Some("auto-replied".into());
+    let routed = router.route(&verdict(&rcpts, PolicyAction::Deliver), &reply);
+    assert_eq!(
+        summary(&routed),
+        vec![
+            ("internet:tailspin.example".into(), RouteReason::Mx, vec!["y@tailspin.example".into()]),
+            ("mailbox_store:mailbox".into(), RouteReason::AcceptedDomain, vec!["anna@contoso.com".into()]),
+        ]
+    );
+    assert!(routed.unroutable.is_empty(), "dropped silently, no NDR");
+    for other in [None, Some("auto-generated")] {
+        let mut message = received(&rcpts, None);
+        message.auto_submitted = other.map(str::to_string);
+        let routed = router.route(&verdict(&rcpts, PolicyAction::Deliver), &message);
+        let all: usize = routed.queued.iter().map(|q| q.recipients.len()).sum();
+        assert_eq!(all, 3, "{other:?} is not an automatic reply: {:?}", summary(&routed));
+    }
 }

@@ -35,6 +35,14 @@ fn config(kind: ListenerKind, tls: bool) -> (Arc<SessionConfig>, Arc<InboundPoli
 impl Transcript {
     fn new(kind: ListenerKind, tls: bool, ip: &str) -> Self {
         let (config, policy) = config(kind, tls);
+        Self::at(config, policy, ip)
+    }
+
+    fn with_config(config: Arc<SessionConfig>, policy: Arc<InboundPolicy>) -> Self {
+        Self::at(config, policy, "198.51.100.7")
+    }
+
+    fn at(config: Arc<SessionConfig>, policy: Arc<InboundPolicy>, ip: &str) -> Self {
         let peer = Peer { addr: format!("{ip}:40000").parse().expect("addr"), local: None, ptr: None };
         let (session, steps) = Session::new(config, policy, peer);
         let mut transcript = Self {
@@ -456,4 +464,24 @@ fn orcpt_is_recorded_with_its_type_and_in_xtext() {
     t.send(b"Subject: x\r\n\r\nhi\r\n.\r\n");
     let orcpts: Vec<Option<&str>> = t.stored[0].recipients.iter().map(|r| r.orcpt.as_deref()).collect();
     assert_eq!(orcpts, [Some("rfc822;Alice@Example.COM"), Some("rfc822;George+20@Tax-+20ME+2BX+3D.GOV")]);
+}
+
+#[test]
+fn by_default_twenty_received_headers_pass_and_the_twenty_first_is_a_loop() {
+    // Spec 6.5 / requirements Q-13: EOP interrupts a loop after 20 iterations
+    // (`554 5.4.14 Hop count exceeded - possible mail loop`).
+    assert_eq!(crate::config::ServerConfig::default().max_received_headers, 20);
+    let content = |hops: usize| format!("{}Subject: hop\r\n\r\nx\r\n.\r\n", "Received: from a by b\r\n".repeat(hops));
+    for (hops, expected) in [(20, "250 "), (21, "554 5.4.14 Hop count exceeded")] {
+        let (config, policy) = config(ListenerKind::Smtp, false);
+        let mut config = (*config).clone();
+        config.max_received_headers = crate::config::ServerConfig::default().max_received_headers;
+        let mut t = Transcript::with_config(Arc::new(config), policy);
+        t.cmd("EHLO c", "250");
+        t.cmd("MAIL FROM:<s@example.net>", "250");
+        t.cmd("RCPT TO:<bob@example.com>", "250");
+        t.cmd("DATA", "354");
+        let replies = t.send(content(hops).as_bytes());
+        assert!(replies[0].starts_with(expected), "{hops} hops: {replies:?}");
+    }
 }
