@@ -142,7 +142,13 @@ impl VerdictActor {
     }
 
     /// Mail flow rules over the message, with the SCL filtering gave it.
-    fn run_rules(&self, received: &MessageReceived, content: &[u8], scl: i8) -> super::rules::RuleOutcome {
+    fn run_rules(
+        &self,
+        received: &MessageReceived,
+        content: &[u8],
+        scl: i8,
+        sender_ip: std::net::IpAddr,
+    ) -> super::rules::RuleOutcome {
         if self.rules.is_empty() {
             return super::rules::RuleOutcome::default();
         }
@@ -178,6 +184,8 @@ impl VerdictActor {
             .as_ref()
             .map(|m| m.attachments().filter_map(|a| a.attachment_name().map(str::to_string)).collect())
             .unwrap_or_default();
+        let attachment_sizes: Vec<u64> =
+            parsed.as_ref().map(|m| m.attachments().map(|a| a.contents().len() as u64).collect()).unwrap_or_default();
         let body = parsed.as_ref().and_then(|m| m.body_text(0)).map(|b| b.into_owned()).unwrap_or_default();
         let input = super::rules::RuleInput {
             sender: &sender,
@@ -189,6 +197,8 @@ impl VerdictActor {
             scl,
             size: received.content.size,
             attachments: &attachments,
+            attachment_sizes: &attachment_sizes,
+            sender_ip: Some(sender_ip),
         };
         super::rules::evaluate(&self.rules, &input)
     }
@@ -292,7 +302,7 @@ impl VerdictActor {
             mark_bulk_as_spam: anti_spam.mark_as_spam_bulk_mail,
             authentication: &authentication,
         });
-        let outcome = self.run_rules(received, &content, score.scl);
+        let outcome = self.run_rules(received, &content, score.scl, ip);
         let score = super::score::with_rule_scl(score, outcome.set_scl);
         let applied = super::action::apply(anti_spam, score.verdict);
         let direction = match received.directionality {

@@ -130,6 +130,11 @@ pub struct Conditions {
     pub attachment_name_matches_patterns: Patterns,
     /// `WithImportance`: the `Importance:` header (else `X-Priority:`; else normal).
     pub with_importance: Option<Importance>,
+    /// `SenderIpRanges`: the sending IP (the original internet sender's
+    /// under Enhanced Filtering) is in one of these networks, e.g. `192.0.2.0/24`.
+    pub sender_ip_ranges: Vec<crate::config::IpNet>,
+    /// `AttachmentSizeOver`: some attachment is at least this many bytes (decoded).
+    pub attachment_size_over: Option<u64>,
 }
 
 /// Message importance (`WithImportance`).
@@ -221,6 +226,10 @@ pub struct RuleInput<'a> {
     pub size: u64,
     /// Attachment file names.
     pub attachments: &'a [String],
+    /// Decoded size of each attachment, in bytes.
+    pub attachment_sizes: &'a [u64],
+    /// The sending IP (after Enhanced Filtering's skip listing), if known.
+    pub sender_ip: Option<std::net::IpAddr>,
 }
 
 /// What the matching rules decided.
@@ -364,6 +373,9 @@ impl Conditions {
             }),
             pattern(&self.attachment_name_matches_patterns, &|p| input.attachments.iter().any(|a| p.matches(a))),
             self.with_importance.map(|importance| Importance::of(input.headers) == importance),
+            (!self.sender_ip_ranges.is_empty())
+                .then(|| input.sender_ip.is_some_and(|ip| self.sender_ip_ranges.iter().any(|net| net.contains(ip)))),
+            self.attachment_size_over.map(|size| input.attachment_sizes.iter().any(|&a| a >= size)),
         ]
     }
 

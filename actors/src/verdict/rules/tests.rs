@@ -25,6 +25,8 @@ fn input<'a>(
         scl: 1,
         size: 20_000,
         attachments,
+        attachment_sizes: &[4_000, 250_000],
+        sender_ip: Some("203.0.113.9".parse().expect("ip")),
     }
 }
 
@@ -275,4 +277,39 @@ fn invalid_patterns_and_half_header_conditions_are_configuration_problems() {
     assert!(found.iter().any(|p| p.contains("exceptions.attachment_name_matches_patterns: `[z-a]`")), "{found:#?}");
     assert!(found.iter().any(|p| p.contains("conditions: header_matches_message_header and header_matches_patterns")));
     assert!(found.iter().any(|p| p.contains("exceptions: header_contains_message_header and header_contains_words")));
+}
+
+#[test]
+fn sender_ip_ranges_and_attachment_size_over_hold_as_exchange_defines_them() {
+    // Spec 12 conditions `SenderIpRanges` and `AttachmentSizeOver` (the test
+    // message comes from 203.0.113.9 with attachments of 4,000 and 250,000 bytes).
+    let (recipients, headers, attachments) = (vec![("bob@contoso.com".to_string(), true)], vec![], vec![]);
+    let cases = [
+        ("sender_ip_ranges = [\"203.0.113.0/24\"]", true),
+        ("sender_ip_ranges = [\"198.51.100.0/24\", \"203.0.113.9/32\"]", true),
+        ("sender_ip_ranges = [\"198.51.100.0/24\", \"2001:db8::/32\"]", false),
+        ("attachment_size_over = 250000", true),
+        ("attachment_size_over = 250001", false),
+        ("sender_ip_ranges = [\"203.0.113.0/24\"], attachment_size_over = 300000", false),
+    ];
+    for (conditions, expected) in cases {
+        let set = rules(&format!(
+            "[[transport_rules]]\nname = \"r\"\npriority = 0\nconditions = {{ {conditions} }}\nactions = {{ set_scl = 6 }}\n"
+        ));
+        let matched = !evaluate(&set, &input(&recipients, &headers, &attachments)).matched.is_empty();
+        assert_eq!(matched, expected, "{conditions}");
+    }
+    // As an exception, a listed range vetoes the rule.
+    let excepted = rules(
+        "[[transport_rules]]\nname = \"r\"\npriority = 0\nexceptions = { sender_ip_ranges = [\"203.0.113.0/24\"] }\n\
+         actions = { set_scl = 6 }\n",
+    );
+    assert!(evaluate(&excepted, &input(&recipients, &headers, &attachments)).matched.is_empty());
+    // Unknown sender IP: the condition does not hold.
+    let set = rules(
+        "[[transport_rules]]\nname = \"r\"\npriority = 0\nconditions = { sender_ip_ranges = [\"0.0.0.0/0\"] }\n\
+         actions = { set_scl = 6 }\n",
+    );
+    let unknown = RuleInput { sender_ip: None, ..input(&recipients, &headers, &attachments) };
+    assert!(evaluate(&set, &unknown).matched.is_empty());
 }
