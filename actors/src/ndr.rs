@@ -72,6 +72,13 @@ impl NdrPolicy {
     /// Whether an NDR to `sender` is sent: not to `<>`, and not to an outside
     /// sender whose remote domain disables NDRs (spec 13.5).
     pub fn sends_to(&self, sender: &str) -> bool {
+        self.notifies(sender, DsnAction::Failed)
+    }
+
+    /// Whether a notification of `action` to `sender` is sent: never to
+    /// `<>`; to an outside sender unless its remote domain disables NDRs
+    /// (failures, spec 13.5) or delivery reports (delays and successes, spec 14.2).
+    pub fn notifies(&self, sender: &str, action: DsnAction) -> bool {
         if sender.is_empty() {
             return false;
         }
@@ -79,7 +86,10 @@ impl NdrPolicy {
         if self.accepted.within_accepted_domain(domain) {
             return true;
         }
-        RemoteDomainConfig::most_specific(&self.remote_domains, domain).is_none_or(|remote| remote.ndr_enabled)
+        RemoteDomainConfig::most_specific(&self.remote_domains, domain).is_none_or(|remote| match action {
+            DsnAction::Failed => remote.ndr_enabled,
+            DsnAction::Delayed | DsnAction::Delivered | DsnAction::Relayed => remote.delivery_report_enabled,
+        })
     }
 }
 
@@ -87,6 +97,60 @@ impl NdrPolicy {
 /// (RFC 3461: none given, or an unknown recipient, means failures).
 pub fn wants_failure_notice(notify: Option<&[DsnNotify]>) -> bool {
     notify.is_none_or(|notify| notify.is_empty() || notify.contains(&DsnNotify::Failure))
+}
+
+/// Whether a recipient with these `NOTIFY=` values asked for a success
+/// notice (RFC 3461 §4.1: `NOTIFY=SUCCESS`).
+pub fn wants_success_notice(notify: Option<&[DsnNotify]>) -> bool {
+    notify.is_some_and(|notify| notify.contains(&DsnNotify::Success))
+}
+
+/// The `Action` a delivery status notification reports (RFC 3464 §2.3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DsnAction {
+    /// The message could not be delivered (an NDR).
+    Failed,
+    /// Delivery is delayed; the router keeps trying (`NOTIFY=DELAY`).
+    Delayed,
+    /// Delivered to the recipient's mailbox (`NOTIFY=SUCCESS`).
+    Delivered,
+    /// Handed to a next hop that does not offer DSN, so no further
+    /// notification will come (`NOTIFY=SUCCESS`, RFC 3461 §4.2).
+    Relayed,
+}
+
+impl DsnAction {
+    /// The `Action` field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Failed => "failed",
+            Self::Delayed => "delayed",
+            Self::Delivered => "delivered",
+            Self::Relayed => "relayed",
+        }
+    }
+
+    /// Prefix of the notification's subject.
+    fn subject(self) -> &'static str {
+        match self {
+            Self::Failed => "Undeliverable",
+            Self::Delayed => "Delivery delayed",
+            Self::Delivered => "Delivered",
+            Self::Relayed => "Relayed",
+        }
+    }
+
+    /// First line of the human part, in EOP's words.
+    fn headline(self) -> &'static str {
+        match self {
+            Self::Failed => "Delivery has failed to these recipients or groups:",
+            Self::Delayed => "Delivery is delayed to these recipients or groups:",
+            Self::Delivered => "Your message has been delivered to the following recipients:",
+            Self::Relayed => {
+                "Delivery to these recipients or groups is complete, but no delivery notification was sent by the destination server:"
+            }
+        }
+    }
 }
 
 /// The user-facing explanation for an enhanced status code (spec 13.1, 13.3).
@@ -136,6 +200,8 @@ pub struct Report<'a> {
     pub original: &'a [u8],
     /// `RET=FULL`: include the whole original, else its headers.
     pub full: bool,
+    /// What is reported for every recipient.
+    pub action: DsnAction,
 }
 
 /// Renders the NDR message (CRLF line ends) with the given `Message-ID` local part.
@@ -146,7 +212,7 @@ pub fn render(policy: &NdrPolicy, report: &Report<'_>, id: &str, now: DateTime<U
     let mut out = String::new();
     out.push_str(&format!("From: Mail Delivery System <{}>\r\n", policy.postmaster));
     out.push_str(&format!("To: <{}>\r\n", report.to));
-    out.push_str(&format!("Subject: Undeliverable: {subject}\r\n"));
+    out.push_str(&format!("Subject: {}: {subject}\r\n", report.action.subject()));
     out.push_str(&format!("Date: {}\r\n", now.to_rfc2822()));
     out.push_str(&format!("Message-ID: <{id}@{host}>\r\n"));
     out.push_str("Auto-Submitted: auto-replied\r\n");
@@ -157,10 +223,20 @@ pub fn render(policy: &NdrPolicy, report: &Report<'_>, id: &str, now: DateTime<U
     out.push_str("This is a delivery status notification in MIME format.\r\n\r\n");
     // Human part (spec 13.1, the "older layout" that mail clients show as text).
     out.push_str(&format!("--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"));
-    out.push_str("Delivery has failed to these recipients or groups:\r\n\r\n");
+    out.push_str(report.action.headline());
+    out.push_str("\r\n\r\n");
     for recipient in report.recipients {
-        let enhanced = recipient.reply.enhanced.as_deref().unwrap_or("5.0.0");
-        out.push_str(&format!("{}\r\n{}\r\n\r\n", recipient.address, explanation(enhanced)));
+        match report.action {
+            DsnAction::Failed => {
+                let enhanced = recipient.reply.enhanced.as_deref().unwrap_or("5.0.0");
+                out.push_str(&format!("{}\r\n{}\r\n\r\n", recipient.address, explanation(enhanced)));
+            }
+            DsnAction::Delayed => out.push_str(&format!(
+                "{}\r\nThe server will keep trying to deliver this message; you don't need to send it again.\r\n\r\n",
+                recipient.address
+            )),
+            DsnAction::Delivered | DsnAction::Relayed => out.push_str(&format!("{}\r\n\r\n", recipient.address)),
+        }
     }
     out.push_str("Diagnostic information for administrators:\r\n\r\n");
     out.push_str(&format!("Generating server: {host}\r\n\r\n"));
@@ -186,7 +262,7 @@ pub fn render(policy: &NdrPolicy, report: &Report<'_>, id: &str, now: DateTime<U
         if let Some(orcpt) = &recipient.orcpt {
             out.push_str(&format!("Original-Recipient: {orcpt}\r\n"));
         }
-        out.push_str(&format!("Action: failed\r\nStatus: {status}\r\n"));
+        out.push_str(&format!("Action: {}\r\nStatus: {status}\r\n", report.action.as_str()));
         if let Some(remote) = &recipient.remote_mta {
             out.push_str(&format!("Remote-MTA: dns;{remote}\r\n"));
         }
@@ -283,10 +359,11 @@ pub async fn submit(
     producer: &str,
     original: &Original<'_>,
     recipients: &[FailedRecipient],
+    action: DsnAction,
     now: DateTime<Utc>,
 ) -> Result<Option<String>, NdrError> {
     let sender = original.mail_from;
-    if recipients.is_empty() || !policy.sends_to(sender) {
+    if recipients.is_empty() || !policy.notifies(sender, action) {
         return Ok(None);
     }
     let content = content::load(log, original.message_id, original.content).await.map_err(NdrError::Original)?;
@@ -301,6 +378,7 @@ pub async fn submit(
         recipients,
         original: &content,
         full: original.full,
+        action,
     };
     let ndr = render(policy, &report, &id, now);
     let reference = content::store(log, &id, producer, &ndr).await?;
@@ -330,7 +408,7 @@ pub async fn submit(
         content: reference,
         received_at: now,
         internet_message_id: Some(format!("<{id}@{}>", policy.reporting_mta)),
-        subject: Some(format!("Undeliverable: {}", subject.as_deref().unwrap_or(""))),
+        subject: Some(format!("{}: {}", action.subject(), subject.as_deref().unwrap_or(""))),
         header_from: Some(policy.postmaster.clone()),
         // NDRs follow `NDREnabled`, not the automatic-reply setting.
         auto_submitted: None,
@@ -352,13 +430,26 @@ pub async fn submit_until_stored(
     original: &Original<'_>,
     recipients: &[FailedRecipient],
 ) -> Option<String> {
-    if recipients.is_empty() || !policy.sends_to(original.mail_from) {
+    notify_until_stored(log, policy, producer, original, recipients, DsnAction::Failed).await
+}
+
+/// Like [`submit_until_stored`], for any [`DsnAction`]: the NDR, or a delay
+/// or success notification that recipients' `NOTIFY` asked for.
+pub async fn notify_until_stored(
+    log: &dyn EventLog,
+    policy: &NdrPolicy,
+    producer: &str,
+    original: &Original<'_>,
+    recipients: &[FailedRecipient],
+    action: DsnAction,
+) -> Option<String> {
+    if recipients.is_empty() || !policy.notifies(original.mail_from, action) {
         return None;
     }
     let stage = Stage::start(telemetry::ndr_span(original.message_id), original.trace.as_ref());
     let original = original.clone().in_trace(stage.context());
     let submitted =
-        submit_retrying(log, policy, producer, &original, recipients).instrument(stage.span().clone()).await;
+        submit_retrying(log, policy, producer, &original, recipients, action).instrument(stage.span().clone()).await;
     if let Some(id) = &submitted {
         stage.span().record("mailflow.ndr_message_id", id.as_str());
     }
@@ -371,9 +462,10 @@ async fn submit_retrying(
     producer: &str,
     original: &Original<'_>,
     recipients: &[FailedRecipient],
+    action: DsnAction,
 ) -> Option<String> {
     loop {
-        match submit(log, policy, producer, original, recipients, Utc::now()).await {
+        match submit(log, policy, producer, original, recipients, action, Utc::now()).await {
             Ok(id) => return id,
             Err(NdrError::Original(err)) => {
                 tracing::error!(error = %err, message_id = original.message_id, "original content unreadable; no NDR");
@@ -447,6 +539,7 @@ mod tests {
             recipients: &failed,
             original,
             full: false,
+            action: DsnAction::Failed,
         };
         let ndr = render(&policy, &report, "abc", Utc::now());
         let parsed = mail_parser::MessageParser::default().parse(&ndr).expect("the NDR parses");
@@ -471,5 +564,50 @@ mod tests {
         assert_eq!(parsed.parts.len(), 4, "root, human part, delivery-status, headers");
         let full = render(&policy, &Report { full: true, ..report }, "abc", Utc::now());
         assert!(String::from_utf8_lossy(&full).contains("secret body"), "RET=FULL carries the message");
+    }
+
+    #[test]
+    fn success_and_delay_notices_say_what_happened_and_follow_delivery_report_enabled() {
+        // RFC 3464 §2.3.3 actions; spec 14.2 DeliveryReportEnabled, 13.5 NDREnabled.
+        let policy = policy(
+            "[[accepted_domains]]\nname = \"contoso.com\"\ndefault = true\n\
+             [[remote_domains]]\nname = \"quiet.example\"\ndelivery_report_enabled = false\n",
+        );
+        assert!(policy.notifies("a@quiet.example", DsnAction::Failed), "NDRs stay on");
+        assert!(!policy.notifies("a@quiet.example", DsnAction::Delivered));
+        assert!(!policy.notifies("a@quiet.example", DsnAction::Delayed));
+        assert!(policy.notifies("a@loud.example", DsnAction::Relayed));
+        assert!(!policy.notifies("", DsnAction::Delivered), "never to <>");
+        let recipients = [FailedRecipient {
+            address: "bob@fabrikam.example".into(),
+            orcpt: None,
+            reply: SmtpReply::new(250, "2.0.0", "OK queued as 12345"),
+            remote_mta: Some("mx.fabrikam.example".into()),
+        }];
+        for (action, subject, field) in [
+            (DsnAction::Delivered, "Subject: Delivered: Hello", "Action: delivered"),
+            (DsnAction::Relayed, "Subject: Relayed: Hello", "Action: relayed"),
+            (DsnAction::Delayed, "Subject: Delivery delayed: Hello", "Action: delayed"),
+        ] {
+            let report = Report {
+                to: "anna@contoso.com",
+                subject: Some("Hello"),
+                envid: None,
+                arrival: Utc::now(),
+                recipients: &recipients,
+                original: b"Subject: Hello\r\n\r\nbody\r\n",
+                full: false,
+                action,
+            };
+            let text = String::from_utf8(render(&policy, &report, "n1", Utc::now())).expect("ascii");
+            assert!(text.contains(subject), "{text}");
+            assert!(text.contains(field), "{text}");
+            assert!(text.contains("Final-Recipient: rfc822;bob@fabrikam.example"), "{text}");
+            assert!(text.contains(action.headline()), "{text}");
+            assert!(!text.contains("Action: failed"), "{text}");
+        }
+        assert!(wants_success_notice(Some(&[DsnNotify::Success, DsnNotify::Failure])));
+        assert!(!wants_success_notice(Some(&[DsnNotify::Failure])));
+        assert!(!wants_success_notice(None), "RFC 3461: no NOTIFY means failures (and delays) only");
     }
 }

@@ -137,3 +137,73 @@ async fn a_connector_that_loops_back_to_us_ends_in_an_ndr_for_hop_count_exceeded
     assert!(ndr.contains("Subject: Undeliverable: looping"), "{ndr}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_success_brings_a_delivered_or_relayed_notice_and_a_dsn_capable_next_hop_gets_the_parameter()
+-> anyhow::Result<()> {
+    // Issue "NDRs": DSN NOTIFY honoured (RFC 3461 §4.2, RFC 3464 §2.3.3).
+    // NOTIFY=SUCCESS: `delivered` for a copy in our mailbox store, `relayed`
+    // for one handed to a next hop without DSN; a next hop with DSN gets the
+    // NOTIFY parameter and no notice comes from us; NOTIFY=FAILURE alone, none.
+    use mailflow_tests::sink::{Script, Sink};
+    let dns = DnsServer::start("")?;
+    let plain = Sink::start(Script::smtp().extensions(&["PIPELINING", "8BITMIME", "SIZE 10485760"])).await?;
+    let capable = Sink::start(Script::smtp()).await?;
+    let config = format!(
+        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[[inbound_connectors]]\nname = \"onprem\"\nkind = \"on_premises\"\n\
+         sender_ip_addresses = [\"127.0.0.1\"]\n\n\
+         [[outbound_connectors]]\nname = \"plain\"\nkind = \"partner\"\nrecipient_domains = [\"plain.example\"]\n\
+         smart_hosts = [\"127.0.0.1:{}\"]\n\n\
+         [[outbound_connectors]]\nname = \"capable\"\nkind = \"partner\"\nrecipient_domains = [\"capable.example\"]\n\
+         smart_hosts = [\"127.0.0.1:{}\"]\n",
+        dns.address,
+        plain.address.port(),
+        capable.address.port()
+    );
+    let router = Router::start(&config)?;
+    let script = r#"
+s = smtplib.SMTP(ADDR, PORT)
+s.ehlo("onprem.contoso.com")
+content = b"From: alice@contoso.com\r\nSubject: quarterly figures\r\n\r\nattached\r\n"
+s.mail("alice@contoso.com", ["RET=HDRS", "ENVID=Q4-42"])
+for rcpt, notify in [("bob@contoso.com", "SUCCESS"), ("x@plain.example", "SUCCESS,FAILURE"),
+                     ("y@plain.example", "FAILURE"), ("z@capable.example", "SUCCESS")]:
+    code, text = s.rcpt(rcpt, ["NOTIFY=" + notify])
+    assert code == 250, (rcpt, code, text)
+code, text = s.data(content)
+assert code == 250, (code, text)
+s.quit()
+print(json.dumps("sent"))
+"#;
+    python(router.smtp(), script)?;
+    let mail = router.dir.path().join("mail");
+    // bob's copy, then two notices in alice's mailbox: delivered and relayed.
+    wait_for_mail(&mail, "bob@contoso.com", "", 1)?;
+    let notices = wait_for_mail(&mail, "alice@contoso.com", "", 2)?;
+    let delivered = notices.iter().find(|n| n.contains("Subject: Delivered: quarterly figures"));
+    let delivered = delivered.unwrap_or_else(|| panic!("no delivered notice: {notices:?}"));
+    assert!(delivered.contains("Action: delivered"), "{delivered}");
+    assert!(delivered.contains("Final-Recipient: rfc822;bob@contoso.com"), "{delivered}");
+    assert!(delivered.contains("Status: 2.0.0"), "{delivered}");
+    assert!(delivered.contains("Original-Envelope-Id: Q4-42"), "{delivered}");
+    assert!(delivered.contains("report-type=delivery-status"), "{delivered}");
+    assert!(!delivered.contains("x@plain.example"), "one notice per delivered copy: {delivered}");
+    let relayed = notices.iter().find(|n| n.contains("Subject: Relayed: quarterly figures"));
+    let relayed = relayed.unwrap_or_else(|| panic!("no relayed notice: {notices:?}"));
+    assert!(relayed.contains("Action: relayed"), "{relayed}");
+    assert!(relayed.contains("Final-Recipient: rfc822;x@plain.example"), "{relayed}");
+    assert!(relayed.contains("Remote-MTA: dns;127.0.0.1"), "{relayed}");
+    assert!(!relayed.contains("y@plain.example"), "NOTIFY=FAILURE asks for no success notice: {relayed}");
+    // The DSN-capable next hop was handed the parameter; no third notice comes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while capable.received().is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "capable.example never got its copy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rcpt = capable.command_lines().into_iter().find(|l| l.starts_with("RCPT TO:<z@capable.example>"));
+    assert_eq!(rcpt.as_deref(), Some("RCPT TO:<z@capable.example> NOTIFY=SUCCESS"));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let all = wait_for_mail(&mail, "alice@contoso.com", "", 2)?;
+    assert_eq!(all.len(), 2, "no notice for the copy the DSN-capable hop took: {all:?}");
+    Ok(())
+}

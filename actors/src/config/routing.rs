@@ -179,6 +179,11 @@ pub struct RemoteDomainConfig {
     /// Automatic replies to this domain are dropped silently when false. Default true.
     #[serde(default = "yes")]
     pub auto_reply_enabled: bool,
+    /// Delay and success notifications (`NOTIFY=DELAY`, `NOTIFY=SUCCESS`) to
+    /// senders of this domain are not sent when false (spec 14.2
+    /// `DeliveryReportEnabled`). Default true.
+    #[serde(default = "yes")]
+    pub delivery_report_enabled: bool,
 }
 
 impl RemoteDomainConfig {

@@ -506,6 +506,55 @@ pub(crate) fn notify_of<'a>(queued: &'a Queued, address: &str) -> Option<&'a [Ds
     queued.recipients.iter().find(|r| r.address.eq_ignore_ascii_case(address)).map(|r| r.notify.as_slice())
 }
 
+/// What a success notice reports for a copy delivered to `destination`
+/// (RFC 3461 §4.2): `delivered` into our own mailbox store; `relayed` to a
+/// next hop that does not offer DSN; none for a next hop that does (it got
+/// the `NOTIFY` parameter and reports itself).
+fn success_action(destination: DestinationKind, peer_offers_dsn: bool) -> Option<ndr::DsnAction> {
+    match destination {
+        DestinationKind::MailboxStore => Some(ndr::DsnAction::Delivered),
+        _ if peer_offers_dsn => None,
+        _ => Some(ndr::DsnAction::Relayed),
+    }
+}
+
+/// The success notices `NOTIFY=SUCCESS` asked for, of `recipients` just
+/// delivered with `reply`: stored before their `Delivered` is recorded, so a
+/// crash in between repeats the notice rather than losing it.
+async fn notify_success(
+    shared: &Shared,
+    message_id: &str,
+    queued: &Queued,
+    recipients: &[String],
+    (action, reply, hop): (Option<ndr::DsnAction>, &SmtpReply, Option<&Hop>),
+    stage: &Stage,
+) {
+    let Some(action) = action else { return };
+    let notify: Vec<FailedRecipient> = recipients
+        .iter()
+        .filter(|address| ndr::wants_success_notice(notify_of(queued, address)))
+        .map(|address| FailedRecipient {
+            address: address.clone(),
+            orcpt: queued
+                .recipients
+                .iter()
+                .find(|r| r.address.eq_ignore_ascii_case(address))
+                .and_then(|r| r.orcpt.clone()),
+            reply: reply.clone(),
+            remote_mta: hop.map(|h| h.host.clone()),
+        })
+        .collect();
+    if notify.is_empty() {
+        return;
+    }
+    let original = ndr::Original::queued(message_id, queued).in_trace(stage.context());
+    let id =
+        ndr::notify_until_stored(shared.log.as_ref(), &shared.ndr, &shared.producer, &original, &notify, action).await;
+    if let Some(id) = id {
+        tracing::info!(message_id, notice = %id, action = action.as_str(), "success notice sent");
+    }
+}
+
 /// Fails `recipients` of a message, with an NDR to its sender.
 async fn fail(
     shared: &Shared,
@@ -898,7 +947,10 @@ async fn deliver_batch(
         let hop = open.hop().clone();
         match open.send(&transaction, &content).instrument(stage.span().clone()).await {
             Ok(outcomes) => {
-                last = record_outcomes(shared, work, &attempt, outcomes, &hop, in_flight).await.max(last);
+                let peer_offers_dsn = open.capabilities().dsn;
+                last = record_outcomes(shared, work, &attempt, outcomes, (&hop, peer_offers_dsn), in_flight)
+                    .await
+                    .max(last);
             }
             Err(failure) => {
                 if !source.stop() {
@@ -981,7 +1033,7 @@ async fn record_outcomes(
     work: &Due,
     attempt: &Attempt<'_>,
     outcomes: Vec<super::client::RecipientOutcome>,
-    hop: &Hop,
+    (hop, peer_offers_dsn): (&Hop, bool),
     in_flight: &mut InFlight,
 ) -> Option<u64> {
     let Attempt { message, queued, stage } = *attempt;
@@ -1011,6 +1063,8 @@ async fn record_outcomes(
     for (reply, recipients) in delivered {
         tracing::info!(message_id = %message.message_id, destination = %work.key, host = %hop.host, "delivered");
         observe_latency(queued);
+        let action = success_action(work.destination.kind, peer_offers_dsn);
+        notify_success(shared, &message.message_id, queued, &recipients, (action, &reply, Some(hop)), stage).await;
         let event = DeliveryEvent::Delivered(Delivered {
             destination: work.destination.clone(),
             attempt: message.attempt,
@@ -1075,13 +1129,16 @@ async fn deliver_maildir(
     }
     let mut last = 0;
     if !delivered.is_empty() {
+        let reply = SmtpReply::new(250, "2.0.0", "Delivered to Maildir");
+        let action = Some(ndr::DsnAction::Delivered);
+        notify_success(shared, &message.message_id, queued, &delivered, (action, &reply, None), stage).await;
         let event = DeliveryEvent::Delivered(Delivered {
             destination: work.destination.clone(),
             attempt: message.attempt,
             recipients: delivered,
             remote_host: None,
             remote_ip: None,
-            reply: SmtpReply::new(250, "2.0.0", "Delivered to Maildir"),
+            reply,
         });
         tracing::info!(message_id = %message.message_id, "delivered to Maildir");
         observe_latency(queued);
