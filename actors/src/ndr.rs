@@ -105,6 +105,13 @@ pub fn wants_success_notice(notify: Option<&[DsnNotify]>) -> bool {
     notify.is_some_and(|notify| notify.contains(&DsnNotify::Success))
 }
 
+/// Whether a recipient with these `NOTIFY=` values asked for delay notices:
+/// `NOTIFY=DELAY`, or no `NOTIFY` at all (RFC 3461 §4.1 leaves that to the
+/// MTA; the router uses `FAILURE,DELAY`, spec R-05).
+pub fn wants_delay_notice(notify: Option<&[DsnNotify]>) -> bool {
+    notify.is_none_or(|notify| notify.is_empty() || notify.contains(&DsnNotify::Delay))
+}
+
 /// The `Action` a delivery status notification reports (RFC 3464 §2.3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DsnAction {

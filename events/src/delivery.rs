@@ -253,6 +253,10 @@ pub struct Deferred {
     /// When the next attempt is due, decided now from the retry schedule.
     #[serde(deserialize_with = "crate::envelope::rfc3339")]
     pub next_attempt_at: DateTime<Utc>,
+    /// Message id of the delay notice (`NOTIFY=DELAY`, RFC 3464 `Action:
+    /// delayed`) sent to the sender at this deferral; a message gets one at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_notice: Option<String>,
 }
 
 /// Payload of [`DeliveryEvent::Delivered`].

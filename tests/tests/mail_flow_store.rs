@@ -207,3 +207,60 @@ print(json.dumps("sent"))
     assert_eq!(all.len(), 2, "no notice for the copy the DSN-capable hop took: {all:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_still_deferred_after_delay_notice_after_brings_its_sender_one_delay_notice_even_across_a_restart()
+-> anyhow::Result<()> {
+    // Issue "NDRs": DSN NOTIFY honoured. NOTIFY=DELAY, or no NOTIFY (the
+    // router's default is FAILURE,DELAY, spec R-05), gets one `Action:
+    // delayed` notice once the message has waited `delay_notice_after`;
+    // NOTIFY=FAILURE gets none. The notice is recorded on the `Deferred`, so
+    // the state rebuilt after a kill -9 knows it was sent.
+    use mailflow_tests::router::relay_config;
+    use mailflow_tests::sink::Sink;
+    let zone: String = ["example.org", "example.net", "example.com"]
+        .iter()
+        .map(|d| format!("{d}. 300 IN MX 10 mx.{d}.\nmx.{d}. 300 IN A 127.0.0.1\n"))
+        .collect();
+    let dns = DnsServer::start(&zone)?;
+    let closed = Sink::closed_port()?;
+    let config = relay_config(&dns, closed.port(), "retry_schedule = [\"1s\"]\ndelay_notice_after = \"2s\"");
+    let router = Router::start(&config)?;
+    let script = r#"
+s = smtplib.SMTP(ADDR, PORT)
+s.ehlo("onprem.contoso.com")
+for rcpt, options in [("bob@example.org", ["NOTIFY=DELAY,FAILURE"]), ("x@example.net", []),
+                      ("y@example.com", ["NOTIFY=FAILURE"])]:
+    s.mail("alice@contoso.com")
+    code, text = s.rcpt(rcpt, options)
+    assert code == 250, (rcpt, code, text)
+    code, text = s.data(("From: alice@contoso.com\r\nSubject: for %s\r\n\r\nbody\r\n" % rcpt).encode())
+    assert code == 250, (code, text)
+s.quit()
+print(json.dumps("sent"))
+"#;
+    python(router.smtp(), script)?;
+    let mail = router.dir.path().join("mail");
+    let notices = wait_for_mail(&mail, "alice@contoso.com", "", 2)?;
+    for (rcpt, notice) in [("bob@example.org", "for bob@example.org"), ("x@example.net", "for x@example.net")] {
+        let text = notices
+            .iter()
+            .find(|n| n.contains(&format!("Subject: Delivery delayed: {notice}")))
+            .unwrap_or_else(|| panic!("no delay notice for {rcpt}: {notices:?}"));
+        assert!(text.contains("Action: delayed"), "{text}");
+        assert!(text.contains(&format!("Final-Recipient: rfc822;{rcpt}")), "{text}");
+        assert!(text.contains("Status: 4.4.316"), "the deferral's reason: {text}");
+    }
+    // Retries go on every second; no second notice, and none for NOTIFY=FAILURE.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let notices = wait_for_mail(&mail, "alice@contoso.com", "", 2)?;
+    assert_eq!(notices.len(), 2, "one notice per message: {notices:?}");
+    // After a kill -9 the replayed state knows the notices went out.
+    let router = Router::start_in(router.into_dir(), &config)?;
+    router.wait_ready().await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mail = router.dir.path().join("mail");
+    let notices = wait_for_mail(&mail, "alice@contoso.com", "", 2)?;
+    assert_eq!(notices.len(), 2, "no notice again after the restart: {notices:?}");
+    Ok(())
+}

@@ -50,6 +50,13 @@ pub struct TransportConfig {
     /// latest one and replays only what follows. Default `10m`.
     #[serde(with = "super::humane")]
     pub snapshot_interval: Duration,
+    /// A message still undelivered this long after it was received gets its
+    /// sender one delay notice (RFC 3464 `Action: delayed`) at its next
+    /// deferral, for recipients whose `NOTIFY` includes `DELAY` or who gave
+    /// none (spec R-05). `0s` turns delay notices off. Default `4h`
+    /// (Exchange's `DelayNotificationTimeout`).
+    #[serde(with = "super::humane")]
+    pub delay_notice_after: Duration,
 }
 
 impl Default for TransportConfig {
@@ -65,6 +72,7 @@ impl Default for TransportConfig {
             extra_ca: None,
             mx_port: 25,
             snapshot_interval: Duration::from_secs(600),
+            delay_notice_after: Duration::from_secs(4 * 3600),
         }
     }
 }

@@ -89,6 +89,8 @@ pub struct Shared {
     pub producer: String,
     /// How often a changed partition's state is snapshotted.
     pub snapshot_interval: Duration,
+    /// See `TransportConfig::delay_notice_after`; `None`: no delay notices.
+    pub delay_notice_after: Option<chrono::Duration>,
     /// Once it begins, no new attempt starts (see `crate::drain`).
     pub drain: crate::drain::Drain,
 }
@@ -121,6 +123,9 @@ impl Shared {
             max_connections_per_destination: transport.max_connections_per_destination,
             dkim: super::dkim::DkimSigners::load(&config.dkim_signing)?,
             snapshot_interval: transport.snapshot_interval,
+            delay_notice_after: (!transport.delay_notice_after.is_zero())
+                .then(|| chrono::Duration::from_std(transport.delay_notice_after).ok())
+                .flatten(),
             drain,
             // Which process delivered is part of the audit trail (pods come and go).
             producer: format!(
@@ -555,6 +560,61 @@ async fn notify_success(
     }
 }
 
+/// The delay notice due at this deferral of `message`, if one is: the first
+/// deferral `delay_notice_after` or more after it was received, for the
+/// recipients whose `NOTIFY` asks for delays (none given: failures and
+/// delays, spec R-05). Returns the notice's message id, which the `Deferred`
+/// records so that the replayed state knows the sender was told.
+async fn delay_notice(
+    shared: &Shared,
+    message: &DueMessage,
+    queued: Option<&Queued>,
+    failure: &HopFailure,
+    hop: Option<&Hop>,
+    stage: &Stage,
+) -> Option<String> {
+    let after = shared.delay_notice_after?;
+    let queued = queued?;
+    if message.delay_notified || Utc::now() - message.received_at < after {
+        return None;
+    }
+    let reply = failure.reply.clone().unwrap_or_else(|| {
+        let (enhanced, text) = failure.error.split_once(' ').unwrap_or(("4.0.0", failure.error.as_str()));
+        let enhanced = if enhanced.starts_with("4.") { enhanced } else { "4.0.0" };
+        SmtpReply::new(451, enhanced, text)
+    });
+    let notify: Vec<FailedRecipient> = message
+        .recipients
+        .iter()
+        .filter(|address| ndr::wants_delay_notice(notify_of(queued, address)))
+        .map(|address| FailedRecipient {
+            address: address.clone(),
+            orcpt: queued
+                .recipients
+                .iter()
+                .find(|r| r.address.eq_ignore_ascii_case(address))
+                .and_then(|r| r.orcpt.clone()),
+            reply: reply.clone(),
+            remote_mta: hop.map(|h| h.host.clone()),
+        })
+        .collect();
+    if notify.is_empty() {
+        return None;
+    }
+    let original = ndr::Original::queued(&message.message_id, queued).in_trace(stage.context());
+    let id = ndr::notify_until_stored(
+        shared.log.as_ref(),
+        &shared.ndr,
+        &shared.producer,
+        &original,
+        &notify,
+        ndr::DsnAction::Delayed,
+    )
+    .await?;
+    tracing::info!(message_id = %message.message_id, notice = %id, "delay notice sent");
+    Some(id)
+}
+
 /// Fails `recipients` of a message, with an NDR to its sender.
 async fn fail(
     shared: &Shared,
@@ -705,12 +765,13 @@ fn options_for(shared: &Shared, work: &Due, require_tls: bool) -> ClientOptions 
 async fn defer_destination(
     shared: &Shared,
     work: &Due,
-    message: &DueMessage,
+    (message, queued): (&DueMessage, Option<&Queued>),
     failure: &HopFailure,
     hop: Option<&Hop>,
     stage: &Stage,
 ) -> u64 {
     let now = Utc::now();
+    let delay_notice = delay_notice(shared, message, queued, failure, hop, stage).await;
     tracing::info!(destination = %work.key, attempt = work.destination_attempt, error = %failure.error, "destination deferred");
     let event = DeliveryEvent::Deferred(Deferred {
         destination: work.destination.clone(),
@@ -722,6 +783,7 @@ async fn defer_destination(
         remote_host: hop.map(|h| h.host.clone()),
         remote_ip: hop.map(|h| h.addr.ip().to_string()),
         next_attempt_at: shared.schedule.next_attempt(work.destination_attempt, now),
+        delay_notice,
     });
     record(shared, &message.message_id, event, stage).await
 }
@@ -844,9 +906,10 @@ async fn deliver_batch(
                 if !source.stop() {
                     return None;
                 }
-                let trace = queued_at(shared.log.as_ref(), partition, first.queued_offset).await.and_then(|q| q.1);
-                let stage = attempt_stage(work, first, trace.as_ref());
+                let queued = queued_at(shared.log.as_ref(), partition, first.queued_offset).await;
+                let stage = attempt_stage(work, first, queued.as_ref().and_then(|q| q.1.as_ref()));
                 let failure = local_failure(error);
+                let first = (first, queued.as_ref().map(|q| &q.0));
                 return Some(defer_destination(shared, work, first, &failure, None, &stage).await);
             }
             Resolution::Fail(reply) => {
@@ -883,6 +946,7 @@ async fn deliver_batch(
             Err(err) => {
                 tracing::error!(error = %err, message_id = %message.message_id, "content unreadable; deferred");
                 let failure = local_failure(format!("4.3.0 content unreadable: {err}"));
+                let message = (message, Some(&queued));
                 last = Some(defer_message(shared, work, message, &failure, None, &stage).await).max(last);
                 continue;
             }
@@ -913,6 +977,7 @@ async fn deliver_batch(
                     if !source.stop() {
                         return last;
                     }
+                    let message = (message, Some(&queued));
                     let deferred = defer_destination(shared, work, message, &failure, hop.as_ref(), &stage).await;
                     return Some(deferred).max(last);
                 }
@@ -956,6 +1021,7 @@ async fn deliver_batch(
                 if !source.stop() {
                     return last;
                 }
+                let message = (message, Some(&queued));
                 return Some(defer_destination(shared, work, message, &failure, Some(&hop), &stage).await).max(last);
             }
         }
@@ -993,11 +1059,12 @@ async fn open_any(hops: &[Hop], options: &ClientOptions) -> Result<Connection, (
 async fn defer_message(
     shared: &Shared,
     work: &Due,
-    message: &DueMessage,
+    (message, queued): (&DueMessage, Option<&Queued>),
     failure: &HopFailure,
     hop: Option<&Hop>,
     stage: &Stage,
 ) -> u64 {
+    let delay_notice = delay_notice(shared, message, queued, failure, hop, stage).await;
     tracing::info!(message_id = %message.message_id, destination = %work.key, error = %failure.error, "message deferred");
     let event = DeliveryEvent::Deferred(Deferred {
         destination: work.destination.clone(),
@@ -1009,6 +1076,7 @@ async fn defer_message(
         remote_host: hop.map(|h| h.host.clone()),
         remote_ip: hop.map(|h| h.addr.ip().to_string()),
         next_attempt_at: shared.schedule.next_attempt(message.attempt, Utc::now()),
+        delay_notice,
     });
     record(shared, &message.message_id, event, stage).await
 }
@@ -1076,6 +1144,14 @@ async fn record_outcomes(
         in_flight.push(shared, &message.message_id, event, stage).await;
     }
     for (reply, recipients) in deferred {
+        let failure = HopFailure {
+            stage: super::client::Stage::Rcpt,
+            reply: Some(reply.clone()),
+            error: reply.to_string(),
+            permanent: false,
+        };
+        let part = DueMessage { recipients: recipients.clone(), ..message.clone() };
+        let delay_notice = delay_notice(shared, &part, Some(queued), &failure, Some(hop), stage).await;
         let event = DeliveryEvent::Deferred(Deferred {
             destination: work.destination.clone(),
             attempt: message.attempt,
@@ -1086,6 +1162,7 @@ async fn record_outcomes(
             remote_host: Some(hop.host.clone()),
             remote_ip: Some(hop.addr.ip().to_string()),
             next_attempt_at: shared.schedule.next_attempt(message.attempt, Utc::now()),
+            delay_notice,
         });
         last = Some(record(shared, &message.message_id, event, stage).await);
     }
@@ -1147,7 +1224,7 @@ async fn deliver_maildir(
     if let Some(error) = error {
         let failure = local_failure(format!("4.3.0 mailbox store: {error}"));
         let remaining = DueMessage { recipients: undelivered, ..message.clone() };
-        last = defer_message(shared, work, &remaining, &failure, None, stage).await;
+        last = defer_message(shared, work, (&remaining, Some(queued)), &failure, None, stage).await;
     }
     last
 }

@@ -47,6 +47,9 @@ pub struct QueuedMessage {
     pub received_at: DateTime<Utc>,
     /// The last temporary reply or error, for the expiry NDR and the queue view.
     pub last_error: Option<Box<str>>,
+    /// Whether its sender was sent a delay notice (see `Deferred::delay_notice`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_notified: bool,
 }
 
 /// A destination that could not be reached and waits.
@@ -160,6 +163,10 @@ pub struct DueMessage {
     pub attempt: u32,
     /// Recipients still pending.
     pub recipients: Vec<String>,
+    /// When it was received (the delay notice's clock).
+    pub received_at: DateTime<Utc>,
+    /// Whether its sender already had a delay notice.
+    pub delay_notified: bool,
 }
 
 /// A message whose time is up.
@@ -224,6 +231,7 @@ impl PartitionState {
                     expires_at: queued.expires_at,
                     received_at: queued.received_at,
                     last_error: None,
+                    delay_notified: false,
                 },
             );
             return;
@@ -264,6 +272,7 @@ impl PartitionState {
                     let message = &mut state.queue[index];
                     message.attempts = message.attempts.max(deferred.attempt);
                     message.last_error = Some(error.clone());
+                    message.delay_notified |= deferred.delay_notice.is_some();
                     if deferred.scope == Scope::Message {
                         message.next_attempt_at = Some(deferred.next_attempt_at);
                     }
@@ -345,6 +354,8 @@ impl PartitionState {
                     queued_offset: m.queued_offset,
                     attempt: m.attempts + 1,
                     recipients: m.pending.iter().map(|p| p.to_string()).collect(),
+                    received_at: m.received_at,
+                    delay_notified: m.delay_notified,
                 })
                 .collect();
             if messages.is_empty() {

@@ -60,6 +60,7 @@ fn main() -> anyhow::Result<()> {
                                 remote_host: None,
                                 remote_ip: None,
                                 next_attempt_at: now,
+                                delay_notice: None,
                             })
                         } else {
                             DeliveryEvent::Queued(Queued {

@@ -52,6 +52,7 @@ fn deferred(id: &str, attempt: u32, scope: Scope, next: DateTime<Utc>) -> Envelo
         remote_host: None,
         remote_ip: None,
         next_attempt_at: next,
+        delay_notice: None,
     });
     Envelope::new(id, "test", at(0), event)
 }
@@ -220,4 +221,27 @@ fn a_copy_of_queued_after_the_message_left_the_queue_does_not_queue_it_again() {
     let queued_again: Vec<&str> =
         state.destinations.values().flat_map(|d| d.queue.iter().map(|m| &*m.message_id)).collect();
     assert_eq!(queued_again, ["m0"], "only the forgotten one queues again");
+}
+
+#[test]
+fn a_deferral_that_sent_a_delay_notice_is_remembered_by_the_fold_and_its_snapshot() {
+    // Issue "NDRs" (NOTIFY=DELAY): one delay notice per message, also after a replay.
+    let mut noticed = deferred("m1", 1, Scope::Message, at(1));
+    if let DeliveryEvent::Deferred(d) = &mut noticed.event {
+        d.delay_notice = Some("n1".into());
+    }
+    let state = fold(&[queued("m1", 0), queued("m2", 0), noticed, deferred("m2", 1, Scope::Message, at(1))]);
+    let due = state.due(at(5), &never_busy, 10);
+    let flags: Vec<(String, bool)> = due[0].messages.iter().map(|m| (m.message_id.clone(), m.delay_notified)).collect();
+    assert_eq!(flags, vec![("m1".to_string(), true), ("m2".to_string(), false)]);
+    assert_eq!(due[0].messages[0].received_at, at(0));
+    // A later deferral without a notice does not forget it; the snapshot keeps it.
+    let mut state = state;
+    let mut plain = deferred("m1", 2, Scope::Message, at(2));
+    plain.message_id = "m1".into();
+    state.apply(99, &plain);
+    let json = serde_json::to_string(&state).expect("serialises");
+    let back: PartitionState = serde_json::from_str(&json).expect("deserialises");
+    let due = back.due(at(5), &never_busy, 10);
+    assert!(due[0].messages.iter().any(|m| m.message_id == "m1" && m.delay_notified), "{json}");
 }
