@@ -511,6 +511,17 @@ pub(crate) fn notify_of<'a>(queued: &'a Queued, address: &str) -> Option<&'a [Ds
     queued.recipients.iter().find(|r| r.address.eq_ignore_ascii_case(address)).map(|r| r.notify.as_slice())
 }
 
+/// The report line of `address` of `queued` (with its `ORCPT`), as `reply`
+/// from `hop` made it.
+fn report_line(queued: &Queued, address: &str, reply: &SmtpReply, hop: Option<&Hop>) -> FailedRecipient {
+    FailedRecipient {
+        address: address.to_string(),
+        orcpt: queued.recipients.iter().find(|r| r.address.eq_ignore_ascii_case(address)).and_then(|r| r.orcpt.clone()),
+        reply: reply.clone(),
+        remote_mta: hop.map(|h| h.host.clone()),
+    }
+}
+
 /// What a success notice reports for a copy delivered to `destination`
 /// (RFC 3461 §4.2): `delivered` into our own mailbox store; `relayed` to a
 /// next hop that does not offer DSN; none for a next hop that does (it got
@@ -538,16 +549,7 @@ async fn notify_success(
     let notify: Vec<FailedRecipient> = recipients
         .iter()
         .filter(|address| ndr::wants_success_notice(notify_of(queued, address)))
-        .map(|address| FailedRecipient {
-            address: address.clone(),
-            orcpt: queued
-                .recipients
-                .iter()
-                .find(|r| r.address.eq_ignore_ascii_case(address))
-                .and_then(|r| r.orcpt.clone()),
-            reply: reply.clone(),
-            remote_mta: hop.map(|h| h.host.clone()),
-        })
+        .map(|address| report_line(queued, address, reply, hop))
         .collect();
     if notify.is_empty() {
         return;
@@ -587,16 +589,7 @@ async fn delay_notice(
         .recipients
         .iter()
         .filter(|address| ndr::wants_delay_notice(notify_of(queued, address)))
-        .map(|address| FailedRecipient {
-            address: address.clone(),
-            orcpt: queued
-                .recipients
-                .iter()
-                .find(|r| r.address.eq_ignore_ascii_case(address))
-                .and_then(|r| r.orcpt.clone()),
-            reply: reply.clone(),
-            remote_mta: hop.map(|h| h.host.clone()),
-        })
+        .map(|address| report_line(queued, address, &reply, hop))
         .collect();
     if notify.is_empty() {
         return None;
@@ -629,16 +622,7 @@ async fn fail(
     let notify: Vec<FailedRecipient> = failures
         .iter()
         .filter(|(address, _)| ndr::wants_failure_notice(notify_of(queued, address)))
-        .map(|(address, reply)| FailedRecipient {
-            address: address.clone(),
-            orcpt: queued
-                .recipients
-                .iter()
-                .find(|r| r.address.eq_ignore_ascii_case(address))
-                .and_then(|r| r.orcpt.clone()),
-            reply: reply.clone(),
-            remote_mta: hop.map(|h| h.host.clone()),
-        })
+        .map(|(address, reply)| report_line(queued, address, reply, hop))
         .collect();
     let original = ndr::Original::queued(message_id, queued).in_trace(stage.context());
     let ndr_message_id =

@@ -122,23 +122,24 @@ impl Router {
     /// organisation always; outside, per the most specific remote domain
     /// (spec 14.1, 14.2 `AutoForwardEnabled`, default true).
     fn auto_forward_allowed(&self, address: &str) -> bool {
+        self.remote_allows(address, |remote| remote.auto_forward_enabled)
+    }
+
+    /// Whether mail to `address` may go out under `setting` of its remote
+    /// domain: always inside the organisation; outside, unless the most
+    /// specific remote domain turns the setting off.
+    fn remote_allows(&self, address: &str, setting: fn(&crate::config::RemoteDomainConfig) -> bool) -> bool {
         let domain = domain_of(address);
         if self.policy.accepted_domain(domain).is_some() {
             return true;
         }
-        crate::config::RemoteDomainConfig::most_specific(&self.remote_domains, domain)
-            .is_none_or(|remote| remote.auto_forward_enabled)
+        crate::config::RemoteDomainConfig::most_specific(&self.remote_domains, domain).is_none_or(setting)
     }
 
     /// Whether an automatic reply may go to `address`: always inside the
     /// organisation; outside, unless its remote domain disables them.
     fn auto_reply_allowed(&self, address: &str) -> bool {
-        let domain = domain_of(address);
-        if self.policy.accepted_domain(domain).is_some() {
-            return true;
-        }
-        crate::config::RemoteDomainConfig::most_specific(&self.remote_domains, domain)
-            .is_none_or(|remote| remote.auto_reply_enabled)
+        self.remote_allows(address, |remote| remote.auto_reply_enabled)
     }
 
     /// The enabled outbound connector named `name`.
