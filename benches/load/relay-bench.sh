@@ -37,6 +37,8 @@ DNS_PID=$!
 sleep 1
 
 . "$ROOT/benches/load/lib.sh"
+# cg_create and friends (CPU accounting per relay).
+. "$BENCH_DIR/lib.sh"
 start_relaying() {
   start_mailflow "$MF_PORT" connection,verdict,routing,delivery <<TOML
 [dns]
@@ -59,12 +61,17 @@ for rep in $(seq "$REPS"); do
   for size in $SIZES; do
     for conc in $CONCS; do
       start_relaying
-      line=$(TIMEOUT=300 "$BENCH_DIR/relay-bench.sh" 127.0.0.1:$MF_PORT 2526 "$COUNT" "$size" "$conc" 2>/dev/null || true)
+      # Its own CPU-accounting cgroup, as Postfix has, so both report relay_cpu_s.
+      MF_CG=$(cg_create relaybench-mailflow)
+      echo "$MF_PID" > "$MF_CG/cgroup.procs"
+      line=$(RELAY_CGROUP=$MF_CG TIMEOUT=300 "$BENCH_DIR/relay-bench.sh" 127.0.0.1:$MF_PORT 2526 "$COUNT" "$size" "$conc" 2>/dev/null || true)
       kill $MF_PID; wait $MF_PID 2>/dev/null || true
+      rmdir "$MF_CG" 2>/dev/null || true
       printf 'mailflow-c%s\t%s\t%s\t%s\t%s\n' "$MF_CONNECTIONS" "$size" "$conc" "$rep" "$line"
 
       "$BENCH_DIR/postfix-peer.sh" start >/dev/null
-      line=$(TIMEOUT=300 "$BENCH_DIR/relay-bench.sh" 127.0.0.1:2525 2526 "$COUNT" "$size" "$conc" 2>/dev/null || true)
+      PF_CG=$("$BENCH_DIR/postfix-peer.sh" cgroup)
+      line=$(RELAY_CGROUP=$PF_CG TIMEOUT=300 "$BENCH_DIR/relay-bench.sh" 127.0.0.1:2525 2526 "$COUNT" "$size" "$conc" 2>/dev/null || true)
       "$BENCH_DIR/postfix-peer.sh" stop >/dev/null; "$BENCH_DIR/postfix-peer.sh" purge >/dev/null 2>&1 || true
       printf 'postfix\t%s\t%s\t%s\t%s\n' "$size" "$conc" "$rep" "$line"
     done
