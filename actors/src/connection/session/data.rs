@@ -149,6 +149,12 @@ impl Session {
     pub fn stored(&mut self, outcome: StoreOutcome) -> Vec<Step> {
         self.state = State::Command;
         let id = self.pending.take().unwrap_or_default();
+        let mut steps = self.store_replies(outcome, id);
+        self.close_after(&mut steps);
+        steps
+    }
+
+    fn store_replies(&self, outcome: StoreOutcome, id: String) -> Vec<Step> {
         match outcome {
             StoreOutcome::Stored => vec![Step::Reply(Reply::Queued { id })],
             StoreOutcome::Failed => vec![Step::Reply(Reply::LogUnavailable)],

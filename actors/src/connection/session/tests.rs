@@ -299,6 +299,32 @@ fn too_many_errors_close_the_session() {
 }
 
 #[test]
+fn failed_passwords_count_as_errors_and_the_last_one_closes_the_session() {
+    // Found by the smtp_session fuzz target: the `421 4.7.0` after the
+    // max_errors-th failed AUTH was sent, but the session stayed open and
+    // took further guesses (fuzz/corpus/smtp_session/regression-auth-421-stays-open).
+    let mut t = Transcript::new(ListenerKind::Submission, true, "198.51.100.7");
+    t.cmd("EHLO printer", "250");
+    t.send(b"STARTTLS\r\n");
+    let steps = t.session.tls_started(Some(TlsInfo {
+        protocol: "TLSv1.3".into(),
+        cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        client_certificate_subject: None,
+        client_certificate_names: Vec::new(),
+    }));
+    t.run(steps);
+    t.cmd("EHLO printer", "250");
+    // "\0alice@example.com\0wrong", max_errors (10) times.
+    for _ in 0..9 {
+        t.cmd("AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAHdyb25n", "535 5.7.3 ");
+    }
+    let last = t.send(b"AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAHdyb25n\r\n");
+    assert!(last.len() == 2 && last[1].starts_with("421 4.7.0 "), "{last:?}");
+    assert!(t.closed && t.session.is_closed());
+    assert!(t.send(b"AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAHNlY3JldA==\r\n").is_empty(), "no guess after 421");
+}
+
+#[test]
 fn bdat_chunks_make_one_message_and_orphan_chunks_are_consumed() {
     let mut t = Transcript::smtp();
     t.cmd("EHLO c", "250");
