@@ -156,6 +156,13 @@ fn is_untrusted_field(line: &[u8], authserv_id: &str) -> bool {
     false
 }
 
+/// Whether the content's first line is a continuation line (starts with a
+/// space or tab): a header section cannot begin with one, and anything put in
+/// front of it (our `Received:` field) would take it as its own.
+pub fn starts_folded(content: &[u8]) -> bool {
+    matches!(content.first(), Some(b' ' | b'\t'))
+}
+
 /// Number of `Received:` headers in the header section (hop count).
 pub fn received_headers(content: &[u8]) -> usize {
     let mut count = 0;

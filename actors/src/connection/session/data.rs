@@ -96,6 +96,11 @@ impl Session {
             Err(BodyProblem::TooLarge) => return refuse(self, Reply::MessageTooLarge, RejectReason::MessageTooLarge),
             Err(BodyProblem::InvalidCharacters) => return refuse(self, Reply::InvalidCharacters, RejectReason::Policy),
         };
+        // Our `Received:` field goes in front: a first line starting with
+        // white space would fold the client's text into it (its date, say).
+        if body::starts_folded(&content) {
+            return refuse(self, Reply::FoldedFirstLine, RejectReason::Policy);
+        }
         if body::received_headers(&content) > self.config.max_received_headers {
             return refuse(self, Reply::HopCountExceeded, RejectReason::Policy);
         }

@@ -325,6 +325,27 @@ fn failed_passwords_count_as_errors_and_the_last_one_closes_the_session() {
 }
 
 #[test]
+fn content_starting_with_a_continuation_line_is_refused_rather_than_folded_into_our_received_field() {
+    // Found by the body_reader fuzz target: a first line "\t." was stored as
+    // the last line of our own Received: field
+    // (fuzz/corpus/body_reader/regression-folded-first-line).
+    let mut t = Transcript::smtp();
+    t.cmd("EHLO c", "250");
+    t.cmd("MAIL FROM:<s@example.net>", "250");
+    t.cmd("RCPT TO:<bob@example.com>", "250");
+    t.cmd("DATA", "354");
+    let replies = t.send(b"\t; Mon, 1 Jan 2001 00:00:00 +0000\r\nSubject: x\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(replies.len(), 1);
+    assert!(replies[0].starts_with("550 5.6.0 "), "{replies:?}");
+    t.cmd("MAIL FROM:<s@example.net>", "250");
+    t.cmd("RCPT TO:<bob@example.com>", "250");
+    t.cmd("BDAT 10 LAST", "");
+    assert!(t.send(b" x\r\n\r\nbody")[0].starts_with("550 5.6.0 "));
+    assert!(t.stored.is_empty(), "nothing stored");
+    assert_eq!(t.records.len(), 2, "both refusals recorded");
+}
+
+#[test]
 fn bdat_chunks_make_one_message_and_orphan_chunks_are_consumed() {
     let mut t = Transcript::smtp();
     t.cmd("EHLO c", "250");
