@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use mailflow_events::content::{self, ContentError, ContentRef};
 use mailflow_events::log::embedded::{EmbeddedLog, Options};
+#[cfg(feature = "kafka")]
 use mailflow_events::log::kafka::{KafkaLog, KafkaOptions};
 use mailflow_events::log::{EventLog, GroupMember, LogError, Position, Record, TopicKind};
 use mailflow_events::topic;
@@ -20,6 +21,7 @@ pub async fn open(config: &EventLogConfig, client_id: &str) -> Result<Arc<dyn Ev
             log.open_all()?;
             (Arc::new(log), *partitions)
         }
+        #[cfg(feature = "kafka")]
         EventLogConfig::Kafka { brokers, topic_prefix, partitions, replication_factor, message_timeout } => {
             let options = KafkaOptions {
                 brokers: brokers.clone(),
@@ -30,6 +32,11 @@ pub async fn open(config: &EventLogConfig, client_id: &str) -> Result<Arc<dyn Ev
                 ..KafkaOptions::default()
             };
             (Arc::new(KafkaLog::connect(options)?), *partitions)
+        }
+        #[cfg(not(feature = "kafka"))]
+        EventLogConfig::Kafka { .. } => {
+            let _ = client_id;
+            return Err(without_kafka());
         }
     };
     let log: Arc<dyn EventLog> = Arc::new(Metered(log));
@@ -98,13 +105,25 @@ impl EventLog for Metered {
 pub fn open_read_only(config: &EventLogConfig, client_id: &str) -> Result<Arc<dyn EventLog>, LogError> {
     Ok(match config {
         EventLogConfig::Embedded { path, .. } => Arc::new(EmbeddedLog::open_read_only(path)?),
+        #[cfg(feature = "kafka")]
         EventLogConfig::Kafka { brokers, topic_prefix, .. } => Arc::new(KafkaLog::connect(KafkaOptions {
             brokers: brokers.clone(),
             topic_prefix: topic_prefix.clone(),
             client_id: client_id.to_string(),
             ..KafkaOptions::default()
         })?),
+        #[cfg(not(feature = "kafka"))]
+        EventLogConfig::Kafka { .. } => {
+            let _ = client_id;
+            return Err(without_kafka());
+        }
     })
+}
+
+/// What a build without the `kafka` feature says when asked for Kafka.
+#[cfg(not(feature = "kafka"))]
+fn without_kafka() -> LogError {
+    LogError::Kafka("this build of mailflow has no Kafka backend (feature `kafka`)".to_string())
 }
 
 /// Appends until the record is durable, backing off from 100 ms to 10 s

@@ -193,10 +193,15 @@ impl Config {
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let config: Config = toml::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })?;
+        let config = Self::parse(&text, path)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Parses the text of a configuration file (`path` names it in errors),
+    /// without [`Config::validate`]: types, unknown keys and durations only.
+    pub fn parse(text: &str, path: &std::path::Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })
     }
 
     /// Checks what types cannot; reports every problem at once.

@@ -56,7 +56,10 @@ impl DataReceiver {
         self.total += input.len();
         input.clear();
         self.searched = self.raw.len().saturating_sub(4);
-        if self.raw.len() > self.limit {
+        // The last four bytes may be the start of the terminator (`\r\n.\r`),
+        // whose CRLF ends the content: only past them is the content certainly
+        // over the limit, however the rest of the stream is cut into reads.
+        if self.raw.len() > self.limit.saturating_add(2) {
             // Over the limit: keep only the tail the terminator search needs.
             self.overflowed = true;
             let keep = self.raw.len() - 4;
@@ -151,6 +154,13 @@ fn is_untrusted_field(line: &[u8], authserv_id: &str) -> bool {
         return id.eq_ignore_ascii_case(authserv_id);
     }
     false
+}
+
+/// Whether the content's first line is a continuation line (starts with a
+/// space or tab): a header section cannot begin with one, and anything put in
+/// front of it (our `Received:` field) would take it as its own.
+pub fn starts_folded(content: &[u8]) -> bool {
+    matches!(content.first(), Some(b' ' | b'\t'))
 }
 
 /// Number of `Received:` headers in the header section (hop count).
@@ -253,6 +263,26 @@ mod tests {
         let mut input = b"\r\n.\r\n".to_vec();
         assert!(receiver.ingest(&mut input));
         assert_eq!(receiver.finish(), Err(BodyProblem::TooLarge));
+    }
+
+    #[test]
+    fn a_message_exactly_at_the_limit_is_accepted_however_its_terminator_is_cut() {
+        // Found by the body_reader fuzz target (seed `receiver-at-limit`): with
+        // the terminator's `.` in the same read as the content's final CRLF,
+        // 64 bytes of content under a 64-byte limit were refused as too large.
+        let content = [&[b'a'; 62][..], b"\r\n"].concat();
+        let stream = [&content[..], b".\r\nRSET\r\n"].concat();
+        for cut in 0..=stream.len() {
+            let mut receiver = DataReceiver::new(64);
+            let mut first = stream[..cut].to_vec();
+            let mut second = stream[cut..].to_vec();
+            let done = receiver.ingest(&mut first) || receiver.ingest(&mut second);
+            assert!(done, "cut at {cut}");
+            assert_eq!(receiver.finish(), Ok(content.clone()), "cut at {cut}");
+        }
+        let mut receiver = DataReceiver::new(63);
+        assert!(receiver.ingest(&mut stream.clone()));
+        assert_eq!(receiver.finish(), Err(BodyProblem::TooLarge), "one byte over");
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub enum Reply {
     TenantAttribution,
     /// `550 5.6.11 Invalid characters`: bare CR or LF, or NUL (spec 17.4; SMTP smuggling).
     InvalidCharacters,
+    /// `550 5.6.0`: the content's first line is a continuation line (starts
+    /// with a space or tab), which would fold into our `Received:` field.
+    FoldedFirstLine,
     /// `552 5.3.4 Message size exceeds fixed maximum message size`.
     MessageTooLarge,
     /// `553 5.6.7`: a non-ASCII address from a client that did not declare
@@ -149,7 +152,8 @@ impl Reply {
             | RelayDenied
             | PartnerRestricted
             | TenantAttribution
-            | InvalidCharacters => 550,
+            | InvalidCharacters
+            | FoldedFirstLine => 550,
             MessageTooLarge => 552,
             SmtpUtf8Required => 553,
             HopCountExceeded | SynchronizationError => 554,
@@ -191,6 +195,7 @@ impl Reply {
             DirectSendRejected => "5.7.68",
             DmarcReject { .. } => "5.7.509",
             InvalidCharacters => "5.6.11",
+            FoldedFirstLine => "5.6.0",
             MessageTooLarge => "5.3.4",
             SmtpUtf8Required => "5.6.7",
             HopCountExceeded => "5.4.14",
@@ -254,6 +259,7 @@ impl Reply {
                 "TenantInboundAttribution; Direct Send not allowed for this organization from unauthorized sources".into()
             }
             InvalidCharacters => "Invalid characters: bare CR or LF, or NUL, in the message".into(),
+            FoldedFirstLine => "Message header section begins with a continuation line".into(),
             MessageTooLarge => "Message size exceeds fixed maximum message size".into(),
             SmtpUtf8Required => "Must declare SMTPUTF8 to send unicode address".into(),
             HopCountExceeded => "Hop count exceeded - possible mail loop".into(),

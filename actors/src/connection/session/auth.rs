@@ -82,13 +82,16 @@ impl Session {
     /// The password check's outcome: the recipient's primary address, or `None`.
     pub fn password_checked(&mut self, primary: Option<String>) -> Vec<Step> {
         self.state = State::Command;
-        match primary {
+        let mut steps = match primary {
             Some(address) => {
                 self.authenticated_as = Some(address);
                 vec![Step::Reply(Reply::AuthOk)]
             }
+            // The failure counts toward `max_errors`, which bounds password guessing.
             None => self.error(Reply::AuthFailed),
-        }
+        };
+        self.close_after(&mut steps);
+        steps
     }
 }
 

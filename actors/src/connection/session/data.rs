@@ -96,6 +96,11 @@ impl Session {
             Err(BodyProblem::TooLarge) => return refuse(self, Reply::MessageTooLarge, RejectReason::MessageTooLarge),
             Err(BodyProblem::InvalidCharacters) => return refuse(self, Reply::InvalidCharacters, RejectReason::Policy),
         };
+        // Our `Received:` field goes in front: a first line starting with
+        // white space would fold the client's text into it (its date, say).
+        if body::starts_folded(&content) {
+            return refuse(self, Reply::FoldedFirstLine, RejectReason::Policy);
+        }
         if body::received_headers(&content) > self.config.max_received_headers {
             return refuse(self, Reply::HopCountExceeded, RejectReason::Policy);
         }
@@ -149,6 +154,12 @@ impl Session {
     pub fn stored(&mut self, outcome: StoreOutcome) -> Vec<Step> {
         self.state = State::Command;
         let id = self.pending.take().unwrap_or_default();
+        let mut steps = self.store_replies(outcome, id);
+        self.close_after(&mut steps);
+        steps
+    }
+
+    fn store_replies(&self, outcome: StoreOutcome, id: String) -> Vec<Step> {
         match outcome {
             StoreOutcome::Stored => vec![Step::Reply(Reply::Queued { id })],
             StoreOutcome::Failed => vec![Step::Reply(Reply::LogUnavailable)],

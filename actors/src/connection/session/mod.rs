@@ -294,13 +294,24 @@ impl Session {
                     }
                 },
             }
-            if matches!(steps.last(), Some(Step::Reply(reply)) if reply.closes()) {
-                self.state = State::Closed;
-                steps.push(Step::Close);
+            if self.close_after(&mut steps) {
                 break;
             }
         }
         steps
+    }
+
+    /// Ends the session when the last reply says the connection closes
+    /// (`421 4.7.0` after too many errors, `221`, …): appends [`Step::Close`].
+    /// Every path that returns replies goes through here, the effects'
+    /// outcomes too, or a closing reply would leave the connection open.
+    fn close_after(&mut self, steps: &mut Vec<Step>) -> bool {
+        if matches!(steps.last(), Some(Step::Reply(reply)) if reply.closes()) {
+            self.state = State::Closed;
+            steps.push(Step::Close);
+            return true;
+        }
+        false
     }
 
     /// Splits the next line off `input`, enforcing the line length limit

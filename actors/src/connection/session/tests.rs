@@ -307,6 +307,53 @@ fn too_many_errors_close_the_session() {
 }
 
 #[test]
+fn failed_passwords_count_as_errors_and_the_last_one_closes_the_session() {
+    // Found by the smtp_session fuzz target: the `421 4.7.0` after the
+    // max_errors-th failed AUTH was sent, but the session stayed open and
+    // took further guesses (fuzz/corpus/smtp_session/regression-auth-421-stays-open).
+    let mut t = Transcript::new(ListenerKind::Submission, true, "198.51.100.7");
+    t.cmd("EHLO printer", "250");
+    t.send(b"STARTTLS\r\n");
+    let steps = t.session.tls_started(Some(TlsInfo {
+        protocol: "TLSv1.3".into(),
+        cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        client_certificate_subject: None,
+        client_certificate_names: Vec::new(),
+    }));
+    t.run(steps);
+    t.cmd("EHLO printer", "250");
+    // "\0alice@example.com\0wrong", max_errors (10) times.
+    for _ in 0..9 {
+        t.cmd("AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAHdyb25n", "535 5.7.3 ");
+    }
+    let last = t.send(b"AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAHdyb25n\r\n");
+    assert!(last.len() == 2 && last[1].starts_with("421 4.7.0 "), "{last:?}");
+    assert!(t.closed && t.session.is_closed());
+    assert!(t.send(b"AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAHNlY3JldA==\r\n").is_empty(), "no guess after 421");
+}
+
+#[test]
+fn content_starting_with_a_continuation_line_is_refused_rather_than_folded_into_our_received_field() {
+    // Found by the body_reader fuzz target: a first line "\t." was stored as
+    // the last line of our own Received: field
+    // (fuzz/corpus/body_reader/regression-folded-first-line).
+    let mut t = Transcript::smtp();
+    t.cmd("EHLO c", "250");
+    t.cmd("MAIL FROM:<s@example.net>", "250");
+    t.cmd("RCPT TO:<bob@example.com>", "250");
+    t.cmd("DATA", "354");
+    let replies = t.send(b"\t; Mon, 1 Jan 2001 00:00:00 +0000\r\nSubject: x\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(replies.len(), 1);
+    assert!(replies[0].starts_with("550 5.6.0 "), "{replies:?}");
+    t.cmd("MAIL FROM:<s@example.net>", "250");
+    t.cmd("RCPT TO:<bob@example.com>", "250");
+    t.cmd("BDAT 10 LAST", "");
+    assert!(t.send(b" x\r\n\r\nbody")[0].starts_with("550 5.6.0 "));
+    assert!(t.stored.is_empty(), "nothing stored");
+    assert_eq!(t.records.len(), 2, "both refusals recorded");
+}
+
+#[test]
 fn bdat_chunks_make_one_message_and_orphan_chunks_are_consumed() {
     let mut t = Transcript::smtp();
     t.cmd("EHLO c", "250");

@@ -11,6 +11,9 @@
 //! in the file's name. A frame is valid only if it is complete, its CRC
 //! matches and its offset is the one expected next; scanning stops at the
 //! first invalid frame, and everything from there on is a torn tail.
+//!
+//! Public so that tools can read segment files (and the fuzz targets can feed
+//! the decoder arbitrary bytes); the log itself is the only writer.
 
 use crate::log::MAX_RECORD_SIZE;
 
@@ -87,6 +90,31 @@ pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), FrameError> {
     let key = &body[BODY_FIXED_LEN..BODY_FIXED_LEN + key_len];
     let value = &body[BODY_FIXED_LEN + key_len..];
     Ok((Frame { offset, timestamp_ms, key, value }, total))
+}
+
+/// The valid frames at the start of a segment whose first offset is `base`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// Byte position of each valid frame, in order (frame `i` holds offset `base + i`).
+    pub positions: Vec<u64>,
+    /// Length of the valid prefix; bytes from here on are a torn tail or zeros.
+    pub valid_len: usize,
+}
+
+/// Indexes the frames of a segment's bytes, stopping at the first frame that
+/// is incomplete, invalid or not the next offset.
+pub fn scan(data: &[u8], base: u64) -> Scan {
+    let mut scan = Scan::default();
+    while scan.valid_len < data.len() {
+        match decode(&data[scan.valid_len..]) {
+            Ok((frame, len)) if Some(frame.offset) == base.checked_add(scan.positions.len() as u64) => {
+                scan.positions.push(scan.valid_len as u64);
+                scan.valid_len += len;
+            }
+            Ok(_) | Err(FrameError::Invalid) | Err(FrameError::Incomplete) => break,
+        }
+    }
+    scan
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! A partition's writer thread starts when the partition is first opened;
 //! partitions open lazily, on first use.
 
-mod frame;
+pub mod frame;
 mod group;
 mod partition;
 

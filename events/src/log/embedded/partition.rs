@@ -32,7 +32,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::frame::{self, FrameError};
+use super::frame;
 use crate::log::{LogError, Position, Record};
 
 /// Capacity of a partition's append queue. Appenders past it wait (backpressure).
@@ -409,17 +409,7 @@ fn load_segment(
     let size = file.metadata().map_err(LogError::from_io)?.len();
     let mut data = vec![0; size as usize];
     file.read_exact_at(&mut data, 0).map_err(LogError::from_io)?;
-    let mut positions = Vec::new();
-    let mut at = 0usize;
-    while at < data.len() {
-        match frame::decode(&data[at..]) {
-            Ok((frame, len)) if frame.offset == base + positions.len() as u64 => {
-                positions.push(at as u64);
-                at += len;
-            }
-            Ok(_) | Err(FrameError::Invalid) | Err(FrameError::Incomplete) => break,
-        }
-    }
+    let frame::Scan { positions, valid_len: at } = frame::scan(&data, base);
     if at < data.len() {
         let torn = data[at..].iter().any(|&b| b != 0);
         if torn && !is_last {
