@@ -411,8 +411,34 @@ impl Config {
     }
 }
 
+/// Most bytes a PEM file (certificates, a private key, a CA bundle) may have:
+/// 1 MiB. A larger file, or an endless one such as `/dev/zero`, is an error
+/// instead of a start-up that reads forever.
+pub const MAX_PEM_FILE: u64 = 1024 * 1024;
+
+/// Reads a PEM file of at most [`MAX_PEM_FILE`] bytes.
+pub fn read_pem_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_PEM_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_PEM_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_PEM_FILE} bytes; not a PEM file"),
+        ));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_endless_or_huge_pem_file_is_an_error_not_a_hang() {
+        let error = super::read_pem_file(std::path::Path::new("/dev/zero")).expect_err("/dev/zero is no PEM file");
+        assert!(error.to_string().contains("not a PEM file"), "{error}");
+        assert!(super::read_pem_file(std::path::Path::new("/nonexistent/key.pem")).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -33,21 +33,21 @@ pub fn acceptor(certificate: &Path, key: &Path, client_ca: Option<&Path>) -> Res
         path: path.display().to_string(),
         reason: err.to_string(),
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
-        .map_err(|e| pem_error(certificate, &e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| pem_error(certificate, &e))?;
+    let read = |path: &Path| crate::config::read_pem_file(path).map_err(|e| pem_error(path, &e));
+    let pem = read(certificate)?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| pem_error(certificate, &e))?;
     if certs.is_empty() {
         return Err(pem_error(certificate, &"no certificate in the file"));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, &e))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| pem_error(key, &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider)).with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(path) => {
             let mut roots = RootCertStore::empty();
-            for ca in CertificateDer::pem_file_iter(path).map_err(|e| pem_error(path, &e))? {
+            for ca in CertificateDer::pem_slice_iter(&read(path)?) {
                 roots.add(ca.map_err(|e| pem_error(path, &e))?)?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)

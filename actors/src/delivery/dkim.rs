@@ -88,7 +88,8 @@ fn load(config: &DkimSigningConfig) -> Result<Signer, DkimKeyError> {
         domain: config.domain.clone(),
         reason,
     };
-    let key = PrivateKeyDer::from_pem_file(&config.private_key).map_err(|e| error(e.to_string()))?;
+    let pem = crate::config::read_pem_file(&config.private_key).map_err(|e| error(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| error(e.to_string()))?;
     let headers = SIGNED_HEADERS;
     Ok(match config.algorithm {
         DkimAlgorithm::Rsa => {

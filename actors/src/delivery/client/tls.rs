@@ -60,7 +60,8 @@ pub fn add_pem_roots(roots: &mut RootCertStore, path: &Path) -> Result<usize, Ro
     let shown = || path.display().to_string();
     let pem = |e: &dyn std::fmt::Display| RootsError::Pem { path: shown(), reason: e.to_string() };
     let mut added = 0;
-    for cert in CertificateDer::pem_file_iter(path).map_err(|e| pem(&e))? {
+    let bytes = crate::config::read_pem_file(path).map_err(|e| pem(&e))?;
+    for cert in CertificateDer::pem_slice_iter(&bytes) {
         let cert = cert.map_err(|e| pem(&e))?;
         roots.add(cert).map_err(|source| RootsError::Certificate { path: shown(), source })?;
         added += 1;
