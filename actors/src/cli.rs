@@ -620,17 +620,14 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         front_door = Some(started);
     }
     if roles.contains(&Role::Verdict) {
-        crate::verdict::actor::VerdictActor {
-            log: std::sync::Arc::clone(&log),
+        crate::verdict::actor::VerdictActor::new(
+            &config,
+            std::sync::Arc::clone(&log),
             authenticator,
-            anti_spam: std::sync::Arc::new(config.anti_spam.clone()),
-            connectors: std::sync::Arc::new(config.inbound_connectors.clone()),
-            rules: std::sync::Arc::new(config.transport_rules.clone()),
-            policy: std::sync::Arc::clone(&policy),
-            hostname: config.server.hostname.clone(),
-            producer: "mailflow/verdict".to_string(),
-            drain: drain.clone(),
-        }
+            std::sync::Arc::clone(&policy),
+            "mailflow/verdict",
+            drain.clone(),
+        )
         .start();
     }
     if roles.contains(&Role::Routing) {

@@ -121,16 +121,6 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// What routing recorded for one message.
-#[derive(Debug, Default)]
-struct RecordedRoutes {
-    routed: Routed,
-}
-
-fn label<T: Serialize>(value: &T) -> String {
-    crate::metrics::label(value)
-}
-
 /// Where each recipient's copy goes, for a verdict and what routing made of it.
 fn routes(verdict: &VerdictReached, routed: &Routed) -> BTreeMap<String, String> {
     let mut routes = BTreeMap::new();
@@ -168,8 +158,8 @@ fn routes(verdict: &VerdictReached, routed: &Routed) -> BTreeMap<String, String>
 fn decision(verdict: &VerdictReached, routed: &Routed) -> Decision {
     Decision {
         scl: verdict.scl,
-        verdict: label(&verdict.verdict),
-        action: label(&verdict.action),
+        verdict: crate::metrics::label(&verdict.verdict),
+        action: crate::metrics::label(&verdict.action),
         rules: verdict.rules_matched.iter().map(|m| m.rule.clone()).collect(),
         routes: routes(verdict, routed),
     }
@@ -214,25 +204,6 @@ async fn each_record(
     Ok(())
 }
 
-/// The verdict role of the proposed configuration, reading content from `log`
-/// (read-only) and never appending.
-fn proposed_verdict(proposed: &Config, log: Arc<dyn EventLog>) -> anyhow::Result<crate::verdict::actor::VerdictActor> {
-    let resolver =
-        crate::dns::resolver(&proposed.dns).context("building the DNS resolver of the proposed configuration")?;
-    let policy = Arc::new(crate::policy::InboundPolicy::new(proposed));
-    Ok(crate::verdict::actor::VerdictActor {
-        log,
-        authenticator: Arc::new(mail_auth::MessageAuthenticator(resolver)),
-        anti_spam: Arc::new(proposed.anti_spam.clone()),
-        connectors: Arc::new(proposed.inbound_connectors.clone()),
-        rules: Arc::new(proposed.transport_rules.clone()),
-        policy,
-        hostname: proposed.server.hostname.clone(),
-        producer: "mailflow/what-if".to_string(),
-        drain: crate::drain::Drain::new().0,
-    })
-}
-
 /// Replays the messages of `window` from the log of `current` under
 /// `proposed`; `report` is given each message's comparison in receipt order.
 pub async fn run(
@@ -265,30 +236,39 @@ pub async fn run(
     }
     // What routing appended for those messages: its `Queued` events and the
     // `Failed` events of recipients it could not route (attempt 0).
-    let mut recorded: HashMap<String, RecordedRoutes> = HashMap::new();
+    let mut recorded_routes: HashMap<String, Routed> = HashMap::new();
     each_record(log.as_ref(), topic::DELIVERY, |record| {
         let Ok(envelope) = Envelope::<DeliveryEvent>::from_json(&record.value) else { return };
         if !seen.contains(&envelope.message_id) {
             return;
         }
-        let entry = recorded.entry(envelope.message_id.clone()).or_default();
+        let entry = recorded_routes.entry(envelope.message_id.clone()).or_default();
         match envelope.event {
-            DeliveryEvent::Queued(queued) => entry.routed.queued.push(queued),
-            DeliveryEvent::Failed(failed) if failed.attempt == 0 => {
-                entry.routed.unroutable.push(crate::routing::Unroutable {
-                    destination: failed.destination,
-                    recipients: failed.recipients,
-                    reply: failed.reply,
-                })
-            }
+            DeliveryEvent::Queued(queued) => entry.queued.push(queued),
+            DeliveryEvent::Failed(failed) if failed.attempt == 0 => entry.unroutable.push(crate::routing::Unroutable {
+                destination: failed.destination,
+                recipients: failed.recipients,
+                reply: failed.reply,
+            }),
             _ => {}
         }
     })
     .await?;
     verdicts.sort_by_key(|(_, v)| v.received.as_ref().map(|r| r.received_at));
 
-    let verdict_role = proposed_verdict(proposed, Arc::clone(&log))?;
+    // The verdict and routing roles of the proposed configuration: content
+    // read from the log (read-only), nothing appended.
+    let resolver =
+        crate::dns::resolver(&proposed.dns).context("building the DNS resolver of the proposed configuration")?;
     let policy = Arc::new(crate::policy::InboundPolicy::new(proposed));
+    let verdict_role = crate::verdict::actor::VerdictActor::new(
+        proposed,
+        Arc::clone(&log),
+        Arc::new(mail_auth::MessageAuthenticator(resolver)),
+        Arc::clone(&policy),
+        "mailflow/what-if",
+        crate::drain::Drain::new().0,
+    );
     let router = crate::routing::Router::new(proposed, policy);
     let mut summary = Summary::default();
     for (message_id, old) in verdicts {
@@ -300,8 +280,7 @@ pub async fn run(
         let judged = verdict_role.judge_with(&message_id, received, Some(&old.authentication)).await;
         let VerdictEvent::VerdictReached(new) = judged else { continue };
         let routed = router.route(&new, received);
-        let recorded_routes = recorded.remove(&message_id).unwrap_or_default();
-        let recorded = decision(&old, &recorded_routes.routed);
+        let recorded = decision(&old, &recorded_routes.remove(&message_id).unwrap_or_default());
         let proposed = decision(&new, &routed);
         let changed = differences(&recorded, &proposed);
         summary.messages += 1;

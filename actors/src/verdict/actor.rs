@@ -67,6 +67,29 @@ impl Actor for VerdictActor {
 }
 
 impl VerdictActor {
+    /// The verdict role of `config`: its anti-spam policy, inbound connectors
+    /// and mail flow rules, judging with `authenticator` and `policy`.
+    pub fn new(
+        config: &crate::config::Config,
+        log: Arc<dyn EventLog>,
+        authenticator: Arc<MessageAuthenticator>,
+        policy: Arc<crate::policy::InboundPolicy>,
+        producer: &str,
+        drain: crate::drain::Drain,
+    ) -> Self {
+        Self {
+            log,
+            authenticator,
+            anti_spam: Arc::new(config.anti_spam.clone()),
+            connectors: Arc::new(config.inbound_connectors.clone()),
+            rules: Arc::new(config.transport_rules.clone()),
+            policy,
+            hostname: config.server.hostname.clone(),
+            producer: producer.to_string(),
+            drain,
+        }
+    }
+
     /// Consumes `mailflow.received` until the log closes.
     async fn run(self) {
         let _working = self.drain.working();
