@@ -1,5 +1,18 @@
 # Shared by the load harness scripts; source it after setting ROOT and WORK.
 
+# start_dns ZONE_LINE...: a real DNS server on a free loopback port (dnslib),
+# authoritative for the given zone lines (NXDOMAIN for the rest), so the
+# verdict's SPF and DMARC lookups are real but fast, as with a warm resolver.
+# Sets DNS_PORT and DNS_PID.
+start_dns() {
+  DNS_PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  printf '%s\n' "$@" > "$WORK/zone"
+  python3 -m dnslib.zoneresolver --address 127.0.0.1 --port "$DNS_PORT" --zone "$WORK/zone" \
+    --log=-request,-reply,-truncated,-error > /dev/null 2>&1 &
+  DNS_PID=$!
+  sleep 1
+}
+
 # start_mailflow PORT ROLES: starts the release binary on 127.0.0.1:PORT with
 # an embedded log under $WORK/mf, the bench's [server] settings and the extra
 # configuration read from stdin (routing, delivery, DNS...), runs ROLES, waits

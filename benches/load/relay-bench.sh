@@ -28,15 +28,8 @@ cargo build --release -q -p mailflow-actors --bin mailflow
 WORK=$(mktemp -d)
 trap 'kill ${MF_PID:-} ${DNS_PID:-} 2>/dev/null || true; "$BENCH_DIR/postfix-peer.sh" stop >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 
-# A real DNS server that answers authoritatively (NXDOMAIN) for the test names,
-# so SPF/DMARC lookups are real but fast, as with a warm production resolver.
-DNS_PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-echo 'source.test. 300 IN TXT "v=spf1 ip4:127.0.0.1 -all"' > "$WORK/zone"
-python3 -m dnslib.zoneresolver --address 127.0.0.1 --port "$DNS_PORT" --zone "$WORK/zone" --log=-request,-reply,-truncated,-error > /dev/null 2>&1 &
-DNS_PID=$!
-sleep 1
-
 . "$ROOT/benches/load/lib.sh"
+start_dns 'source.test. 300 IN TXT "v=spf1 ip4:127.0.0.1 -all"'
 # cg_create and friends (CPU accounting per relay).
 . "$BENCH_DIR/lib.sh"
 start_relaying() {

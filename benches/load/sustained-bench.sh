@@ -24,16 +24,16 @@ OK_PORT=2531
 SOFT_PORT=2532
 HARD_PORT=2533
 EXPIRATION=${EXPIRATION:-60}
+BENCH_DIR=${BENCH_DIR:-$ROOT/../shared/bench}
 
 cargo build --release -q -p mailflow-actors --bin mailflow
 WORK=$(mktemp -d)
 trap 'kill ${MF_PID:-} ${OK_PID:-} ${SOFT_PID:-} ${HARD_PID:-} ${DNS_PID:-} ${LOAD_PID:-} 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-DNS_PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-echo 'bench.test. 300 IN TXT "v=spf1 ip4:127.0.0.1 -all"' > "$WORK/zone"
-python3 -m dnslib.zoneresolver --address 127.0.0.1 --port "$DNS_PORT" --zone "$WORK/zone" \
-  --log=-request,-reply,-truncated,-error > /dev/null 2>&1 &
-DNS_PID=$!
+. "$ROOT/benches/load/lib.sh"
+# sink_count_file (smtp-sink -c counter).
+. "$BENCH_DIR/lib.sh"
+start_dns 'bench.test. 300 IN TXT "v=spf1 ip4:127.0.0.1 -all"'
 
 smtp-sink -c -u nobody 127.0.0.1:$OK_PORT 1024 > "$WORK/ok.count" 2>/dev/null &
 OK_PID=$!
@@ -43,7 +43,6 @@ smtp-sink -u nobody -f RCPT 127.0.0.1:$HARD_PORT 1024 > /dev/null 2>&1 &
 HARD_PID=$!
 sleep 0.5
 
-. "$ROOT/benches/load/lib.sh"
 start_mailflow "$MF_PORT" connection,verdict,routing,delivery,journal <<TOML
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
@@ -136,11 +135,10 @@ sample() { # elapsed
   local rss depth ok
   rss=$(awk '/^VmRSS/ {print $2}' /proc/$MF_PID/status)
   depth=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^mailflow_queue_depth\{/ {s += $NF} END {print s + 0}')
-  ok=$(sink_count "$WORK/ok.count")
+  ok=$(sink_count_file "$WORK/ok.count")
   printf 'sample\t%s\trss_kib=%s\tqueue_depth=%s\tdelivered_ok=%s\tndrs=%s\n' "$1" "$rss" "$depth" "$ok" \
     "$(ls "$WORK/mf/mail/sender@bench.test/new" 2>/dev/null | wc -l)"
 }
-sink_count() { tail -c 256 "$1" 2>/dev/null | tr '\r' '\n' | sed -n 's/.*mesg=\([0-9][0-9]*\).*/\1/p' | tail -n 1; }
 
 printf 'sustained\tduration=%ss\trate=%s/s\tsessions=%s\tsoft=%s%%\thard=%s%%\texpiration=%ss\n' \
   "$DURATION" "$RATE" "$SESSIONS" "$SHARE_SOFT" "$SHARE_HARD" "$EXPIRATION"
