@@ -57,7 +57,10 @@ async fn every_acknowledged_record_survives_twenty_kill_9s() -> anyhow::Result<(
         let log = EmbeddedLog::open(dir.path(), Options { segment_bytes: 256 * 1024 })?;
         log.open_all()?;
         let mut found = BTreeMap::new();
-        for partition in 0..log.partitions(TOPIC)? {
+        // A child killed before it created the topic (a slow start under
+        // load) leaves none; that is only right if it acknowledged nothing.
+        let partitions = log.partitions(TOPIC).or_else(|err| if acked.is_empty() { Ok(0) } else { Err(err) })?;
+        for partition in 0..partitions {
             for record in read_all(&log, TOPIC, partition, 0).await? {
                 let identity = check_value(&record.value)
                     .with_context(|| format!("round {round}: corrupt record served at {:?}", record.position))?;
