@@ -8,6 +8,17 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use serde::Deserialize;
 
+/// The IP address of an address-literal domain (`[192.0.2.1]`,
+/// `[IPv6:2001:db8::1]`, RFC 5321 §4.1.3); `None` for a domain name or any
+/// other literal.
+pub fn literal_ip(domain: &str) -> Option<IpAddr> {
+    let inner = domain.strip_prefix('[')?.strip_suffix(']')?;
+    match inner.get(..5) {
+        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => inner[5..].parse::<std::net::Ipv6Addr>().ok().map(Into::into),
+        _ => inner.parse::<std::net::Ipv4Addr>().ok().map(Into::into),
+    }
+}
+
 /// `[dns]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

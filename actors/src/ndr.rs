@@ -55,14 +55,12 @@ pub struct NdrPolicy {
 impl NdrPolicy {
     /// From a validated configuration.
     pub fn new(config: &Config, accepted: std::sync::Arc<crate::policy::InboundPolicy>) -> Self {
-        let default_domain = config
-            .accepted_domains
-            .iter()
-            .find(|d| d.default)
-            .or(config.accepted_domains.first())
-            .map_or_else(|| config.server.hostname.clone(), |d| d.name.trim_start_matches("*.").to_string());
         Self {
-            postmaster: config.transport.postmaster.clone().unwrap_or_else(|| format!("postmaster@{default_domain}")),
+            postmaster: config
+                .transport
+                .postmaster
+                .clone()
+                .unwrap_or_else(|| format!("postmaster@{}", config.default_domain())),
             reporting_mta: config.server.hostname.clone(),
             remote_domains: config.remote_domains.clone(),
             accepted,

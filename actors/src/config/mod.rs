@@ -204,6 +204,17 @@ impl Config {
         toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })
     }
 
+    /// The default accepted domain (the one marked `default`, else the first;
+    /// the host name when there is none), without a `*.` prefix: the domain of
+    /// `postmaster@` addresses.
+    pub fn default_domain(&self) -> String {
+        self.accepted_domains
+            .iter()
+            .find(|d| d.default)
+            .or(self.accepted_domains.first())
+            .map_or_else(|| self.server.hostname.clone(), |d| d.name.trim_start_matches("*.").to_string())
+    }
+
     /// Checks what types cannot; reports every problem at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();

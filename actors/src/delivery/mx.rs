@@ -1,5 +1,6 @@
 //! Next hops of a domain by MX (RFC 5321 §5.1, RFC 7505) and of smart hosts.
 //!
+//! - an address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`) is its own host;
 //! - MX records in preference order, equal preferences shuffled;
 //! - no MX record: the domain itself is the implicit MX (its A/AAAA);
 //! - a null MX (`0 .`): the domain accepts no mail, a permanent failure
@@ -47,6 +48,10 @@ pub async fn host_hops(resolver: &TokioResolver, host: &str, port: u16) -> Resul
 
 /// The hops of `domain` by MX.
 pub async fn resolve(resolver: &TokioResolver, domain: &str, port: u16) -> Resolution {
+    // An address literal is its own and only host (RFC 5321 §5.1).
+    if let Some(ip) = crate::dns::literal_ip(domain) {
+        return Resolution::Hops(vec![Hop { host: ip.to_string(), addr: SocketAddr::new(ip, port) }]);
+    }
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     let fqdn = format!("{domain}.");
     let mut exchanges: Vec<(u16, String)> = match resolver.mx_lookup(fqdn.as_str()).await {
@@ -98,5 +103,27 @@ pub async fn resolve(resolver: &TokioResolver, domain: &str, port: u16) -> Resol
         (false, _) => Resolution::Hops(hops),
         (true, Some(err)) => Resolution::Defer(format!("4.4.0 DNS query failed: {err}")),
         (true, None) => Resolution::Defer("4.4.0 DNS query failed: no MX host has an address".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::{DnsConfig, resolver};
+
+    #[tokio::test]
+    async fn an_address_literal_is_its_own_hop_without_a_dns_query() {
+        // A nameserver that never answers: the literal must not need one.
+        let config = DnsConfig { nameservers: vec!["127.0.0.1:9".parse().expect("addr")], ..DnsConfig::default() };
+        let resolver = resolver(&config).expect("resolver");
+        let hop = |addr: &str| Hop {
+            host: addr.rsplit_once(':').expect("port").0.trim_matches(['[', ']']).into(),
+            addr: addr.parse().expect("addr"),
+        };
+        assert_eq!(resolve(&resolver, "[192.0.2.25]", 2525).await, Resolution::Hops(vec![hop("192.0.2.25:2525")]));
+        assert_eq!(
+            resolve(&resolver, "[IPv6:2001:db8::25]", 25).await,
+            Resolution::Hops(vec![hop("[2001:db8::25]:25")])
+        );
     }
 }

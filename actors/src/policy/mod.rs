@@ -28,6 +28,8 @@ pub struct InboundPolicy {
     passwords: HashMap<String, String>,
     connectors: Vec<InboundConnector>,
     reject_direct_send: bool,
+    /// `postmaster@<default accepted domain>`: what `RCPT TO:<postmaster>` names.
+    postmaster: String,
 }
 
 /// What the session knows about its client when a recipient is checked.
@@ -93,6 +95,7 @@ impl InboundPolicy {
             passwords,
             connectors: config.inbound_connectors.iter().filter(|c| c.enabled).map(InboundConnector::from).collect(),
             reject_direct_send: config.organization.reject_direct_send,
+            postmaster: format!("postmaster@{}", config.default_domain()),
         }
     }
 
@@ -130,6 +133,12 @@ impl InboundPolicy {
                 _ => return false,
             }
         }
+    }
+
+    /// The mailbox `RCPT TO:<postmaster>` (no domain) stands for, RFC 5321
+    /// §4.1.1.3: the postmaster of the default accepted domain.
+    pub fn postmaster(&self) -> &str {
+        &self.postmaster
     }
 
     /// Directory lookup over every proxy address: the recipient's primary address.

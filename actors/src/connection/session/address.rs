@@ -60,9 +60,62 @@ fn is_dot_string(local: &str) -> bool {
     local.split('.').all(|atom| !atom.is_empty() && atom.chars().all(atext))
 }
 
+/// Placeholder domain put where an address literal was, for the parser.
+const LITERAL_PLACEHOLDER: &str = "address-literal.invalid";
+
+/// smtp-proto refuses address literals (`user@[192.0.2.1]`,
+/// `user@[IPv6:2001:db8::1]`, RFC 5321 §4.1.3). For a MAIL or RCPT line whose
+/// path ends in one, this returns the line with the literal replaced by a
+/// placeholder domain the parser takes, and the literal (brackets kept,
+/// `IPv6:` tag as RFC 5321 spells it) to put back with [`restore_literal`].
+/// Anything but an IPv4 or IPv6 literal stays refused.
+pub(super) fn mask_address_literal(line: &[u8]) -> Option<(Vec<u8>, String)> {
+    let open = memchr::memmem::find(line, b"@[")? + 1;
+    let close = open + memchr::memchr(b']', &line[open..])?;
+    if line.get(close + 1) != Some(&b'>') {
+        return None;
+    }
+    let literal = match crate::dns::literal_ip(std::str::from_utf8(&line[open..=close]).ok()?)? {
+        std::net::IpAddr::V6(ip) => format!("[IPv6:{ip}]"),
+        std::net::IpAddr::V4(ip) => format!("[{ip}]"),
+    };
+    let mut masked = Vec::with_capacity(line.len() + LITERAL_PLACEHOLDER.len());
+    masked.extend_from_slice(&line[..open]);
+    masked.extend_from_slice(LITERAL_PLACEHOLDER.as_bytes());
+    masked.extend_from_slice(&line[close + 1..]);
+    Some((masked, literal))
+}
+
+/// Puts `literal` back as the domain of an address parsed from a masked line.
+pub(super) fn restore_literal(address: &mut String, literal: &str) {
+    if let Some(local) = address.strip_suffix(LITERAL_PLACEHOLDER).and_then(|rest| rest.strip_suffix('@')) {
+        *address = format!("{local}@{literal}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_literals_are_masked_for_the_parser_and_put_back() {
+        let (masked, literal) = mask_address_literal(b"RCPT TO:<bob@[192.0.2.1]> NOTIFY=NEVER\r\n").expect("v4");
+        assert_eq!(masked, b"RCPT TO:<bob@address-literal.invalid> NOTIFY=NEVER\r\n");
+        assert_eq!(literal, "[192.0.2.1]");
+        let mut address = "bob@address-literal.invalid".to_string();
+        restore_literal(&mut address, &literal);
+        assert_eq!(address, "bob@[192.0.2.1]");
+        let (_, literal) = mask_address_literal(b"MAIL FROM:<a@[ipv6:2001:DB8::1]>\r\n").expect("v6");
+        assert_eq!(literal, "[IPv6:2001:db8::1]");
+        assert_eq!(crate::dns::literal_ip(&literal), Some("2001:db8::1".parse().expect("ip")));
+        assert_eq!(crate::dns::literal_ip("[192.0.2.1]"), Some("192.0.2.1".parse().expect("ip")));
+        assert_eq!(crate::dns::literal_ip("example.com"), None);
+        // Not an IP, not at the end of the path, or a bare IPv6 without its tag.
+        assert_eq!(mask_address_literal(b"RCPT TO:<bob@[mail.example]>\r\n"), None);
+        assert_eq!(mask_address_literal(b"RCPT TO:<bob@[192.0.2.1]x>\r\n"), None);
+        assert_eq!(mask_address_literal(b"RCPT TO:<bob@[2001:db8::1]>\r\n"), None);
+        assert_eq!(mask_address_literal(b"RCPT TO:<bob@[999.0.2.1]>\r\n"), None);
+    }
 
     #[test]
     fn local_parts_that_need_quotes_get_them_back() {

@@ -348,8 +348,8 @@ impl Session {
             State::AuthLoginPassword { login } => return self.auth_login_password(login, line),
             other => self.state = other,
         }
-        let request = match Request::parse(&mut line.iter()) {
-            Ok(request) => request.into_owned(),
+        let request = match parse_request(line) {
+            Ok(request) => request,
             Err(err) => return self.error(parse_error(err)),
         };
         // RFC 2920: only a client that was offered PIPELINING (in the EHLO
@@ -364,7 +364,15 @@ impl Session {
             Request::Helo { host } => self.helo(host, input),
             Request::StartTls => self.starttls(input),
             Request::Auth { mechanism, initial_response } => self.auth(mechanism, initial_response),
+            // smtp-proto reads `<postmaster>` as the null path `<>`. As a
+            // recipient it is the postmaster mailbox every server must accept
+            // (RFC 5321 §4.1.1.3); as a reverse path it is not a mailbox at all.
+            Request::Mail { from } if from.address.is_empty() && names_postmaster(line) => self.error(Reply::BadSender),
             Request::Mail { from } => self.mail(from),
+            Request::Rcpt { mut to } if to.address.is_empty() && names_postmaster(line) => {
+                to.address = self.policy.postmaster().to_string();
+                self.rcpt(to)
+            }
             Request::Rcpt { to } => self.rcpt(to),
             Request::Data => self.data(input),
             Request::Bdat { chunk_size, is_last } => self.bdat(chunk_size, is_last),
@@ -441,6 +449,35 @@ impl Session {
     fn client_ip(&self) -> IpAddr {
         self.peer.addr.ip()
     }
+}
+
+/// Parses a command line; a MAIL or RCPT path with an address literal as its
+/// domain, which smtp-proto refuses, is parsed with the literal masked.
+fn parse_request(line: &[u8]) -> Result<Request<String>, smtp_proto::Error> {
+    let err = match Request::parse(&mut line.iter()) {
+        Ok(request) => return Ok(request.into_owned()),
+        Err(err @ (smtp_proto::Error::InvalidSenderAddress | smtp_proto::Error::InvalidRecipientAddress)) => err,
+        Err(err) => return Err(err),
+    };
+    let Some((masked, literal)) = address::mask_address_literal(line) else { return Err(err) };
+    Ok(match Request::parse(&mut masked.iter())?.into_owned() {
+        Request::Mail { mut from } => {
+            address::restore_literal(&mut from.address, &literal);
+            Request::Mail { from }
+        }
+        Request::Rcpt { mut to } => {
+            address::restore_literal(&mut to.address, &literal);
+            Request::Rcpt { to }
+        }
+        _ => return Err(err),
+    })
+}
+
+/// Whether the path of a MAIL or RCPT line is `<postmaster>` (any case).
+fn names_postmaster(line: &[u8]) -> bool {
+    let Some(open) = memchr::memchr(b'<', line) else { return false };
+    let path = &line[open + 1..];
+    memchr::memchr(b'>', path).is_some_and(|close| path[..close].eq_ignore_ascii_case(b"postmaster"))
 }
 
 /// Maps a parser error to its reply.

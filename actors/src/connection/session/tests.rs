@@ -532,3 +532,40 @@ fn by_default_twenty_received_headers_pass_and_the_twenty_first_is_a_loop() {
         assert!(replies[0].starts_with(expected), "{hops} hops: {replies:?}");
     }
 }
+
+#[test]
+fn rcpt_to_postmaster_without_a_domain_is_the_default_domains_postmaster() {
+    // RFC 5321 §4.1.1.3: `RCPT TO:<Postmaster>` must be accepted, any case; it
+    // names the postmaster of the default accepted domain. As a reverse path it
+    // is no mailbox (501 5.1.7), not the null sender smtp-proto reads it as.
+    let mut t = Transcript::smtp();
+    t.cmd("EHLO c", "250");
+    t.cmd("MAIL FROM:<PostMaster>", "501 5.1.7 ");
+    t.cmd("MAIL FROM:<>", "250 2.1.0 ");
+    t.cmd("RCPT TO:<>", "501 5.1.3 ");
+    t.cmd("RCPT TO:<Postmaster>", "250 2.1.5 ");
+    t.cmd("DATA", "354");
+    t.send(b"Subject: x\r\n\r\nhi\r\n.\r\n");
+    assert_eq!(t.stored[0].recipients[0].address, "postmaster@example.com");
+    assert_eq!(t.stored[0].recipients[0].accepted_domain.as_deref(), Some("example.com"));
+}
+
+#[test]
+fn address_literals_are_mailboxes_and_relaying_to_them_is_refused_like_any_domain() {
+    // RFC 5321 §4.1.3: `user@[192.0.2.1]` and `user@[IPv6:…]` are mailboxes;
+    // a literal is never an accepted domain, so an anonymous client may not
+    // relay to one (spec 2.4, the relay refusal of any outside domain).
+    let mut t = Transcript::smtp();
+    t.cmd("EHLO c", "250");
+    t.cmd("MAIL FROM:<s@[192.0.2.1]>", "250 2.1.0 ");
+    t.cmd("RCPT TO:<victim@[IPv6:2001:db8::25]>", "550 5.4.1 Relay Access Denied");
+    t.cmd("RCPT TO:<victim@[mail.example.org]>", "501 5.1.3 ");
+    t.cmd("RCPT TO:<bob@example.com>", "250 2.1.5 ");
+    t.cmd("DATA", "354");
+    t.send(b"Subject: x\r\n\r\nhi\r\n.\r\n");
+    assert_eq!(t.stored[0].envelope.mail_from, "s@[192.0.2.1]");
+    match &t.records[0] {
+        ReceivedEvent::RecipientRejected(r) => assert_eq!(r.address, "victim@[IPv6:2001:db8::25]"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
