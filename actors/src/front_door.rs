@@ -71,6 +71,7 @@ pub async fn start(
         producer: producer.to_string(),
         command_timeout: server.command_timeout,
         data_timeout: server.data_timeout,
+        min_data_rate: server.min_data_rate,
         session_timeout: server.session_timeout,
         authenticator,
         hostname: server.hostname.clone(),

@@ -30,9 +30,25 @@ pub struct ServerConfig {
     /// reply (default 5m); then `421 4.4.2`. Partial bytes do not extend it.
     #[serde(with = "humane")]
     pub command_timeout: Duration,
-    /// Time allowed between two reads during DATA/BDAT (default 3m); then `421 4.4.2`.
+    /// Time a DATA/BDAT transfer may go without progress (default 3m); then
+    /// `421 4.4.2`. With `min_data_rate` the allowance is a budget, as in
+    /// Postfix's `smtpd_per_request_deadline`: each read spends the time it
+    /// waited and earns `bytes / min_data_rate` seconds, never more than
+    /// `data_timeout` in hand.
     #[serde(with = "humane")]
     pub data_timeout: Duration,
+    /// Slowest DATA/BDAT transfer kept, in bytes per second (default 500,
+    /// Postfix's `smtpd_min_data_rate`); a client dripping content below it
+    /// loses the session with `421 4.4.2` after at most about `data_timeout`.
+    /// 0: only the time between two reads is limited (by `data_timeout`).
+    pub min_data_rate: u64,
+    /// Bytes of the header section a message may have (default 102400,
+    /// Postfix's `header_size_limit`); more gets `552 5.3.4`.
+    pub max_header_size: usize,
+    /// Header fields a message may have (default 1000, Haraka's
+    /// `max_header_lines`); more gets `552 5.3.4`. Continuation lines belong
+    /// to their field.
+    pub max_header_fields: usize,
     /// Longest a whole session may last (default 30m); then `421 4.4.2`. Bounds slow-drip clients.
     #[serde(with = "humane")]
     pub session_timeout: Duration,
@@ -67,6 +83,9 @@ impl Default for ServerConfig {
             max_line_length: 2048,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            min_data_rate: 500,
+            max_header_size: 100 * 1024,
+            max_header_fields: 1000,
             session_timeout: Duration::from_secs(1800),
             drain_timeout: Duration::from_secs(25),
             max_connections: 1000,

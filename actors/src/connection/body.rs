@@ -163,19 +163,34 @@ pub fn starts_folded(content: &[u8]) -> bool {
     matches!(content.first(), Some(b' ' | b'\t'))
 }
 
-/// Number of `Received:` headers in the header section (hop count).
-pub fn received_headers(content: &[u8]) -> usize {
-    let mut count = 0;
-    for line in content.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
+/// What the limits look at in a header section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeaderStats {
+    /// Bytes of the header section, without the empty line ending it.
+    pub size: usize,
+    /// Header fields (a continuation line belongs to its field).
+    pub fields: usize,
+    /// `Received:` fields (the hop count).
+    pub received: usize,
+}
+
+/// Measures the header section of `content` (up to the first empty line, or
+/// all of it when there is none).
+pub fn header_stats(content: &[u8]) -> HeaderStats {
+    let mut stats = HeaderStats::default();
+    for line in content.split_inclusive(|&b| b == b'\n') {
+        if line == b"\r\n" || line == b"\n" {
             break;
         }
+        stats.size += line.len();
+        if !matches!(line.first(), Some(b' ' | b'\t')) {
+            stats.fields += 1;
+        }
         if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
-            count += 1;
+            stats.received += 1;
         }
     }
-    count
+    stats
 }
 
 #[cfg(test)]
@@ -297,8 +312,10 @@ mod tests {
     }
 
     #[test]
-    fn received_headers_are_counted_in_the_header_section_only() {
-        let content = b"Received: a\r\nreceived: b\r\nSubject: x\r\n\r\nReceived: in body\r\n";
-        assert_eq!(received_headers(content), 2);
+    fn the_header_section_is_measured_up_to_the_empty_line() {
+        let content = b"Received: a\r\nreceived: b\r\nSubject: x\r\n y\r\n\r\nReceived: in body\r\n";
+        assert_eq!(header_stats(content), HeaderStats { size: 42, fields: 3, received: 2 });
+        assert_eq!(header_stats(b"A: 1\r\nB: 2\r\n"), HeaderStats { size: 12, fields: 2, received: 0 });
+        assert_eq!(header_stats(b"\r\nbody\r\n"), HeaderStats::default());
     }
 }

@@ -32,8 +32,10 @@ pub struct Shared {
     pub producer: String,
     /// Idle limit between commands.
     pub command_timeout: Duration,
-    /// Idle limit during DATA/BDAT.
+    /// Allowance during DATA/BDAT, see [`DataDeadline`].
     pub data_timeout: Duration,
+    /// Slowest DATA/BDAT transfer kept, bytes per second (0: no minimum).
+    pub min_data_rate: u64,
     /// Limit on a whole session.
     pub session_timeout: Duration,
     /// SPF and DKIM for the checks answered inside the session.
@@ -101,8 +103,8 @@ impl AsyncWrite for Stream {
 
 /// Runs the session to its end. I/O errors end it quietly: the client went away.
 ///
-/// Timeouts: during DATA/BDAT, `data_timeout` is the longest gap between two
-/// reads. Outside them, `command_timeout` is the time the client has to
+/// Timeouts: during DATA/BDAT, a [`DataDeadline`] (at most `data_timeout`
+/// without progress, and no slower than `min_data_rate`). Outside them, `command_timeout` is the time the client has to
 /// complete its next command, counted from the last reply: bytes that do not
 /// finish a command do not extend it, so a client dripping a byte at a time
 /// (slowloris, reliability notes §2.6) loses its session as a silent one does.
@@ -113,6 +115,7 @@ pub async fn run(shared: Shared, mut session: Session, first: Vec<Step>, tcp: Tc
     let mut chunk = vec![0u8; 64 * 1024];
     let mut steps = first;
     let mut command_deadline = tokio::time::Instant::now() + shared.command_timeout;
+    let mut data_deadline: Option<DataDeadline> = None;
     // Set once the drain has begun: the session ends by then at the latest.
     let mut drain_by = shared.drain.is_draining().then(|| tokio::time::Instant::now() + shared.drain_timeout);
     loop {
@@ -138,8 +141,18 @@ pub async fn run(shared: Shared, mut session: Session, first: Vec<Step>, tcp: Tc
                 continue;
             }
         }
-        let mut read_deadline =
-            if session.in_data() { tokio::time::Instant::now() + shared.data_timeout } else { command_deadline };
+        if !session.in_data() {
+            data_deadline = None;
+        }
+        let mut read_deadline = if session.in_data() {
+            data_deadline
+                .get_or_insert_with(|| {
+                    DataDeadline::new(tokio::time::Instant::now(), shared.data_timeout, shared.min_data_rate)
+                })
+                .at
+        } else {
+            command_deadline
+        };
         read_deadline = read_deadline.min(deadline);
         if let Some(by) = drain_by {
             read_deadline = read_deadline.min(by);
@@ -163,11 +176,45 @@ pub async fn run(shared: Shared, mut session: Session, first: Vec<Step>, tcp: Tc
                 break;
             }
             Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => input.extend_from_slice(&chunk[..n]),
+            Ok(Ok(n)) => {
+                if let Some(data) = &mut data_deadline {
+                    data.progress(tokio::time::Instant::now(), n);
+                }
+                input.extend_from_slice(&chunk[..n]);
+            }
         }
         steps = session.feed(&mut input);
     }
     let _ = stream.shutdown().await;
+}
+
+/// When a DATA/BDAT transfer must have made its next progress. Without a
+/// minimum rate, `limit` after the last read. With one, a budget (Postfix's
+/// `smtpd_per_request_deadline` with `smtpd_min_data_rate`): it starts at
+/// `limit`, each read spends the time waited for it and earns
+/// `bytes / min_rate` seconds, and it never holds more than `limit`. A client
+/// at or above the rate never runs out; one below it does, after
+/// `limit / (1 - rate / min_rate)`.
+#[derive(Debug, Clone, Copy)]
+struct DataDeadline {
+    at: tokio::time::Instant,
+    limit: Duration,
+    min_rate: u64,
+}
+
+impl DataDeadline {
+    fn new(now: tokio::time::Instant, limit: Duration, min_rate: u64) -> Self {
+        Self { at: now + limit, limit, min_rate }
+    }
+
+    /// `bytes` arrived at `now`.
+    fn progress(&mut self, now: tokio::time::Instant, bytes: usize) {
+        let cap = now + self.limit;
+        self.at = match self.min_rate {
+            0 => cap,
+            rate => (self.at + Duration::from_secs_f64(bytes as f64 / rate as f64)).min(cap),
+        };
+    }
 }
 
 /// Writes replies and performs effects until the session waits for input.
@@ -332,6 +379,16 @@ mod tests {
     /// Serves one session on a loopback port with the given timeouts; the
     /// event log lives in `dir`.
     async fn serve_one(dir: &std::path::Path, command_timeout: Duration) -> std::net::SocketAddr {
+        serve_one_with(dir, command_timeout, Duration::from_secs(30), 500).await
+    }
+
+    /// [`serve_one`] with a DATA allowance and minimum rate.
+    async fn serve_one_with(
+        dir: &std::path::Path,
+        command_timeout: Duration,
+        data_timeout: Duration,
+        min_data_rate: u64,
+    ) -> std::net::SocketAddr {
         let config = Config::builtin();
         let log_config = crate::config::EventLogConfig::Embedded { path: dir.to_path_buf(), partitions: 1 };
         let log = crate::event_log::open(&log_config, "test").await.expect("log");
@@ -348,7 +405,8 @@ mod tests {
             tls: None,
             producer: "test".into(),
             command_timeout,
-            data_timeout: Duration::from_secs(30),
+            data_timeout,
+            min_data_rate,
             session_timeout: Duration::from_secs(60),
             authenticator: Arc::new(mail_auth::MessageAuthenticator(resolver)),
             hostname: "mx.test".into(),
@@ -438,5 +496,65 @@ mod tests {
         };
         assert!(line.starts_with("421 4.4.2 "), "{line:?}");
         assert!(started.elapsed() < Duration::from_millis(1500), "closed after {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn the_data_budget_is_spent_by_waiting_and_earned_by_bytes_up_to_its_limit() {
+        let start = tokio::time::Instant::now();
+        let secs = Duration::from_secs;
+        let mut deadline = DataDeadline::new(start, secs(10), 500);
+        assert_eq!(deadline.at, start + secs(10));
+        // 500 bytes after 1 s: spent 1 s, earned 1 s; never more than 10 s in hand.
+        deadline.progress(start + secs(1), 500);
+        assert_eq!(deadline.at, start + secs(11));
+        deadline.progress(start + secs(2), 50_000);
+        assert_eq!(deadline.at, start + secs(12), "capped at the limit from now");
+        // A byte every 4 s earns 2 ms each: the budget runs out near 12 + 10 s.
+        let mut now = start + secs(2);
+        while now + secs(4) < deadline.at {
+            now += secs(4);
+            deadline.progress(now, 1);
+        }
+        assert!(deadline.at < start + secs(23), "{:?}", deadline.at - start);
+        // Without a minimum rate, only the gap between reads counts.
+        let mut gap = DataDeadline::new(start, secs(10), 0);
+        gap.progress(start + secs(9), 1);
+        assert_eq!(gap.at, start + secs(19));
+    }
+
+    #[tokio::test]
+    async fn content_dripped_below_the_minimum_rate_gets_the_data_timeout() {
+        // Reliability notes §2.6: a DATA drip below `min_data_rate` is closed
+        // although every byte comes well within `data_timeout` of the last.
+        let dir = tempfile::tempdir().expect("dir");
+        let address = serve_one_with(dir.path(), Duration::from_secs(30), Duration::from_millis(800), 500).await;
+        let (read, mut write) = TcpStream::connect(address).await.expect("connect").into_split();
+        let mut reader = BufReader::new(read);
+        assert!(reply_line(&mut reader).await.starts_with("220 "));
+        write.write_all(b"EHLO client.example\r\n").await.expect("write");
+        assert!(reply_line(&mut reader).await.starts_with("250 "));
+        write.write_all(b"MAIL FROM:<s@example.net>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n").await.expect("write");
+        for expected in ["250 2.1.0 ", "250 2.1.5 ", "354 "] {
+            let line = reply_line(&mut reader).await;
+            assert!(line.starts_with(expected), "{expected}: {line:?}");
+        }
+        let started = tokio::time::Instant::now();
+        // 10 bytes every 100 ms is 100 B/s, a fifth of the minimum.
+        let drip = async {
+            for _ in 0..200 {
+                if write.write_all(b"Subject: x").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let line = tokio::select! {
+            line = reply_line(&mut reader) => line,
+            () = drip => panic!("the drip went on for 20 s without a reply"),
+        };
+        assert!(line.starts_with("421 4.4.2 "), "{line:?}");
+        // 0.8 s / (1 - 100/500) = 1 s, plus scheduling.
+        let elapsed = started.elapsed();
+        assert!(elapsed > Duration::from_millis(800) && elapsed < Duration::from_secs(3), "closed after {elapsed:?}");
     }
 }

@@ -110,6 +110,8 @@ pub enum Reply {
     FoldedFirstLine,
     /// `552 5.3.4 Message size exceeds fixed maximum message size`.
     MessageTooLarge,
+    /// `552 5.3.4 Message header size or field count exceeds limit` (header bombs).
+    HeaderTooLarge,
     /// `553 5.6.7`: a non-ASCII address from a client that did not declare
     /// SMTPUTF8 (RFC 6531; Postfix's wording).
     SmtpUtf8Required,
@@ -154,7 +156,7 @@ impl Reply {
             | TenantAttribution
             | InvalidCharacters
             | FoldedFirstLine => 550,
-            MessageTooLarge => 552,
+            MessageTooLarge | HeaderTooLarge => 552,
             SmtpUtf8Required => 553,
             HopCountExceeded | SynchronizationError => 554,
         }
@@ -196,7 +198,7 @@ impl Reply {
             DmarcReject { .. } => "5.7.509",
             InvalidCharacters => "5.6.11",
             FoldedFirstLine => "5.6.0",
-            MessageTooLarge => "5.3.4",
+            MessageTooLarge | HeaderTooLarge => "5.3.4",
             SmtpUtf8Required => "5.6.7",
             HopCountExceeded => "5.4.14",
             SynchronizationError => "5.5.0",
@@ -261,6 +263,7 @@ impl Reply {
             InvalidCharacters => "Invalid characters: bare CR or LF, or NUL, in the message".into(),
             FoldedFirstLine => "Message header section begins with a continuation line".into(),
             MessageTooLarge => "Message size exceeds fixed maximum message size".into(),
+            HeaderTooLarge => "Message header size or field count exceeds limit".into(),
             SmtpUtf8Required => "Must declare SMTPUTF8 to send unicode address".into(),
             HopCountExceeded => "Hop count exceeded - possible mail loop".into(),
             SynchronizationError => "Error: SMTP protocol synchronization".into(),

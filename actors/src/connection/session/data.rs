@@ -101,7 +101,11 @@ impl Session {
         if body::starts_folded(&content) {
             return refuse(self, Reply::FoldedFirstLine, RejectReason::Policy);
         }
-        if body::received_headers(&content) > self.config.max_received_headers {
+        let headers = body::header_stats(&content);
+        if headers.size > self.config.max_header_size || headers.fields > self.config.max_header_fields {
+            return refuse(self, Reply::HeaderTooLarge, RejectReason::MessageTooLarge);
+        }
+        if headers.received > self.config.max_received_headers {
             return refuse(self, Reply::HopCountExceeded, RejectReason::Policy);
         }
         let Some(transaction) = self.transaction.take() else {

@@ -61,6 +61,10 @@ pub struct SessionConfig {
     pub max_errors: usize,
     /// See [`ServerConfig::max_received_headers`].
     pub max_received_headers: usize,
+    /// See [`ServerConfig::max_header_size`].
+    pub max_header_size: usize,
+    /// See [`ServerConfig::max_header_fields`].
+    pub max_header_fields: usize,
     /// See [`ServerConfig::vrfy`].
     pub vrfy: bool,
 }
@@ -78,6 +82,8 @@ impl SessionConfig {
             max_line_length: server.max_line_length,
             max_errors: server.max_errors,
             max_received_headers: server.max_received_headers,
+            max_header_size: server.max_header_size,
+            max_header_fields: server.max_header_fields,
             vrfy: server.vrfy,
         }
     }

@@ -192,6 +192,43 @@ fn a_message_with_too_many_received_headers_is_a_loop() {
 }
 
 #[test]
+fn header_bombs_get_552_5_3_4_by_size_and_by_field_count() {
+    // reliability.md §2.5.5: more fields, or a bigger header section, than the
+    // limits is `552 5.3.4` (Stalwart's answer), recorded, nothing stored; the
+    // same fields as the body of a message are fine.
+    let (config, policy) = config(ListenerKind::Smtp, false);
+    let mut small = (*config).clone();
+    small.max_message_size = 1 << 20;
+    small.max_header_fields = 50;
+    small.max_header_size = 2000;
+    let send = |content: Vec<u8>| {
+        let mut t = Transcript::with_config(Arc::new(small.clone()), Arc::clone(&policy));
+        t.cmd("EHLO c", "250");
+        t.cmd("MAIL FROM:<s@example.net>", "250");
+        t.cmd("RCPT TO:<bob@example.com>", "250");
+        t.cmd("DATA", "354");
+        let mut bytes = content;
+        bytes.extend_from_slice(b".\r\n");
+        let replies = t.send(&bytes);
+        (replies.concat(), t)
+    };
+    let fields = |n: usize| (0..n).map(|i| format!("X-F{i}: v\r\n")).collect::<String>();
+    let (reply, t) = send(format!("{}\r\nbody\r\n", fields(51)).into_bytes());
+    assert!(reply.starts_with("552 5.3.4 Message header size or field count exceeds limit"), "{reply:?}");
+    assert!(t.stored.is_empty());
+    assert!(matches!(&t.records[..], [ReceivedEvent::MessageRejected(r)] if r.reply.code == 552), "{:?}", t.records);
+    let (reply, _) = send(format!("Subject: {}\r\n\r\nbody\r\n", "x ".repeat(1100)).into_bytes());
+    assert!(reply.starts_with("552 5.3.4 "), "one long field over the size: {reply:?}");
+    let folded = format!("Subject: x\r\n{}\r\nbody\r\n", " more\r\n".repeat(60));
+    assert!(send(folded.into_bytes()).0.starts_with("250 2.0.0 "), "continuations are one field");
+    let (reply, t) = send(format!("{}\r\n{}", fields(50), fields(500)).into_bytes());
+    assert!(reply.starts_with("250 2.0.0 "), "at the limits, and header-like body lines: {reply:?}");
+    assert_eq!(t.stored.len(), 1);
+    let defaults = crate::config::ServerConfig::default();
+    assert_eq!((defaults.max_header_size, defaults.max_header_fields, defaults.min_data_rate), (102_400, 1000, 500));
+}
+
+#[test]
 fn every_smuggling_vector_gets_one_550_5_6_11_and_stores_nothing() {
     // reliability.md §2.1: a test per vector, through the whole session.
     let vectors: [(&str, &[u8]); 16] = [
