@@ -276,6 +276,10 @@ pub struct Delivered {
     pub remote_ip: Option<String>,
     /// The next hop's reply to the end of data (for Maildir, the store's own `250`).
     pub reply: SmtpReply,
+    /// The TLS session the message went over (protocol and cipher suite);
+    /// absent when it went in clear text or into a local Maildir store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::received::TlsInfo>,
 }
 
 /// Payload of [`DeliveryEvent::Failed`].

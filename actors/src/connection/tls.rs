@@ -61,18 +61,32 @@ pub fn acceptor(certificate: &Path, key: &Path, client_ca: Option<&Path>) -> Res
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// What the session records of an established TLS connection.
-pub fn info(connection: &rustls::ServerConnection) -> TlsInfo {
+/// `(protocol, cipher)` of an established TLS connection, either side, as
+/// events record them: `("TLSv1.3", "TLS_AES_256_GCM_SHA384")`, the cipher
+/// suite by its IANA name (rustls spells TLS 1.3 suites `TLS13_…`).
+pub fn describe(connection: &rustls::CommonState) -> (String, String) {
     let protocol = match connection.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
         Some(other) => format!("{other:?}"),
         None => "unknown".to_string(),
     };
-    let cipher = connection
-        .negotiated_cipher_suite()
-        .map(|suite| format!("{:?}", suite.suite()))
-        .unwrap_or_else(|| "unknown".to_string());
+    let cipher = connection.negotiated_cipher_suite().map_or_else(
+        || "unknown".to_string(),
+        |suite| {
+            let name = format!("{:?}", suite.suite());
+            match name.strip_prefix("TLS13_") {
+                Some(rest) => format!("TLS_{rest}"),
+                None => name,
+            }
+        },
+    );
+    (protocol, cipher)
+}
+
+/// What the session records of an established TLS connection.
+pub fn info(connection: &rustls::ServerConnection) -> TlsInfo {
+    let (protocol, cipher) = describe(connection);
     // The chain was verified against `client_ca` during the handshake; only
     // then are its names worth anything.
     let client_certificate_names: Vec<String> = connection

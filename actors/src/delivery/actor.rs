@@ -30,7 +30,7 @@ use chrono::Utc;
 use hickory_resolver::TokioResolver;
 use mailflow_events::delivery::{Deferred, Delivered, DeliveryEvent, DestinationKind, Expired, Failed, Queued, Scope};
 use mailflow_events::log::{EventLog, Record};
-use mailflow_events::received::{DsnNotify, SmtpReply};
+use mailflow_events::received::{DsnNotify, SmtpReply, TlsInfo};
 use mailflow_events::{Envelope, TraceContext, content, topic};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
@@ -996,10 +996,8 @@ async fn deliver_batch(
         let hop = open.hop().clone();
         match open.send(&transaction, &content).instrument(stage.span().clone()).await {
             Ok(outcomes) => {
-                let peer_offers_dsn = open.capabilities().dsn;
-                last = record_outcomes(shared, work, &attempt, outcomes, (&hop, peer_offers_dsn), in_flight)
-                    .await
-                    .max(last);
+                let answered = Answered { hop: &hop, offers_dsn: open.capabilities().dsn, tls: open.tls() };
+                last = record_outcomes(shared, work, &attempt, outcomes, answered, in_flight).await.max(last);
             }
             Err(failure) => {
                 if !source.stop() {
@@ -1080,15 +1078,25 @@ fn attempt_stage(work: &Due, message: &DueMessage, trace: Option<&TraceContext>)
 }
 
 /// Records what the next hop said for each recipient.
+/// The hop that answered an attempt, as the connection saw it.
+struct Answered<'a> {
+    hop: &'a Hop,
+    /// The hop offers DSN (RFC 3461), so it sends success notices itself.
+    offers_dsn: bool,
+    /// Protocol and cipher suite, when the connection is encrypted.
+    tls: Option<(String, String)>,
+}
+
 async fn record_outcomes(
     shared: &Arc<Shared>,
     work: &Due,
     attempt: &Attempt<'_>,
     outcomes: Vec<super::client::RecipientOutcome>,
-    (hop, peer_offers_dsn): (&Hop, bool),
+    answered: Answered<'_>,
     in_flight: &mut InFlight,
 ) -> Option<u64> {
     let Attempt { message, queued, stage } = *attempt;
+    let Answered { hop, offers_dsn: peer_offers_dsn, tls } = answered;
     let mut last = None;
     // LMTP with a `+Junk` detail answers for the rewritten address: map back by position.
     let original = |index: usize, address: &str| {
@@ -1124,6 +1132,12 @@ async fn record_outcomes(
             remote_host: Some(hop.host.clone()),
             remote_ip: Some(hop.addr.ip().to_string()),
             reply,
+            tls: tls.clone().map(|(protocol, cipher)| TlsInfo {
+                protocol,
+                cipher,
+                client_certificate_subject: None,
+                client_certificate_names: Vec::new(),
+            }),
         });
         in_flight.push(shared, &message.message_id, event, stage).await;
     }
@@ -1200,6 +1214,7 @@ async fn deliver_maildir(
             remote_host: None,
             remote_ip: None,
             reply,
+            tls: None,
         });
         tracing::info!(message_id = %message.message_id, "delivered to Maildir");
         observe_latency(queued);

@@ -154,6 +154,7 @@ mod tests {
             remote_host: None,
             remote_ip: None,
             reply: SmtpReply::new(250, "2.0.0", "OK"),
+            tls: None,
         });
         Envelope::new(message_id, "test", Utc::now(), event)
     }

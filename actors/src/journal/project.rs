@@ -300,7 +300,13 @@ impl Projector {
                 let detail = match (d.destination.kind, junk) {
                     (DestinationKind::MailboxStore, true) => format!("Delivered to the Junk Email folder: {}", d.reply),
                     (DestinationKind::MailboxStore, false) => format!("Delivered to the mailbox: {}", d.reply),
-                    _ => format!("Sent to {}: {}", d.remote_host.as_deref().unwrap_or(&d.destination.name), d.reply),
+                    _ => {
+                        let host = d.remote_host.as_deref().unwrap_or(&d.destination.name);
+                        match &d.tls {
+                            Some(tls) => format!("Sent to {host} over {} ({}): {}", tls.protocol, tls.cipher, d.reply),
+                            None => format!("Sent to {host}: {}", d.reply),
+                        }
+                    }
                 };
                 let record = base(status, &d.destination, &d.recipients, &d.remote_host, &d.remote_ip, detail);
                 let attempted =

@@ -314,7 +314,7 @@ fn commands_pipelined_after_starttls_are_discarded() {
     assert!(replies.is_empty() && t.tls_requested, "{replies:?}");
     let steps = t.session.tls_started(Some(TlsInfo {
         protocol: "TLSv1.3".into(),
-        cipher: "TLS13_AES_256_GCM_SHA384".into(),
+        cipher: "TLS_AES_256_GCM_SHA384".into(),
         client_certificate_subject: None,
         client_certificate_names: Vec::new(),
     }));
@@ -353,7 +353,7 @@ fn failed_passwords_count_as_errors_and_the_last_one_closes_the_session() {
     t.send(b"STARTTLS\r\n");
     let steps = t.session.tls_started(Some(TlsInfo {
         protocol: "TLSv1.3".into(),
-        cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        cipher: "TLS_AES_128_GCM_SHA256".into(),
         client_certificate_subject: None,
         client_certificate_names: Vec::new(),
     }));
@@ -438,7 +438,7 @@ fn submission_requires_tls_then_auth_and_checks_send_as() {
     t.send(b"STARTTLS\r\n");
     let steps = t.session.tls_started(Some(TlsInfo {
         protocol: "TLSv1.3".into(),
-        cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        cipher: "TLS_AES_128_GCM_SHA256".into(),
         client_certificate_subject: None,
         client_certificate_names: Vec::new(),
     }));

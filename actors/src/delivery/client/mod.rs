@@ -355,7 +355,7 @@ impl Connection {
         &self.hop
     }
 
-    /// `(protocol, cipher)` when the session is encrypted, e.g. `("TLSv1.3", "TLS13_AES_256_GCM_SHA384")`.
+    /// `(protocol, cipher)` when the session is encrypted, e.g. `("TLSv1.3", "TLS_AES_256_GCM_SHA384")`.
     pub fn tls(&self) -> Option<(String, String)> {
         self.tls.clone()
     }

@@ -32,7 +32,7 @@ pub(super) async fn open(hop: &Hop, options: &ClientOptions) -> Result<Connectio
         if reply.code == 220 {
             let tcp = wire.into_plain().map_err(|e| HopFailure::wire(Stage::StartTls, e))?;
             let tls = handshake(tcp, hop, options).await?;
-            tls_info = Some(tls::describe(tls.get_ref().1));
+            tls_info = Some(crate::connection::tls::describe(tls.get_ref().1));
             wire = Wire::new(Stream::Tls(Box::new(tls)));
             capabilities = hello(&mut wire, options).await?;
         } else if reply.is_permanent() && !options.tls.requires_tls() {

@@ -154,19 +154,6 @@ pub fn server_name(host: &str, addr: std::net::IpAddr) -> ServerName<'static> {
     ServerName::try_from(host.trim_end_matches('.').to_string()).unwrap_or(ServerName::IpAddress(addr.into()))
 }
 
-/// `(protocol, cipher)` of an established connection, e.g. `("TLSv1.3", "TLS13_AES_256_GCM_SHA384")`.
-pub fn describe(connection: &rustls::ClientConnection) -> (String, String) {
-    let protocol = match connection.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-        Some(other) => format!("{other:?}"),
-        None => "unknown".to_string(),
-    };
-    let cipher =
-        connection.negotiated_cipher_suite().map_or_else(|| "unknown".to_string(), |s| format!("{:?}", s.suite()));
-    (protocol, cipher)
-}
-
 /// Accepts any certificate; still checks that the peer signed the handshake.
 #[derive(Debug)]
 struct NoCertificateCheck {

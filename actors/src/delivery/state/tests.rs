@@ -65,6 +65,7 @@ fn delivered(id: &str, recipients: &[&str]) -> Envelope<DeliveryEvent> {
         remote_host: None,
         remote_ip: None,
         reply: SmtpReply { code: 250, enhanced: Some("2.0.0".into()), text: "OK".into() },
+        tls: None,
     });
     Envelope::new(id, "test", at(0), event)
 }
