@@ -3,8 +3,9 @@
 //!
 //! - [`SmtpSink`]: its `smtp-sink` test server, dumping every transaction it
 //!   receives to a file;
-//! - [`PostfixTls`]: a private Postfix instance whose `smtpd` offers STARTTLS
-//!   with a certificate the test generates.
+//! - [`PrivatePostfix`]: a private Postfix instance, either a next hop whose
+//!   `smtpd` offers STARTTLS with a certificate the test generates, or an
+//!   organisation's on-premises server with mailboxes and a relay host.
 
 use std::io::Read as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -153,23 +154,129 @@ pub(crate) fn wait_for_greeting(child: &mut Child, address: SocketAddr, what: &s
     }
 }
 
-/// A private Postfix instance (`smtpd` with STARTTLS) in a temporary
-/// directory: it accepts mail for one relay domain from loopback and discards
-/// it. Nothing under `/etc/postfix` is changed; the master runs in the
-/// foreground (`postfix start-fg`) and logs to a file in the directory.
-/// Postfix needs root to start.
+/// A private Postfix instance in a temporary directory: nothing under
+/// `/etc/postfix` is changed; the master runs in the foreground (`postfix
+/// start-fg`), logs to a file in the directory, and is stopped when dropped.
+/// Postfix needs root to start. Two roles:
+///
+/// - [`PrivatePostfix::start`]: a next hop whose `smtpd` offers STARTTLS, taking
+///   mail for one relay domain from loopback and discarding it;
+/// - [`PrivatePostfix::on_premises`]: an organisation's on-premises server, with
+///   its own mailboxes (Maildir, Postfix's `virtual` agent) and a relay host
+///   it sends everything else through.
 #[derive(Debug)]
-pub struct PostfixTls {
+pub struct PrivatePostfix {
     child: Child,
     /// Where `smtpd` answers.
     pub address: SocketAddr,
     dir: tempfile::TempDir,
 }
 
-impl PostfixTls {
+/// The services every private instance runs; no chroot.
+const MASTER_CF: &str = "pickup unix n - n 60 1 pickup
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+tlsmgr unix - - n 1000? 1 tlsmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+verify unix - - n - 1 verify
+flush unix n - n 1000? 0 flush
+proxymap unix - - n - - proxymap
+smtp unix - - n - - smtp
+relay unix - - n - - smtp
+virtual unix - n n - - virtual
+error unix - - n - - error
+retry unix - - n - - error
+discard unix - - n - - discard
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd
+";
+
+impl PrivatePostfix {
     /// Starts Postfix with the PEM certificate chain and key, accepting mail
     /// for `relay_domain`, and waits until it greets.
     pub fn start(certificate_pem: &str, key_pem: &str, relay_domain: &str) -> anyhow::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::start_on(port, |path| {
+            std::fs::write(path.join("cert.pem"), certificate_pem)?;
+            std::fs::write(path.join("key.pem"), key_pem)?;
+            std::fs::set_permissions(path.join("key.pem"), std::fs::Permissions::from_mode(0o600))?;
+            let path = path.display();
+            Ok(format!(
+                "myhostname = tls-peer.{relay_domain}
+inet_interfaces = 127.0.0.1
+relay_domains = {relay_domain}
+default_transport = discard
+relay_transport = discard
+smtpd_tls_security_level = may
+smtpd_tls_cert_file = {path}/cert.pem
+smtpd_tls_key_file = {path}/key.pem
+smtpd_tls_loglevel = 1
+"
+            ))
+        })
+    }
+
+    /// Starts Postfix as the on-premises server of `domain` on 127.0.0.1:`port`:
+    /// `mailboxes` (addresses of `domain`) are delivered into Maildirs under
+    /// [`Self::maildir`]; everything else, including the other addresses of
+    /// `domain` listed in `elsewhere` (mailboxes in the service), goes through
+    /// `relayhost`. Its own mail leaves from 127.0.0.2, the address the
+    /// service's on-premises inbound connector knows it by.
+    pub fn on_premises(
+        port: u16,
+        domain: &str,
+        mailboxes: &[&str],
+        elsewhere: &[&str],
+        relayhost: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        Self::start_on(port, |path| {
+            let mail = path.join("mail");
+            std::fs::create_dir(&mail)?;
+            let chown = Command::new("chown").arg("nobody:nogroup").arg(&mail).status()?;
+            if !chown.success() {
+                bail!("chown nobody:nogroup failed");
+            }
+            let map = |pairs: Vec<String>| format!("inline:{{ {} }}", pairs.join(", "));
+            let users = mailboxes.iter().map(|a| format!("{{ {a} = {a}/ }}"));
+            let known = map(users.chain(elsewhere.iter().map(|a| format!("{{ {a} = remote }}"))).collect());
+            let transports = map(elsewhere
+                .iter()
+                .map(|a| format!("{{ {a} = relay:[{}]:{} }}", relayhost.ip(), relayhost.port()))
+                .collect());
+            Ok(format!(
+                "myhostname = onprem.{domain}
+inet_interfaces = 127.0.0.1
+smtp_bind_address = 127.0.0.2
+relay_domains =
+virtual_mailbox_domains = {domain}
+virtual_mailbox_maps = {known}
+virtual_mailbox_base = {mail}
+virtual_uid_maps = static:65534
+virtual_gid_maps = static:65534
+transport_maps = {transports}
+relayhost = [{relay_ip}]:{relay_port}
+smtp_tls_security_level = none
+",
+                mail = mail.display(),
+                relay_ip = relayhost.ip(),
+                relay_port = relayhost.port(),
+            ))
+        })
+    }
+
+    /// The Maildir root of [`Self::on_premises`]: `<root>/<address>/new`.
+    pub fn maildir(&self) -> std::path::PathBuf {
+        self.dir.path().join("mail")
+    }
+
+    /// Writes the configuration (`role` returns the role's `main.cf` lines,
+    /// given the instance's directory) and starts the master with `smtpd` on
+    /// 127.0.0.1:`port`.
+    fn start_on(port: u16, role: impl FnOnce(&std::path::Path) -> anyhow::Result<String>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let root = dir.path();
         if std::fs::metadata(root)?.uid() != 0 {
@@ -183,10 +290,7 @@ impl PostfixTls {
         if !chown.success() {
             bail!("chown postfix:postfix failed (is Debian postfix installed?)");
         }
-        std::fs::write(root.join("cert.pem"), certificate_pem)?;
-        std::fs::write(root.join("key.pem"), key_pem)?;
-        std::fs::set_permissions(root.join("key.pem"), std::fs::Permissions::from_mode(0o600))?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let role = role(root)?;
         let path = root.display();
         std::fs::write(
             root.join("etc/main.cf"),
@@ -198,50 +302,20 @@ data_directory = {path}/data
 mail_owner = postfix
 setgid_group = postdrop
 maillog_file = /dev/stdout
-myhostname = tls-peer.{relay_domain}
-inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mydestination =
 local_recipient_maps =
 alias_maps =
 alias_database =
-relay_domains = {relay_domain}
 relay_recipient_maps =
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-default_transport = discard
-relay_transport = discard
-smtpd_tls_security_level = may
-smtpd_tls_cert_file = {path}/cert.pem
-smtpd_tls_key_file = {path}/key.pem
-smtpd_tls_loglevel = 1
-"
+{role}"
             ),
         )?;
         std::fs::write(
             root.join("etc/master.cf"),
-            format!(
-                "# Generated by the mailflow test harness: no chroot, delivery discarded.
-127.0.0.1:{port} inet n - n - - smtpd
-pickup unix n - n 60 1 pickup
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 300 1 qmgr
-tlsmgr unix - - n 1000? 1 tlsmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-verify unix - - n - 1 verify
-flush unix n - n 1000? 0 flush
-proxymap unix - - n - - proxymap
-error unix - - n - - error
-retry unix - - n - - error
-discard unix - - n - - discard
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
-"
-            ),
+            format!("# Generated by the mailflow test harness.\n127.0.0.1:{port} inet n - n - - smtpd\n{MASTER_CF}"),
         )?;
         let log = std::fs::File::create(root.join("postfix.log"))?;
         let child = Command::new("postfix")
@@ -266,7 +340,7 @@ postlog unix-dgram n - n - 1 postlogd
     }
 }
 
-impl Drop for PostfixTls {
+impl Drop for PrivatePostfix {
     fn drop(&mut self) {
         // `postfix stop` signals the master, which stops its children and exits.
         let _ = Command::new("postfix")

@@ -7,7 +7,7 @@
 //! Replies are written as scripted plus CRLF, so a multi-line reply is given
 //! with `\r\n` between its lines, and garbage is just a string that is not a
 //! reply. A connection refused is a port nobody listens on: [`Sink::closed_port`].
-//! The sink has no TLS (the real STARTTLS peer is `crate::postfix::PostfixTls`);
+//! The sink has no TLS (the real STARTTLS peer is `crate::postfix::PrivatePostfix`);
 //! it can only answer STARTTLS and then fail the handshake.
 
 use std::collections::HashMap;

@@ -15,7 +15,7 @@ use mailflow_actors::delivery::client::{
 use mailflow_events::delivery::QueuedRecipient;
 use mailflow_events::received::{BodyType, DsnNotify, DsnReturn};
 use mailflow_tests::dovecot::Dovecot;
-use mailflow_tests::postfix::{PostfixTls, SmtpSink};
+use mailflow_tests::postfix::{PrivatePostfix, SmtpSink};
 use mailflow_tests::sink::{self, Fault, Script, Sink};
 
 const MESSAGE: &[u8] =
@@ -602,7 +602,7 @@ fn certificates(dir: &std::path::Path) -> anyhow::Result<(String, String, std::p
 async fn starttls_to_postfix_encrypts_and_checks_the_certificate_as_the_policy_says() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (chain, key, ca_file) = certificates(dir.path()).expect("certificates");
-    let postfix = PostfixTls::start(&chain, &key, "fabrikam.test").expect("postfix");
+    let postfix = PrivatePostfix::start(&chain, &key, "fabrikam.test").expect("postfix");
     let private_ca = pem_roots(&ca_file).expect("CA file");
     let named = |host: &str| Hop { host: host.into(), addr: postfix.address };
     let with = |tls: TlsPolicy, roots| ClientOptions { tls, roots, ..options(Protocol::Smtp) };

@@ -1,5 +1,6 @@
 //! The mail-flow scenarios of spec §8 end to end, with real peers on
-//! loopback: Postfix's smtp-sink plays the on-premises server and the
+//! loopback: a private Postfix instance, or Postfix's smtp-sink where only
+//! what arrives matters, plays the on-premises server; smtp-sink the
 //! internet's MX hosts, Dovecot LMTP the mailbox store, a real DNS server the
 //! zones. Internet clients connect from 127.0.0.1; the on-premises server
 //! from 127.0.0.2, which the on-premises inbound connector identifies. Each
@@ -13,7 +14,7 @@ use mailflow_events::delivery::DeliveryEvent;
 use mailflow_tests::clients::python;
 use mailflow_tests::dns::DnsServer;
 use mailflow_tests::dovecot::Dovecot;
-use mailflow_tests::postfix::{Dumped, SmtpSink};
+use mailflow_tests::postfix::{Dumped, PrivatePostfix, SmtpSink};
 use mailflow_tests::router::Router;
 
 const ZONE: &str = "example.org. 300 IN MX 10 mx.example.org.\nmx.example.org. 300 IN A 127.0.0.1\n\
@@ -21,7 +22,7 @@ archive.example. 300 IN MX 10 mx.archive.example.\nmx.archive.example. 300 IN A 
 
 /// contoso.com (authoritative: alice in the service, olga on-premises) and
 /// fabrikam.com (internal relay), the on-premises server at 127.0.0.2 both ways.
-fn hybrid(dns: &DnsServer, internet: &SmtpSink, on_premises: &SmtpSink, extra: &str) -> String {
+fn hybrid(dns: &DnsServer, internet: &SmtpSink, onprem_port: u16, extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -57,7 +58,6 @@ smart_hosts = ["127.0.0.1:{onprem_port}"]
 "#,
         dns = dns.address,
         mx_port = internet.address.port(),
-        onprem_port = on_premises.address.port(),
     )
 }
 
@@ -119,7 +119,7 @@ async fn hybrid_cloud_and_on_premises_mailboxes_each_get_their_copy_and_on_premi
     // Spec 8.2 S1: MX to the service; connectors both ways.
     let dns = DnsServer::start(ZONE)?;
     let (internet, on_premises) = (SmtpSink::start(&[])?, SmtpSink::start(&[])?);
-    let router = Router::start(&hybrid(&dns, &internet, &on_premises, ""))?;
+    let router = Router::start(&hybrid(&dns, &internet, on_premises.address.port(), ""))?;
     let mail = router.dir.path().join("mail");
     send(&router, "127.0.0.1", "news@example.net", &["alice@contoso.com", "olga@contoso.com", "x@fabrikam.com"], "in")?;
     wait_for_outcomes(&router, 3).await?;
@@ -140,12 +140,96 @@ async fn hybrid_cloud_and_on_premises_mailboxes_each_get_their_copy_and_on_premi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_with_a_real_postfix_on_premises_mail_flows_both_ways_through_the_connectors() -> anyhow::Result<()> {
+    // Spec 8.2 S1 and 8.5, with Postfix as the on-premises server: it holds
+    // olga's mailbox, knows alice as a mailbox in the service, and sends all
+    // its other mail through the service (relayhost), from 127.0.0.2.
+    let dns = DnsServer::start(ZONE)?;
+    let internet = SmtpSink::start(&[])?;
+    let onprem_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut router = Router::start(&hybrid(&dns, &internet, onprem_port, ""))?;
+    let postfix = PrivatePostfix::on_premises(
+        onprem_port,
+        "contoso.com",
+        &["olga@contoso.com"],
+        &["alice@contoso.com"],
+        router.smtp(),
+    )?;
+    let mail = router.dir.path().join("mail");
+    let wait_for = |root: &Path, mailbox: &str, count: usize| -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while maildir_count(root, mailbox) < count {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{mailbox}: {} of {count}\n{}",
+                maildir_count(root, mailbox),
+                postfix.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    };
+
+    // From the internet: the cloud mailbox here, the on-premises one through
+    // the outbound connector into Postfix's Maildir.
+    send(&router, "127.0.0.1", "news@example.net", &["alice@contoso.com", "olga@contoso.com"], "in")?;
+    wait_for(&postfix.maildir(), "olga@contoso.com", 1)?;
+    wait_for(&mail, "alice@contoso.com", 1)?;
+
+    // From on-premises: olga writes to alice (in the service) and to the
+    // internet; Postfix relays both through the service.
+    let script = r#"
+s = smtplib.SMTP(ADDR, PORT)
+s.ehlo("workstation.contoso.com")
+s.sendmail("olga@contoso.com", ["alice@contoso.com", "bob@example.org"], b"From: olga@contoso.com\r\nSubject: out\r\n\r\nhello\r\n")
+s.quit()
+print(json.dumps("sent"))
+"#;
+    python(postfix.address, script)?;
+    wait_for(&mail, "alice@contoso.com", 2)?;
+    assert_eq!(recipients(&internet.wait_for_dumps(1)?), ["<bob@example.org>"]);
+    assert_eq!(maildir_count(&postfix.maildir(), "olga@contoso.com"), 1, "nothing came back on-premises");
+
+    // The service knew Postfix by its on-premises connector; the internet
+    // message came in anonymously.
+    let received = mailflow_tests::router::messages_received(&router.received_events().await?);
+    let mut connectors: Vec<(Vec<String>, Option<String>)> = received
+        .iter()
+        .map(|(_, m)| {
+            let rcpts = m.recipients.iter().map(|r| r.address.clone()).collect();
+            (rcpts, m.connector.as_ref().map(|c| c.name.clone()))
+        })
+        .collect();
+    connectors.sort();
+    // Postfix sends alice's copy by its transport map and bob's by the relay
+    // host: two transactions, both through the on-premises connector.
+    let from = |who: &str| Some(who.to_string());
+    assert_eq!(
+        connectors,
+        [
+            (vec!["alice@contoso.com".to_string()], from("from-onprem")),
+            (vec!["alice@contoso.com".to_string(), "olga@contoso.com".to_string()], None),
+            (vec!["bob@example.org".to_string()], from("from-onprem")),
+        ]
+    );
+    let log = postfix.log();
+    assert!(log.contains("to=<olga@contoso.com>, relay=virtual"), "{log}");
+    assert_eq!(log.matches(&format!("relay=127.0.0.1[127.0.0.1]:{}", router.smtp().port())).count(), 2, "{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn centralized_mail_transport_sends_internet_mail_on_premises_first() -> anyhow::Result<()> {
     // Spec 6.6 / 8.2 S2: with CMT on, mail from the internet goes on-premises
     // first, even for cloud mailboxes; on-premises mail comes back and is delivered.
     let dns = DnsServer::start(ZONE)?;
     let (internet, on_premises) = (SmtpSink::start(&[])?, SmtpSink::start(&[])?);
-    let router = Router::start(&hybrid(&dns, &internet, &on_premises, "route_all_messages_via_on_premises = true"))?;
+    let router = Router::start(&hybrid(
+        &dns,
+        &internet,
+        on_premises.address.port(),
+        "route_all_messages_via_on_premises = true",
+    ))?;
     let mail = router.dir.path().join("mail");
     send(&router, "127.0.0.1", "news@example.net", &["alice@contoso.com"], "via-onprem")?;
     assert_eq!(recipients(&on_premises.wait_for_dumps(1)?), ["<alice@contoso.com>"]);
@@ -165,7 +249,7 @@ async fn an_archiving_service_gets_a_copy_of_every_message_through_a_rule() -> a
     let dns = DnsServer::start(ZONE)?;
     let (archive, on_premises) = (SmtpSink::start(&[])?, SmtpSink::start(&[])?);
     let rule = "[[transport_rules]]\nname = \"archive all\"\npriority = 0\nactions = { add_to_recipients = [\"journal@archive.example\"] }\n";
-    let router = Router::start(&hybrid(&dns, &archive, &on_premises, rule))?;
+    let router = Router::start(&hybrid(&dns, &archive, on_premises.address.port(), rule))?;
     let mail = router.dir.path().join("mail");
     send(&router, "127.0.0.1", "news@example.net", &["alice@contoso.com"], "one")?;
     send(&router, "127.0.0.1", "news@example.net", &["alice@contoso.com", "olga@contoso.com"], "two")?;
@@ -188,7 +272,7 @@ async fn dovecot_over_lmtp_as_the_mailbox_store_answers_per_recipient() -> anyho
         "[[directory.recipients]]\naddress = \"bob@contoso.com\"\n[mailbox_store]\nkind = \"lmtp\"\naddress = \"{}\"\n",
         dovecot.address
     );
-    let router = Router::start(&hybrid(&dns, &internet, &on_premises, &store))?;
+    let router = Router::start(&hybrid(&dns, &internet, on_premises.address.port(), &store))?;
     send(&router, "127.0.0.1", "news@example.org", &["alice@contoso.com", "bob@contoso.com"], "lmtp")?;
     let events = wait_for_outcomes(&router, 2).await?;
     let messages = dovecot.new_messages("alice@contoso.com")?;
@@ -221,7 +305,7 @@ async fn a_third_party_filter_in_front_is_skip_listed_and_its_mail_reaches_the_m
     let (internet, on_premises) = (SmtpSink::start(&[])?, SmtpSink::start(&[])?);
     let filter = "[[inbound_connectors]]\nname = \"filter\"\nkind = \"partner\"\nsender_domains = [\"*\"]\n\
                   sender_ip_addresses = [\"127.0.0.3\"]\nrestrict_domains_to_ip_addresses = true\nef_skip_last_ip = true\n";
-    let router = Router::start(&hybrid(&dns, &internet, &on_premises, filter))?;
+    let router = Router::start(&hybrid(&dns, &internet, on_premises.address.port(), filter))?;
     let script = r#"
 s = smtplib.SMTP(ADDR, PORT, source_address=("127.0.0.3", 0))
 s.ehlo("filter.thirdparty.example")
@@ -336,7 +420,7 @@ actions = {{ route_message_outbound_connector = "legal-partner" }}
 "#,
         partner = partner.address.port()
     );
-    let router = Router::start(&hybrid(&dns, &internet, &on_premises, &extra))?;
+    let router = Router::start(&hybrid(&dns, &internet, on_premises.address.port(), &extra))?;
     let mail = router.dir.path().join("mail");
     send(&router, "127.0.0.1", "news@example.net", &["mu@contoso.com", "fwd@contoso.com"], "hello")?;
     send(&router, "127.0.0.2", "olga@contoso.com", &["bob@example.org"], "legal matters")?;

@@ -15,7 +15,7 @@ use mailflow_events::delivery::DeliveryEvent;
 use mailflow_tests::clients::send_numbered;
 use mailflow_tests::dns::DnsServer;
 use mailflow_tests::pki::TestCa;
-use mailflow_tests::postfix::{PostfixTls, SmtpSink};
+use mailflow_tests::postfix::{PrivatePostfix, SmtpSink};
 use mailflow_tests::router::{Router, relay_config};
 
 /// Recipient domain → (connector lines, whether the copy must go out).
@@ -54,7 +54,7 @@ fn connectors(tls_port: u16, plain_port: u16) -> Vec<(&'static str, String, bool
 async fn each_connectors_tls_setting_decides_between_an_encrypted_delivery_and_a_deferral() -> anyhow::Result<()> {
     let ca = TestCa::new()?;
     let (chain, key) = ca.issue("mx.example.org")?;
-    let postfix = PostfixTls::start(&chain, &key, "example.org")?;
+    let postfix = PrivatePostfix::start(&chain, &key, "example.org")?;
     let plain = SmtpSink::start(&[])?;
     let dns = DnsServer::start("mx.example.org. 300 IN A 127.0.0.1\n")?;
     let dir = tempfile::tempdir()?;

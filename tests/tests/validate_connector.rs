@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use mailflow_tests::dns::DnsServer;
-use mailflow_tests::postfix::{PostfixTls, SmtpSink};
+use mailflow_tests::postfix::{PrivatePostfix, SmtpSink};
 use mailflow_tests::router::{CliRun, cli_in};
 use mailflow_tests::sink::Sink;
 
@@ -138,7 +138,7 @@ fn spec_16_4_certificate_validation_fails_for_a_self_signed_certificate_until_it
     let dir = tempfile::tempdir().expect("tempdir");
     let (certificate, key, own_file) = self_signed(dir.path(), "postfix.pem");
     let (_, _, other_file) = self_signed(dir.path(), "other.pem");
-    let postfix = PostfixTls::start(&certificate, &key, "fabrikam.test").expect("postfix");
+    let postfix = PrivatePostfix::start(&certificate, &key, "fabrikam.test").expect("postfix");
     let dns = DnsServer::start("mx.fabrikam.test. 300 IN A 127.0.0.1\n").expect("dns");
     let smart_host = format!("mx.fabrikam.test:{}", postfix.address.port());
     let config = |extra_ca: &Path, tls: &str, smart_host: &str| {
