@@ -140,7 +140,8 @@ async fn hybrid_cloud_and_on_premises_mailboxes_each_get_their_copy_and_on_premi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hybrid_with_a_real_postfix_on_premises_mail_flows_both_ways_through_the_connectors() -> anyhow::Result<()> {
+async fn hybrid_with_a_real_postfix_on_premises_mail_flows_both_ways_and_gtube_is_junked_or_stamped()
+-> anyhow::Result<()> {
     // Spec 8.2 S1 and 8.5, with Postfix as the on-premises server: it holds
     // olga's mailbox, knows alice as a mailbox in the service, and sends all
     // its other mail through the service (relayhost), from 127.0.0.2.
@@ -190,8 +191,35 @@ print(json.dumps("sent"))
     assert_eq!(recipients(&internet.wait_for_dumps(1)?), ["<bob@example.org>"]);
     assert_eq!(maildir_count(&postfix.maildir(), "olga@contoso.com"), 1, "nothing came back on-premises");
 
+    // Spec 9.8 and the hybrid test: GTUBE from the internet is
+    // high-confidence spam (SCL 9, SFV:SPM). The cloud mailbox gets it in its
+    // Junk folder; the on-premises copy carries the verdict in the headers an
+    // on-premises Exchange server acts on, since the service does not move
+    // mail inside a mailbox it does not hold.
+    let gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+    send(&router, "127.0.0.1", "news@example.net", &["alice@contoso.com", "olga@contoso.com"], gtube)?;
+    wait_for(&mail.join("alice@contoso.com"), ".Junk", 1)?;
+    wait_for(&postfix.maildir(), "olga@contoso.com", 2)?;
+    assert_eq!(maildir_count(&mail, "alice@contoso.com"), 2, "not in the inbox");
+    let read_new = |dir: std::path::PathBuf| -> anyhow::Result<Vec<String>> {
+        let mut copies = Vec::new();
+        for entry in std::fs::read_dir(dir.join("new"))? {
+            copies.push(std::fs::read_to_string(entry?.path())?);
+        }
+        Ok(copies)
+    };
+    let junk = read_new(mail.join("alice@contoso.com").join(".Junk"))?;
+    assert!(junk[0].contains("SFV:SPM") && junk[0].contains(gtube), "{}", junk[0]);
+    let on_premises = read_new(postfix.maildir().join("olga@contoso.com"))?;
+    let spam = on_premises.iter().find(|copy| copy.contains(gtube)).expect("the GTUBE copy on-premises");
+    let report = spam
+        .lines()
+        .find(|line| line.starts_with("X-Forefront-Antispam-Report:"))
+        .unwrap_or_else(|| panic!("no report header: {spam}"));
+    assert!(report.contains(";SCL:9;") && report.contains("SFV:SPM") && report.contains("DIR:INB"), "{report}");
+    assert!(spam.contains("X-MS-Exchange-Organization-SCL: 9"), "{spam}");
     // The service knew Postfix by its on-premises connector; the internet
-    // message came in anonymously.
+    // messages came in anonymously. (Reading the events stops the router.)
     let received = mailflow_tests::router::messages_received(&router.received_events().await?);
     let mut connectors: Vec<(Vec<String>, Option<String>)> = received
         .iter()
@@ -209,12 +237,14 @@ print(json.dumps("sent"))
         [
             (vec!["alice@contoso.com".to_string()], from("from-onprem")),
             (vec!["alice@contoso.com".to_string(), "olga@contoso.com".to_string()], None),
+            (vec!["alice@contoso.com".to_string(), "olga@contoso.com".to_string()], None),
             (vec!["bob@example.org".to_string()], from("from-onprem")),
         ]
     );
     let log = postfix.log();
     assert!(log.contains("to=<olga@contoso.com>, relay=virtual"), "{log}");
     assert_eq!(log.matches(&format!("relay=127.0.0.1[127.0.0.1]:{}", router.smtp().port())).count(), 2, "{log}");
+
     Ok(())
 }
 
