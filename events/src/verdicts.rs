@@ -332,6 +332,10 @@ pub struct VerdictReached {
     /// Outbound connector a rule routes the message through (`RouteMessageOutboundConnector`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_via_connector: Option<String>,
+    /// A rule requires TLS for the message's delivery outside the mailbox
+    /// store (`RouteMessageOutboundRequireTls`): never in clear text.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_tls: bool,
     /// The NDR reply for `reject`, e.g. `550 5.7.1 Delivery not authorized, message refused`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reject_reply: Option<SmtpReply>,

@@ -349,6 +349,9 @@ impl Router {
         }
         let expires_at = expiry(received.received_at, self.message_expiration);
         for (destination, route, folder, recipients) in groups {
+            // TLS to the store is the store's business; every other next hop
+            // gets the message over TLS or not at all.
+            let require_tls = verdict.require_tls && destination.kind != DestinationKind::MailboxStore;
             routed.queued.push(Queued {
                 destination,
                 route,
@@ -358,7 +361,7 @@ impl Router {
                 dsn_envid: received.envelope.dsn_envid.clone(),
                 body: received.envelope.body,
                 smtputf8: received.envelope.smtputf8,
-                require_tls: false,
+                require_tls,
                 content: received.content.clone(),
                 prepend_headers: verdict.headers_added.clone(),
                 remove_headers: verdict.headers_removed.clone(),

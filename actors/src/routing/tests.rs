@@ -125,6 +125,7 @@ fn verdict(recipients: &[&str], action: PolicyAction) -> VerdictReached {
         redirect_to: vec![],
         added_recipients: vec![],
         route_via_connector: None,
+        require_tls: false,
         reject_reply: None,
         rules_matched: vec![],
         received: None,
@@ -248,6 +249,22 @@ fn a_rule_routes_outside_recipients_through_a_rule_scoped_connector_but_not_mail
             ("partner:new-orleans".to_string(), RouteReason::TransportRule)
         ]
     );
+}
+
+#[test]
+fn a_rule_requiring_tls_marks_every_copy_but_the_mailbox_stores() {
+    // Spec 12.4 `RouteMessageOutboundRequireTls`: delivery then never falls
+    // back to clear text (the delivery client turns opportunistic TLS into
+    // required TLS for such copies).
+    let router = router("");
+    let rcpts = ["anna@contoso.com", "someone@example.org"];
+    let mut judged = verdict(&rcpts, PolicyAction::Deliver);
+    let routed = router.route(&judged, &received(&rcpts, None));
+    assert!(routed.queued.iter().all(|q| !q.require_tls), "not without the rule");
+    judged.require_tls = true;
+    let routed = router.route(&judged, &received(&rcpts, None));
+    let marks: Vec<_> = routed.queued.iter().map(|q| (q.destination.key(), q.require_tls)).collect();
+    assert_eq!(marks, vec![("mailbox_store:mailbox".to_string(), false), ("internet:example.org".to_string(), true)]);
 }
 
 #[test]

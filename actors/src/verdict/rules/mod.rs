@@ -193,6 +193,9 @@ pub struct Actions {
     pub quarantine: bool,
     /// `RouteMessageOutboundConnector`.
     pub route_message_outbound_connector: Option<String>,
+    /// `RouteMessageOutboundRequireTls`: deliver over TLS or not at all
+    /// (deferred `4.7.10` where the next hop offers none).
+    pub route_message_outbound_require_tls: bool,
 }
 
 /// `{ name = "X-Foo", value = "bar" }`.
@@ -257,6 +260,8 @@ pub struct RuleOutcome {
     pub quarantine: bool,
     /// Outbound connector to route through.
     pub route_via_connector: Option<String>,
+    /// Deliver over TLS only.
+    pub require_tls: bool,
 }
 
 /// Case-insensitive whole-word or phrase match (spec 12.2): the phrase must
@@ -476,6 +481,10 @@ pub fn evaluate(rules: &[TransportRuleConfig], input: &RuleInput<'_>) -> RuleOut
         if let Some(connector) = &actions.route_message_outbound_connector {
             outcome.route_via_connector = Some(connector.clone());
             applied.push("RouteMessageOutboundConnector".to_string());
+        }
+        if actions.route_message_outbound_require_tls {
+            outcome.require_tls = true;
+            applied.push("RouteMessageOutboundRequireTls".to_string());
         }
         if actions.delete_message {
             outcome.delete = true;

@@ -157,6 +157,7 @@ fn each_action_of_the_subset() {
         reject_message_reason_text = "Blocked by policy"
         reject_message_enhanced_status_code = "5.7.950"
         route_message_outbound_connector = "to-partner"
+        route_message_outbound_require_tls = true
         quarantine = true
 
         [[transport_rules]]
@@ -176,6 +177,8 @@ fn each_action_of_the_subset() {
         Some(SmtpReply { code: 550, enhanced: Some("5.7.950".into()), text: "Blocked by policy".into() })
     );
     assert_eq!(outcome.route_via_connector.as_deref(), Some("to-partner"));
+    assert!(outcome.require_tls);
+    assert!(outcome.matched[0].actions.contains(&"RouteMessageOutboundRequireTls".to_string()));
     assert!(outcome.quarantine);
     assert_eq!(outcome.matched.len(), 1, "quarantine ends evaluation");
     let default_reject = rules(
