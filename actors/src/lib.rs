@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod delivery;
+pub mod disclaimer;
 pub mod dns;
 pub mod drain;
 pub mod event_log;

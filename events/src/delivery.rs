@@ -192,6 +192,9 @@ pub struct Queued {
     /// Whether delivery must use TLS (connector setting or rule `RouteMessageOutboundRequireTls`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_tls: bool,
+    /// A rule's disclaimer, applied when the copy is rendered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disclaimer: Option<crate::verdicts::Disclaimer>,
     /// The content to send.
     pub content: ContentRef,
     /// Headers sent before the content (`Received:`, verdict headers), in order,

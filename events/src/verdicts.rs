@@ -254,6 +254,32 @@ pub struct Header {
     pub value: String,
 }
 
+/// A disclaimer a mail flow rule adds to the message when it is delivered
+/// (`ApplyHtmlDisclaimerText`, spec 12.4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Disclaimer {
+    /// The text; HTML, whose tags are dropped in plain-text parts.
+    pub text: String,
+    /// At the end or the start of each body part.
+    pub location: DisclaimerLocation,
+    /// The text could not be inserted (signed, encrypted or encoded body) and
+    /// the rule's fallback is `Wrap`: the message is sent as an attachment of
+    /// a new one carrying the text.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wrap: bool,
+}
+
+/// `ApplyHtmlDisclaimerLocation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DisclaimerLocation {
+    /// After the body (default).
+    #[default]
+    Append,
+    /// Before the body.
+    Prepend,
+}
+
 /// A mail flow rule that matched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RuleMatch {
@@ -336,6 +362,9 @@ pub struct VerdictReached {
     /// store (`RouteMessageOutboundRequireTls`): never in clear text.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_tls: bool,
+    /// The disclaimer a rule adds when the message is delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disclaimer: Option<Disclaimer>,
     /// The NDR reply for `reject`, e.g. `550 5.7.1 Delivery not authorized, message refused`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reject_reply: Option<SmtpReply>,

@@ -319,3 +319,60 @@ async fn a_dns_failure_defers_the_destination_instead_of_failing_the_mail() -> a
     assert!(sink.received().is_empty());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_disclaimer_is_inserted_or_wraps_a_signed_message_or_refuses_it() -> anyhow::Result<()> {
+    // Spec 12.4 ApplyHtmlDisclaimerText / Location / FallbackAction, through
+    // smtp-sink, a real next hop.
+    let dns = DnsServer::start(ZONE)?;
+    let peer = SmtpSink::start(&[])?;
+    let rules = r#"
+[[transport_rules]]
+name = "disclaimer"
+priority = 0
+conditions = { recipient_domain_is = ["example.org"] }
+actions = { apply_html_disclaimer_text = "<p>Contoso: <b>confidential</b></p>" }
+
+[[transport_rules]]
+name = "disclaimer or nothing"
+priority = 1
+conditions = { subject_contains_words = ["strict"] }
+actions = { apply_html_disclaimer_text = "Contoso", apply_html_disclaimer_fallback_action = "reject" }
+"#;
+    let router = Router::start(&format!("{}{rules}", relay_config(&dns, peer.address.port(), "")))?;
+    let script = r#"
+signed = (b"From: alice@contoso.com\r\nSubject: SUBJECT\r\nMIME-Version: 1.0\r\n"
+    b"Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=\"s\"\r\n\r\n"
+    b"--s\r\nContent-Type: text/plain\r\n\r\nsigned text\r\n--s\r\nContent-Type: application/pkcs7-signature\r\n\r\nMIIB\r\n--s--\r\n")
+s = smtplib.SMTP(ADDR, PORT)
+s.sendmail("alice@contoso.com", ["bob@example.org"], b"From: alice@contoso.com\r\nSubject: plain\r\n\r\nhello\r\n")
+s.sendmail("alice@contoso.com", ["bob@example.org"], signed.replace(b"SUBJECT", b"signed"))
+s.sendmail("alice@contoso.com", ["bob@example.org"], signed.replace(b"SUBJECT", b"strict"))
+s.quit()
+print(json.dumps("sent"))
+"#;
+    mailflow_tests::clients::python(router.smtp(), script)?;
+    let events = router
+        .wait_for_delivery_events("two deliveries and a refusal", |events| {
+            events.iter().filter(|e| matches!(e.event, DeliveryEvent::Delivered(_) | DeliveryEvent::Failed(_))).count()
+                >= 3
+        })
+        .await?;
+    let failed = first!(events, Failed, "the strict message refused");
+    assert_eq!((failed.reply.code, failed.reply.enhanced.as_deref()), (550, Some("5.7.1")), "{failed:?}");
+    assert!(failed.reply.text.contains("disclaimer could not be added"), "{failed:?}");
+    let dumped = peer.wait_for_dumps(2)?;
+    assert_eq!(dumped.len(), 2, "the refused message went nowhere");
+    let copy = |subject: &str| {
+        dumped.iter().find(|d| d.message.contains(&format!("Subject: {subject}\n"))).map(|d| d.message.clone())
+    };
+    let plain = copy("plain").expect("plain copy");
+    assert!(plain.trim_end().ends_with("\n\nhello\n\nContoso: confidential"), "tags dropped in plain text: {plain:?}");
+    let wrapped = copy("signed").expect("wrapped copy");
+    assert!(wrapped.contains("Content-Type: multipart/mixed; boundary=\"mailflow-disclaimer-"), "{wrapped}");
+    assert!(wrapped.contains("<p>Contoso: <b>confidential</b></p>"), "{wrapped}");
+    assert!(wrapped.contains("Content-Type: message/rfc822"), "{wrapped}");
+    assert!(wrapped.contains("Content-Type: multipart/signed;"), "the signed original, attached: {wrapped}");
+    assert!(wrapped.contains("--s\nContent-Type: text/plain\n\nsigned text\n--s\n"), "unchanged: {wrapped}");
+    Ok(())
+}

@@ -1,8 +1,9 @@
 //! The bytes a copy is delivered as: the headers the verdict stage added
 //! (`Authentication-Results`, `X-Forefront-Antispam-Report`, SCL, rule
-//! headers), then the stored content, with the subject prefix of a policy or
-//! rule applied and the fields a rule removes (`RemoveHeader`) left out. The
-//! stored content itself is never rewritten.
+//! headers), then the stored content, with a rule's disclaimer applied
+//! (`crate::disclaimer`), the subject prefix of a policy or rule applied and
+//! the fields a rule removes (`RemoveHeader`) left out. The stored content
+//! itself is never rewritten.
 
 use mailflow_events::delivery::Queued;
 
@@ -64,6 +65,8 @@ fn field_name(field: &[u8]) -> Option<&[u8]> {
 /// Renders one copy for delivery: verdict headers first, then the stored
 /// content with the rule's removed fields left out and the subject prefix applied.
 pub fn render(queued: &Queued, content: &[u8]) -> Vec<u8> {
+    let disclaimed = queued.disclaimer.as_ref().map(|d| crate::disclaimer::apply(content, d));
+    let content = disclaimed.as_deref().unwrap_or(content);
     let mut out = Vec::with_capacity(content.len() + 512);
     for header in &queued.prepend_headers {
         out.extend_from_slice(format!("{}: {}\r\n", header.name, safe_value(&header.value)).as_bytes());
@@ -123,6 +126,7 @@ mod tests {
             body: Default::default(),
             smtputf8: false,
             require_tls: false,
+            disclaimer: None,
             content: ContentRef { partition: 0, first_offset: 0, chunks: 0, size: 0, crc32: 0 },
             prepend_headers: vec![Header {
                 name: "X-MS-Exchange-Organization-SCL".into(),

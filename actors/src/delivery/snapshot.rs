@@ -188,6 +188,7 @@ mod tests {
                 body: Default::default(),
                 smtputf8: false,
                 require_tls: false,
+                disclaimer: None,
                 content: ContentRef { partition: 0, first_offset: n as u64, chunks: 1, size: 100, crc32: 0 },
                 prepend_headers: vec![],
                 remove_headers: vec![],

@@ -135,6 +135,7 @@ mod tests {
             body: BodyType::SevenBit,
             smtputf8: false,
             require_tls: false,
+            disclaimer: None,
             content: ContentRef { partition: 0, first_offset: 0, chunks: 1, size: 42, crc32: 0 },
             prepend_headers: vec![],
             remove_headers: vec![],

@@ -362,6 +362,7 @@ impl Router {
                 body: received.envelope.body,
                 smtputf8: received.envelope.smtputf8,
                 require_tls,
+                disclaimer: verdict.disclaimer.clone(),
                 content: received.content.clone(),
                 prepend_headers: verdict.headers_added.clone(),
                 remove_headers: verdict.headers_removed.clone(),

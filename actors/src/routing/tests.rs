@@ -126,6 +126,7 @@ fn verdict(recipients: &[&str], action: PolicyAction) -> VerdictReached {
         added_recipients: vec![],
         route_via_connector: None,
         require_tls: false,
+        disclaimer: None,
         reject_reply: None,
         rules_matched: vec![],
         received: None,

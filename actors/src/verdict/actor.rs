@@ -325,7 +325,8 @@ impl VerdictActor {
             mark_bulk_as_spam: anti_spam.mark_as_spam_bulk_mail,
             authentication: &authentication,
         });
-        let outcome = self.run_rules(received, &content, score.scl, ip);
+        let mut outcome = self.run_rules(received, &content, score.scl, ip);
+        let disclaimer = outcome.disclaimer.take().and_then(|request| disclaimer(request, &content, &mut outcome));
         let score = super::score::with_rule_scl(score, outcome.set_scl);
         let applied = super::action::apply(anti_spam, score.verdict);
         let direction = match received.directionality {
@@ -377,11 +378,40 @@ impl VerdictActor {
             added_recipients: outcome.added_recipients,
             route_via_connector: outcome.route_via_connector,
             require_tls: outcome.require_tls,
+            disclaimer,
             reject_reply: outcome.reject,
             rules_matched: outcome.matched,
             received: Some(Box::new(received.clone())),
         })
     }
+}
+
+/// What a rule's disclaimer comes to for this content: inserted, or its
+/// fallback (spec 12.4): wrapped, dropped, or the message refused (`550 5.7.1`
+/// in `outcome.reject`, unless a rule already refuses it).
+fn disclaimer(
+    request: super::rules::DisclaimerRequest,
+    content: &[u8],
+    outcome: &mut super::rules::RuleOutcome,
+) -> Option<mailflow_events::verdicts::Disclaimer> {
+    use super::rules::DisclaimerFallback;
+    let wrap = match crate::disclaimer::can_insert(content, &request.text, request.location) {
+        true => false,
+        false => match request.fallback {
+            DisclaimerFallback::Wrap => true,
+            DisclaimerFallback::Ignore => return None,
+            DisclaimerFallback::Reject => {
+                outcome.reject.get_or_insert_with(|| mailflow_events::received::SmtpReply {
+                    code: 550,
+                    enhanced: Some("5.7.1".to_string()),
+                    text: "Delivery not authorized, message refused: a required disclaimer could not be added"
+                        .to_string(),
+                });
+                return None;
+            }
+        },
+    };
+    Some(mailflow_events::verdicts::Disclaimer { text: request.text, location: request.location, wrap })
 }
 
 /// Messages the router generates itself (NDRs) skip filtering, as EOP's
@@ -409,6 +439,7 @@ fn system_verdict(received: &MessageReceived) -> VerdictEvent {
         added_recipients: vec![],
         route_via_connector: None,
         require_tls: false,
+        disclaimer: None,
         reject_reply: None,
         rules_matched: vec![],
         received: Some(Box::new(received.clone())),

@@ -77,6 +77,7 @@ fn main() -> anyhow::Result<()> {
                                 body: Default::default(),
                                 smtputf8: false,
                                 require_tls: false,
+                                disclaimer: None,
                                 content: ContentRef { partition: 0, first_offset: n, chunks: 1, size: 1024, crc32: 0 },
                                 prepend_headers: vec![],
                                 remove_headers: vec![],

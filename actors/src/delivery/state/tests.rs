@@ -30,6 +30,7 @@ fn queued(id: &str, minute: u32) -> Envelope<DeliveryEvent> {
         body: Default::default(),
         smtputf8: false,
         require_tls: false,
+        disclaimer: None,
         content: ContentRef { partition: 0, first_offset: 0, chunks: 1, size: 1, crc32: 0 },
         prepend_headers: vec![],
         remove_headers: vec![],

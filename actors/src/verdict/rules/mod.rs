@@ -196,6 +196,38 @@ pub struct Actions {
     /// `RouteMessageOutboundRequireTls`: deliver over TLS or not at all
     /// (deferred `4.7.10` where the next hop offers none).
     pub route_message_outbound_require_tls: bool,
+    /// `ApplyHtmlDisclaimerText`: text (HTML allowed) added to the body; see
+    /// `crate::disclaimer`.
+    pub apply_html_disclaimer_text: Option<String>,
+    /// `ApplyHtmlDisclaimerLocation`: `append` (default) or `prepend`.
+    pub apply_html_disclaimer_location: mailflow_events::verdicts::DisclaimerLocation,
+    /// `ApplyHtmlDisclaimerFallbackAction`, when the text cannot be inserted:
+    /// `wrap` (default), `ignore` or `reject`.
+    pub apply_html_disclaimer_fallback_action: DisclaimerFallback,
+}
+
+/// `ApplyHtmlDisclaimerFallbackAction` (spec 12.4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisclaimerFallback {
+    /// Send the message as an attachment of a new one that carries the text.
+    #[default]
+    Wrap,
+    /// Send the message without the disclaimer.
+    Ignore,
+    /// Refuse the message with an NDR (`550 5.7.1`).
+    Reject,
+}
+
+/// A disclaimer a rule asks for, before the content is looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisclaimerRequest {
+    /// Text.
+    pub text: String,
+    /// Where.
+    pub location: mailflow_events::verdicts::DisclaimerLocation,
+    /// What to do when it cannot be inserted.
+    pub fallback: DisclaimerFallback,
 }
 
 /// `{ name = "X-Foo", value = "bar" }`.
@@ -262,6 +294,8 @@ pub struct RuleOutcome {
     pub route_via_connector: Option<String>,
     /// Deliver over TLS only.
     pub require_tls: bool,
+    /// The disclaimer of the last rule that asks for one.
+    pub disclaimer: Option<DisclaimerRequest>,
 }
 
 /// Case-insensitive whole-word or phrase match (spec 12.2): the phrase must
@@ -481,6 +515,14 @@ pub fn evaluate(rules: &[TransportRuleConfig], input: &RuleInput<'_>) -> RuleOut
         if let Some(connector) = &actions.route_message_outbound_connector {
             outcome.route_via_connector = Some(connector.clone());
             applied.push("RouteMessageOutboundConnector".to_string());
+        }
+        if let Some(text) = &actions.apply_html_disclaimer_text {
+            outcome.disclaimer = Some(DisclaimerRequest {
+                text: text.clone(),
+                location: actions.apply_html_disclaimer_location,
+                fallback: actions.apply_html_disclaimer_fallback_action,
+            });
+            applied.push("ApplyHtmlDisclaimer".to_string());
         }
         if actions.route_message_outbound_require_tls {
             outcome.require_tls = true;

@@ -158,6 +158,8 @@ fn each_action_of_the_subset() {
         reject_message_enhanced_status_code = "5.7.950"
         route_message_outbound_connector = "to-partner"
         route_message_outbound_require_tls = true
+        apply_html_disclaimer_text = "<p>Confidential</p>"
+        apply_html_disclaimer_fallback_action = "reject"
         quarantine = true
 
         [[transport_rules]]
@@ -178,6 +180,14 @@ fn each_action_of_the_subset() {
     );
     assert_eq!(outcome.route_via_connector.as_deref(), Some("to-partner"));
     assert!(outcome.require_tls);
+    assert_eq!(
+        outcome.disclaimer,
+        Some(super::DisclaimerRequest {
+            text: "<p>Confidential</p>".into(),
+            location: mailflow_events::verdicts::DisclaimerLocation::Append,
+            fallback: super::DisclaimerFallback::Reject,
+        })
+    );
     assert!(outcome.matched[0].actions.contains(&"RouteMessageOutboundRequireTls".to_string()));
     assert!(outcome.quarantine);
     assert_eq!(outcome.matched.len(), 1, "quarantine ends evaluation");
