@@ -58,6 +58,7 @@ fn verdict(c: &mut Criterion) {
         helo: "client.example",
         hostname: "mx.bench",
         mail_from: "news@bench.example",
+        trusted_arc_sealers: &[],
     };
     // Warm the cache, and check that the benchmark measures a passing verdict.
     let warm = runtime.block_on(authenticate(&authenticator, arrival, &content));

@@ -129,6 +129,14 @@ pub struct ArcCheck {
     pub result: AuthResult,
     /// Number of ARC sets in the chain.
     pub instances: u32,
+    /// Signing domain (`d=`) of the most recent `ARC-Seal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealer: Option<String>,
+    /// The chain passes and its most recent sealer is one the organisation
+    /// trusts (`arc_trusted_sealers`): only then may it override a DMARC
+    /// failure. A passing chain by itself proves only that it is intact.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trusted: bool,
 }
 
 /// Reverse DNS check of the client IP (RFC 8601 `iprev`).

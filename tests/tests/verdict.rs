@@ -544,8 +544,10 @@ async fn arc_forward(
 /// ARC (RFC 8617; spec §10): chains sealed by real intermediaries with
 /// mail-auth's `ArcSealer`, their keys in the test DNS, are validated by the
 /// router and recorded as `authentication.arc` and `arc=` in its
-/// Authentication-Results; only a passing chain rescues a DMARC failure
-/// (compauth reason 130).
+/// Authentication-Results; only a passing chain whose last sealer the
+/// organisation trusts (`arc_trusted_sealers`, EOP's `ArcTrustedSealers`)
+/// rescues a DMARC failure (compauth reason 130, and no `550 5.7.509`): any
+/// domain can seal a chain that passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arc_chains_are_validated_and_only_a_passing_one_rescues_dmarc() -> anyhow::Result<()> {
     use base64::Engine as _;
@@ -632,7 +634,34 @@ async fn arc_chains_are_validated_and_only_a_passing_one_rescues_dmarc() -> anyh
     assert_eq!(seen, body_hash_mismatch, "what mail-auth reports for the altered chain");
     assert!(resealed.contains("cv=fail;"), "{resealed}");
 
-    let router = Router::start(&format!("{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n", dns.address))?;
+    // The forwarder breaks the author's DKIM itself and seals again: a chain
+    // that passes, but by a sealer nobody trusts.
+    let (untrusted, _) = arc_forward(
+        &authenticator,
+        "forwarder.example",
+        forwarder_key,
+        from_forwarder,
+        &forward("sealed twice, untrusted").await?,
+        |m| footer(&m.replacen("\r\nSubject: ", "\r\nSubject: [fwd] ", 1)),
+    )
+    .await?;
+    // A forgery: mail "from" a p=reject domain, sealed by the forwarder's own
+    // key over its own claim, and the same sealed by the trusted list.
+    let forged = |subject: &str| {
+        format!("From: ceo@rejecting.example\r\nTo: alice@contoso.com\r\nSubject: {subject}\r\n\r\npay\r\n")
+    };
+    let from_anyone = ("192.0.2.99".parse()?, "ceo@rejecting.example");
+    let (forged_untrusted, _) =
+        arc_forward(&authenticator, "forwarder.example", forwarder_key, from_anyone, &forged("forged"), unchanged)
+            .await?;
+    let (forged_trusted, _) =
+        arc_forward(&authenticator, "lists.example", &list_key, from_anyone, &forged("vouched"), unchanged).await?;
+
+    let config = format!(
+        "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n\n[anti_spam]\narc_trusted_sealers = [\"Lists.Example\"]\n",
+        dns.address
+    );
+    let router = Router::start(&config)?;
     send_all(
         &router,
         &[
@@ -640,37 +669,46 @@ async fn arc_chains_are_validated_and_only_a_passing_one_rescues_dmarc() -> anyh
             ("bounces@forwarder.example", altered),
             ("list-bounces@lists.example", twice),
             ("list-bounces@lists.example", resealed),
+            ("bounces@forwarder.example", untrusted),
+            ("list-bounces@lists.example", forged_trusted),
         ],
     )?;
-    let by_subject = verdicts_by_subject(&router, 4).await?;
+    // The untrusted forgery of a p=reject domain is refused in the session.
+    let script = format!(
+        "import base64\ns = smtplib.SMTP(ADDR, PORT)\ntry:\n    s.sendmail('bounces@forwarder.example', ['alice@contoso.com'], base64.b64decode({:?}))\n    print(json.dumps('accepted'))\nexcept smtplib.SMTPDataError as e:\n    print(json.dumps('%d %s' % (e.smtp_code, e.smtp_error.decode())))\n",
+        b64(forged_untrusted.as_bytes())
+    );
+    let refused = python(router.smtp(), &script)?;
+    assert!(refused.as_str().is_some_and(|r| r.starts_with("550 5.7.509 ")), "{refused}");
+    let by_subject = verdicts_by_subject(&router, 6).await?;
     let arc = |subject: &str| by_subject[subject].authentication.arc.clone();
     let compauth = |subject: &str| {
         let compauth = by_subject[subject].authentication.compauth.as_ref().expect("compauth");
         (compauth.result, compauth.reason.clone())
     };
 
-    assert_eq!(arc("sealed once"), Some(ArcCheck { result: AuthResult::Pass, instances: 1 }));
+    let check = |result, instances, sealer: &str, trusted| {
+        Some(ArcCheck { result, instances, sealer: Some(sealer.to_string()), trusted })
+    };
+    assert_eq!(arc("sealed once"), check(AuthResult::Pass, 1, "forwarder.example", false));
     assert_eq!(compauth("sealed once"), (CompAuthResult::Pass, "100".into()), "the author's DKIM still passes");
     let results = header(&by_subject["sealed once"], "Authentication-Results");
     assert!(results.contains(";\r\n\tarc=pass;\r\n\t"), "{results}");
 
     // RFC 8617 §5.2 step 4: when the most recent AMS does not validate, the
     // chain's status is `fail`. mail-auth 0.13 reports that AMS's body-hash
-    // mismatch as `neutral` instead (as it does for DKIM), and the router
-    // records it unchanged, so its header says `arc=neutral`, a value RFC 8617
-    // does not define for `arc`. Pinned as it is: not `pass`, so DMARC's
-    // failure stands; mapping it to `fail` would be a deliberate change here.
-    assert_eq!(arc("altered after sealing"), Some(ArcCheck { result: AuthResult::Neutral, instances: 1 }));
+    // mismatch as `neutral` (as it does for DKIM); the router records `fail`.
+    assert_eq!(arc("altered after sealing"), check(AuthResult::Fail, 1, "forwarder.example", false));
     assert_eq!(compauth("altered after sealing"), (CompAuthResult::Fail, "000".into()));
     let altered = &by_subject["altered after sealing"];
     assert_eq!((altered.scl, altered.category.as_deref()), (6, Some("SPOOF")));
     let results = header(altered, "Authentication-Results");
-    assert!(results.contains(";\r\n\tarc=neutral;\r\n\t"), "{results}");
+    assert!(results.contains(";\r\n\tarc=fail;\r\n\t"), "{results}");
 
-    // Two sets, the last AMS over the list's version: the chain passes and
-    // rescues the DMARC failure the list's changes caused.
+    // Two sets, the last AMS over the list's version, sealed by the trusted
+    // list: the chain rescues the DMARC failure the list's changes caused.
     let twice = &by_subject["[list] sealed twice"];
-    assert_eq!(arc("[list] sealed twice"), Some(ArcCheck { result: AuthResult::Pass, instances: 2 }));
+    assert_eq!(arc("[list] sealed twice"), check(AuthResult::Pass, 2, "lists.example", true));
     assert_eq!(twice.authentication.dmarc.as_ref().map(|d| d.result), Some(AuthResult::Fail));
     assert_eq!(compauth("[list] sealed twice"), (CompAuthResult::Pass, "130".into()));
     assert_ne!(twice.category.as_deref(), Some("SPOOF"));
@@ -679,9 +717,21 @@ async fn arc_chains_are_validated_and_only_a_passing_one_rescues_dmarc() -> anyh
 
     // RFC 8617 §5.2 step 2: a latest ARC-Seal with cv=fail ends validation
     // with `fail`, whatever its AMS says.
-    assert_eq!(arc("resealed over a broken chain"), Some(ArcCheck { result: AuthResult::Fail, instances: 2 }));
+    assert_eq!(arc("resealed over a broken chain"), check(AuthResult::Fail, 2, "lists.example", false));
     assert_eq!(compauth("resealed over a broken chain"), (CompAuthResult::Fail, "000".into()));
     let results = header(&by_subject["resealed over a broken chain"], "Authentication-Results");
     assert!(results.contains(";\r\n\tarc=fail;\r\n\t"), "{results}");
+
+    // The same list-style change sealed by the forwarder, which is not
+    // trusted: the chain passes, but DMARC's failure stands.
+    let untrusted = &by_subject["[fwd] sealed twice, untrusted"];
+    assert_eq!(arc("[fwd] sealed twice, untrusted"), check(AuthResult::Pass, 2, "forwarder.example", false));
+    assert_eq!(compauth("[fwd] sealed twice, untrusted"), (CompAuthResult::Fail, "000".into()));
+    assert_eq!((untrusted.scl, untrusted.category.as_deref()), (6, Some("SPOOF")));
+    // A trusted sealer vouching for a p=reject domain is believed: accepted
+    // (no 550 5.7.509 above), compauth pass 130.
+    assert_eq!(arc("vouched"), check(AuthResult::Pass, 1, "lists.example", true));
+    assert_eq!(compauth("vouched"), (CompAuthResult::Pass, "130".into()));
+    assert!(!by_subject.contains_key("forged"), "the refused forgery was never judged");
     Ok(())
 }

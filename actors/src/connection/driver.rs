@@ -314,6 +314,7 @@ async fn accept_message(
             helo: &helo,
             hostname: &shared.hostname,
             mail_from: &incoming.envelope.mail_from,
+            trusted_arc_sealers: &shared.anti_spam.arc_trusted_sealers,
         };
         let checks = tokio::time::timeout(
             shared.anti_spam.inline_deadline,
@@ -329,7 +330,7 @@ async fn accept_message(
                     && let Some(dmarc) = checks.dmarc.as_ref()
                     && dmarc.result == AuthResult::Fail
                     && dmarc.policy == Some(DmarcPolicy::Reject)
-                    && checks.arc.as_ref().is_none_or(|arc| arc.result != AuthResult::Pass)
+                    && checks.arc.as_ref().is_none_or(|arc| !(arc.result == AuthResult::Pass && arc.trusted))
                 {
                     return StoreOutcome::DmarcRejected { domain: dmarc.header_from.clone() };
                 }

@@ -277,7 +277,13 @@ impl VerdictActor {
             _ => {
                 authenticate(
                     &self.authenticator,
-                    Arrival { ip, helo: &helo, hostname: &self.hostname, mail_from: &received.envelope.mail_from },
+                    Arrival {
+                        ip,
+                        helo: &helo,
+                        hostname: &self.hostname,
+                        mail_from: &received.envelope.mail_from,
+                        trusted_arc_sealers: &self.anti_spam.arc_trusted_sealers,
+                    },
                     &content,
                 )
                 .await

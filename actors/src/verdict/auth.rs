@@ -26,6 +26,8 @@ pub struct Arrival<'a> {
     pub hostname: &'a str,
     /// MAIL FROM (empty for `<>`).
     pub mail_from: &'a str,
+    /// ARC sealers whose passing chains are trusted (`arc_trusted_sealers`).
+    pub trusted_arc_sealers: &'a [String],
 }
 
 /// Runs every check on `content` (the message as stored, `Received:` first).
@@ -68,8 +70,23 @@ pub async fn authenticate(
         })
         .collect::<Vec<_>>();
     let arc_output = authenticator.verify_arc(&message).await;
-    let arc = (!arc_output.sets().is_empty() || !matches!(arc_output.result(), DkimResult::None))
-        .then(|| ArcCheck { result: dkim_result(arc_output.result()), instances: arc_output.sets().len() as u32 });
+    let arc = (!arc_output.sets().is_empty() || !matches!(arc_output.result(), DkimResult::None)).then(|| {
+        // RFC 8617 §5.2: a chain whose most recent AMS does not validate
+        // fails; mail-auth reports that (a body-hash mismatch, say) as
+        // `neutral`, which `arc=` does not have.
+        let result = match dkim_result(arc_output.result()) {
+            AuthResult::Neutral => AuthResult::Fail,
+            other => other,
+        };
+        let sealer = arc_output
+            .sets()
+            .iter()
+            .max_by_key(|set| set.seal.header.i)
+            .map(|set| set.seal.header.d.trim_end_matches('.').to_ascii_lowercase());
+        let trusted = result == AuthResult::Pass
+            && sealer.as_deref().is_some_and(|d| arrival.trusted_arc_sealers.iter().any(|t| t.eq_ignore_ascii_case(d)));
+        ArcCheck { result, instances: arc_output.sets().len() as u32, sealer, trusted }
+    });
     let dmarc_output =
         authenticator.verify_dmarc(DmarcParameters::new(&message, &dkim_outputs, &spf_domain, &spf_output)).await;
     let from = message.from();
@@ -126,7 +143,7 @@ pub fn compauth(authentication: &Authentication) -> CompAuth {
     let dmarc = authentication.dmarc.as_ref();
     let spf_pass = authentication.spf.as_ref().is_some_and(|s| s.result == AuthResult::Pass);
     let dkim_pass = authentication.dkim.iter().any(|d| d.result == AuthResult::Pass);
-    let arc_pass = authentication.arc.as_ref().is_some_and(|a| a.result == AuthResult::Pass);
+    let arc_pass = authentication.arc.as_ref().is_some_and(|a| a.result == AuthResult::Pass && a.trusted);
     let (result, reason) = match dmarc.map(|d| d.result) {
         Some(AuthResult::Pass) => (CompAuthResult::Pass, "100"),
         Some(AuthResult::Fail) if arc_pass => (CompAuthResult::Pass, "130"),

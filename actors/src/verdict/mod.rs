@@ -73,6 +73,11 @@ pub struct AntiSpamConfig {
     /// DNS blocklist zones (e.g. `zen.spamhaus.org`): a client IP listed in
     /// any (an A record under the reversed address) is high-confidence spam (default none).
     pub dnsbl_zones: Vec<String>,
+    /// Domains whose ARC seals are believed (EOP's `ArcTrustedSealers`;
+    /// default none): a passing ARC chain whose most recent seal is by one of
+    /// them overrides a DMARC failure (compauth `pass`, reason 130, and no
+    /// `550 5.7.509`). Anyone can seal a chain that passes, so no other does.
+    pub arc_trusted_sealers: Vec<String>,
     /// Action for the spam verdict (default `move_to_jmf`).
     pub spam_action: SpamAction,
     /// Action for the high-confidence spam verdict (default `move_to_jmf`).
@@ -171,6 +176,7 @@ impl Default for AntiSpamConfig {
             blocked_senders: Vec::new(),
             blocked_sender_domains: Vec::new(),
             dnsbl_zones: Vec::new(),
+            arc_trusted_sealers: Vec::new(),
             spam_action: SpamAction::MoveToJmf,
             high_confidence_spam_action: SpamAction::MoveToJmf,
             phish_action: SpamAction::Quarantine,
