@@ -735,3 +735,37 @@ async fn arc_chains_are_validated_and_only_a_passing_one_rescues_dmarc() -> anyh
     assert!(!by_subject.contains_key("forged"), "the refused forgery was never judged");
     Ok(())
 }
+
+/// Bad input (issue: verdict, "malformed MIME"): content mail-parser cannot
+/// make sense of still gets a verdict and is delivered; nothing crashes and
+/// nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_mime_is_judged_and_delivered_not_dropped() -> anyhow::Result<()> {
+    let dns = DnsServer::start(ZONE)?;
+    let router = Router::start(&format!("{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n", dns.address))?;
+    let nested: String =
+        (0..300).map(|i| format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n")).collect();
+    let messages = [
+        "From: news@pass.example\r\nSubject: no boundary\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed\r\n\r\n--\r\nhello\r\n".to_string(),
+        "From: news@pass.example\r\nSubject: unterminated\r\nContent-Type: multipart/alternative; boundary=\"x\"\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\nnever closed\r\n".to_string(),
+        "From: news@pass.example\r\nSubject: bad base64\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!not base64 at all***\r\n".to_string(),
+        format!("From: news@pass.example\r\nSubject: nested 300 deep\r\nMIME-Version: 1.0\r\n{nested}deep\r\n"),
+        "From: news@pass.example\r\nSubject: bad header =?utf-8?B?####?= \r\nContent-Type: text/plain; charset=\"no-such-charset\r\n\r\nx\r\n".to_string(),
+    ];
+    let sent: Vec<(&str, String)> = messages.iter().map(|m| ("news@pass.example", m.clone())).collect();
+    send_all(&router, &sent)?;
+    let verdicts = verdicts(&router, messages.len()).await?;
+    assert_eq!(verdicts.len(), messages.len());
+    for (_, verdict) in &verdicts {
+        assert!((0..=9).contains(&verdict.scl), "{verdict:?}");
+        assert_eq!(verdict.authentication.spf.as_ref().map(|s| s.result), Some(AuthResult::Pass), "{verdict:?}");
+        assert!(matches!(verdict.action, PolicyAction::Deliver | PolicyAction::MoveToJunk), "{verdict:?}");
+    }
+    router
+        .wait_for_delivery_events("every message delivered", |events| {
+            events.iter().filter(|e| matches!(e.event, mailflow_events::delivery::DeliveryEvent::Delivered(_))).count()
+                >= messages.len()
+        })
+        .await?;
+    Ok(())
+}
