@@ -916,8 +916,16 @@ async fn deliver_batch(
     while let Some(message) = source.next() {
         let message = &message;
         let Some((queued, trace)) = queued_at(shared.log.as_ref(), partition, message.queued_offset).await else {
-            tracing::error!(message_id = %message.message_id, "queued event unreadable; skipped");
-            continue;
+            // Skipping it would send the messages queued after it first
+            // (spec 11.4): the destination waits, in order, for its next try.
+            tracing::error!(message_id = %message.message_id, "queued event unreadable; destination deferred");
+            if !source.stop() {
+                break;
+            }
+            let stage = attempt_stage(work, message, None);
+            let failure = local_failure("4.3.0 queued event unreadable".to_string());
+            last = Some(defer_destination(shared, work, (message, None), &failure, None, &stage).await).max(last);
+            break;
         };
         // Ends when this message's outcome is recorded (or the loop moves on).
         let stage = attempt_stage(work, message, trace.as_ref());
