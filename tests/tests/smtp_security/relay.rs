@@ -48,17 +48,18 @@ async fn nmap_finds_no_open_relay_on_any_listener() -> anyhow::Result<()> {
 /// nmap's sixteen recipient forms (domain `example.org`, server name
 /// `mx.contoso.test`, address `127.0.0.1`) and the §2.4 edge cases, with the
 /// reply each must get from an anonymous client. nmap sends all but the first
-/// three from `antispam@[127.0.0.1]`, which MAIL already refuses (`501 5.1.7`:
-/// address literals are not accepted), so they are asked here from an
-/// ordinary sender to reach the relay check.
+/// three from `antispam@[127.0.0.1]`, an address literal MAIL accepts (RFC 5321
+/// §4.1.3); they are asked here from an ordinary sender. A literal recipient
+/// domain is never ours, so it is refused like any outside domain; what is
+/// not a mailbox (two unquoted `@`, a literal in a source route) is a syntax error.
 const RELAY_FORMS: [(&str, &str, &str); 19] = [
     ("relaytest@example.org", "550 5.4.1", "Relay Access Denied"),
-    ("relaytest%example.org@[127.0.0.1]", "501 5.1.3", ""),
+    ("relaytest%example.org@[127.0.0.1]", "550 5.4.1", "Relay Access Denied"),
     ("relaytest%example.org@mx.contoso.test", "550 5.4.1", "Relay Access Denied"),
     ("\"relaytest@example.org\"", "501 5.1.3", ""),
     ("\"relaytest%example.org\"", "501 5.1.3", ""),
     ("relaytest@example.org@[127.0.0.1]", "501 5.1.3", ""),
-    ("\"relaytest@example.org\"@[127.0.0.1]", "501 5.1.3", ""),
+    ("\"relaytest@example.org\"@[127.0.0.1]", "550 5.4.1", "Relay Access Denied"),
     ("relaytest@example.org@mx.contoso.test", "501 5.1.3", ""),
     ("@[127.0.0.1]:relaytest@example.org", "501 5.1.3", ""),
     // A source route is ignored (RFC 5321 §3.6.1); the relay check applies to what follows it.
@@ -66,12 +67,12 @@ const RELAY_FORMS: [(&str, &str, &str); 19] = [
     ("@contoso.com:relaytest@example.org", "550 5.4.1", "Relay Access Denied"),
     ("@a.example,@b.example:relaytest@example.org", "550 5.4.1", "Relay Access Denied"),
     ("example.org!relaytest", "501 5.1.3", ""),
-    ("example.org!relaytest@[127.0.0.1]", "501 5.1.3", ""),
+    ("example.org!relaytest@[127.0.0.1]", "550 5.4.1", "Relay Access Denied"),
     ("example.org!relaytest@mx.contoso.test", "550 5.4.1", "Relay Access Denied"),
     // In our authoritative domain, percent hack and quotes name no recipient of the directory.
     ("relaytest%example.org@contoso.com", "550 5.4.1", "Recipient address rejected: Access denied"),
     ("\"relaytest@example.org\"@contoso.com", "550 5.4.1", "Recipient address rejected: Access denied"),
-    ("relaytest@[127.0.0.1]", "501 5.1.3", ""),
+    ("relaytest@[127.0.0.1]", "550 5.4.1", "Relay Access Denied"),
     ("relaytest@", "501 5.1.3", ""),
 ];
 
