@@ -376,3 +376,42 @@ print(json.dumps("sent"))
     assert!(wrapped.contains("--s\nContent-Type: text/plain\n\nsigned text\n--s\n"), "unchanged: {wrapped}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smart_host_pointing_back_at_ourselves_ends_in_an_ndr_5_4_14() -> anyhow::Result<()> {
+    // Spec 6.5 T: a misconfigured connector sends the message to the router
+    // itself; every pass adds a `Received:` field, and past 20 the router
+    // refuses it (554 5.4.14), which fails the copy and sends the sender an NDR.
+    let dns = DnsServer::start(ZONE)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let connector = format!(
+        "\n[[outbound_connectors]]\nname = \"back-to-us\"\nkind = \"partner\"\nrecipient_domains = [\"example.org\"]\n\
+         smart_hosts = [\"127.0.0.1:{port}\"]\n"
+    );
+    let config =
+        relay_config(&dns, 25, "").replace("address = \"127.0.0.1:0\"", &format!("address = \"127.0.0.1:{port}\""));
+    let router = Router::start(&format!("{config}{connector}"))?;
+    send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 1)?;
+    let events = router
+        .wait_for_delivery_events("the looping copy failed and its NDR delivered", |events| {
+            events.iter().any(|e| matches!(e.event, DeliveryEvent::Failed(_)))
+                && events.iter().any(|e| {
+                    matches!(&e.event, DeliveryEvent::Delivered(d) if d.destination.key() == "mailbox_store:mailbox")
+                })
+        })
+        .await?;
+    let failed = first!(events, Failed, "failed");
+    assert_eq!((failed.reply.code, failed.reply.enhanced.as_deref()), (554, Some("5.4.14")), "{failed:?}");
+    assert_eq!(failed.remote_ip.as_deref(), Some("127.0.0.1"));
+    // Twenty passes are accepted (the copy arriving with 20 `Received:`
+    // fields still is, the one with 21 is not); the NDR goes to the mailbox.
+    let delivered_to = |key: &str| {
+        events.iter().filter(|e| matches!(&e.event, DeliveryEvent::Delivered(d) if d.destination.key() == key)).count()
+    };
+    assert_eq!(delivered_to("partner:back-to-us"), 20);
+    assert_eq!(delivered_to("mailbox_store:mailbox"), 1, "the NDR");
+    let ndr = wait_for_file(&router.dir.path().join("mail/alice@contoso.com/new"))?;
+    assert!(ndr.contains("Status: 5.4.14"), "{ndr}");
+    assert!(ndr.contains("Hop count exceeded - possible mail loop"), "{ndr}");
+    Ok(())
+}

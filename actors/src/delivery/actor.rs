@@ -6,8 +6,9 @@
 //! is the queue, and the fold is the state). Until the fold has reached the
 //! end offset seen at assignment, the partition is *replaying* and nothing is
 //! delivered: replay has no side effects. Then, every tick, destinations with
-//! work due get one delivery task each (one connection per destination keeps
-//! strict arrival order, spec 11.4). A task appends each attempt's outcome to
+//! work due get one delivery task each, which opens up to
+//! `max_connections_per_destination` connections taking messages in receipt
+//! order (one, the default, keeps strict arrival order, spec 11.4). A task appends each attempt's outcome to
 //! the destination's partition as it goes; the destination stays busy until
 //! the fold has applied the task's last event, so nothing is sent twice
 //! because the state had not caught up yet.
@@ -49,8 +50,10 @@ use crate::telemetry::{self, Stage};
 /// Consumer group of the delivery role.
 pub const GROUP: &str = "mailflow-delivery";
 
-/// Messages handed to one delivery task at most.
-const BATCH: usize = 100;
+/// Messages handed to one delivery task at most, per connection it may open
+/// (`max_connections_per_destination`): a destination is busy until its task's
+/// batch is done, so the batch must keep every connection fed for a while.
+const BATCH_PER_CONNECTION: usize = 100;
 
 /// How often the scheduler looks for due work when nothing arrives.
 const TICK: Duration = Duration::from_millis(100);
@@ -391,7 +394,8 @@ async fn run(shared: Arc<Shared>, mut queries: mpsc::Receiver<Query>, ready: Arc
             let owned = &*owned;
             let is_busy = |key: &str| busy.contains_key(key);
             let expired = if check_expiry { owned.state.expired(now, &is_busy) } else { Vec::new() };
-            let due = owned.state.due(now, &is_busy, BATCH);
+            let due =
+                owned.state.due(now, &is_busy, BATCH_PER_CONNECTION * shared.max_connections_per_destination.max(1));
             let mut by_key: HashMap<String, Vec<ExpiredMessage>> = HashMap::new();
             for message in expired {
                 by_key.entry(message.key.clone()).or_default().push(message);
