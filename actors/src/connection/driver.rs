@@ -442,6 +442,29 @@ mod tests {
         }
     }
 
+    /// Writes `pieces` 100 ms apart until the server replies; returns the
+    /// reply and how long the drip went on. Panics if the drip ends first.
+    async fn drip_until_reply<'a>(
+        reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+        write: &mut tokio::net::tcp::OwnedWriteHalf,
+        pieces: impl Iterator<Item = &'a [u8]>,
+    ) -> (String, Duration) {
+        let started = tokio::time::Instant::now();
+        let drip = async {
+            for piece in pieces {
+                if write.write_all(piece).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let line = tokio::select! {
+            line = reply_line(reader) => line,
+            () = drip => panic!("the drip ended without a reply"),
+        };
+        (line, started.elapsed())
+    }
+
     #[tokio::test]
     async fn commands_pipelined_behind_the_end_of_data_are_answered_without_more_input() {
         // RFC 2920: the final dot need not end a pipeline group. Before, QUIT
@@ -482,21 +505,10 @@ mod tests {
         let (read, mut write) = TcpStream::connect(address).await.expect("connect").into_split();
         let mut reader = BufReader::new(read);
         assert!(reply_line(&mut reader).await.starts_with("220 "));
-        let started = tokio::time::Instant::now();
-        let drip = async {
-            for byte in b"NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP".iter().cycle() {
-                if write.write_all(&[*byte]).await.is_err() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        let line = tokio::select! {
-            line = reply_line(&mut reader) => line,
-            () = drip => panic!("the connection closed without a reply"),
-        };
+        let bytes = b"NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP".chunks(1).cycle().take(400);
+        let (line, elapsed) = drip_until_reply(&mut reader, &mut write, bytes).await;
         assert!(line.starts_with("421 4.4.2 "), "{line:?}");
-        assert!(started.elapsed() < Duration::from_millis(1500), "closed after {:?}", started.elapsed());
+        assert!(elapsed < Duration::from_millis(1500), "closed after {elapsed:?}");
     }
 
     #[test]
@@ -539,23 +551,11 @@ mod tests {
             let line = reply_line(&mut reader).await;
             assert!(line.starts_with(expected), "{expected}: {line:?}");
         }
-        let started = tokio::time::Instant::now();
         // 10 bytes every 100 ms is 100 B/s, a fifth of the minimum.
-        let drip = async {
-            for _ in 0..200 {
-                if write.write_all(b"Subject: x").await.is_err() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        let line = tokio::select! {
-            line = reply_line(&mut reader) => line,
-            () = drip => panic!("the drip went on for 20 s without a reply"),
-        };
+        let bytes = std::iter::repeat_n(&b"Subject: x"[..], 200);
+        let (line, elapsed) = drip_until_reply(&mut reader, &mut write, bytes).await;
         assert!(line.starts_with("421 4.4.2 "), "{line:?}");
         // 0.8 s / (1 - 100/500) = 1 s, plus scheduling.
-        let elapsed = started.elapsed();
         assert!(elapsed > Duration::from_millis(800) && elapsed < Duration::from_secs(3), "closed after {elapsed:?}");
     }
 }
