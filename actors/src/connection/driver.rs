@@ -442,6 +442,24 @@ mod tests {
         }
     }
 
+    /// Connects, says EHLO and pipelines MAIL, RCPT and DATA, checking each
+    /// reply up to the `354`: the session now takes content.
+    async fn open_data(
+        address: std::net::SocketAddr,
+    ) -> (BufReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf) {
+        let (read, mut write) = TcpStream::connect(address).await.expect("connect").into_split();
+        let mut reader = BufReader::new(read);
+        assert!(reply_line(&mut reader).await.starts_with("220 "));
+        write.write_all(b"EHLO client.example\r\n").await.expect("write");
+        assert!(reply_line(&mut reader).await.starts_with("250 "));
+        write.write_all(b"MAIL FROM:<s@example.net>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n").await.expect("write");
+        for expected in ["250 2.1.0 ", "250 2.1.5 ", "354 "] {
+            let line = reply_line(&mut reader).await;
+            assert!(line.starts_with(expected), "{expected}: {line:?}");
+        }
+        (reader, write)
+    }
+
     /// Writes `pieces` 100 ms apart until the server replies; returns the
     /// reply and how long the drip went on. Panics if the drip ends first.
     async fn drip_until_reply<'a>(
@@ -471,16 +489,7 @@ mod tests {
         // sat in the buffer until the command timeout answered 421 4.4.2.
         let dir = tempfile::tempdir().expect("dir");
         let address = serve_one(dir.path(), Duration::from_secs(30)).await;
-        let (read, mut write) = TcpStream::connect(address).await.expect("connect").into_split();
-        let mut reader = BufReader::new(read);
-        assert!(reply_line(&mut reader).await.starts_with("220 "));
-        write.write_all(b"EHLO client.example\r\n").await.expect("write");
-        assert!(reply_line(&mut reader).await.starts_with("250 "));
-        write.write_all(b"MAIL FROM:<s@example.net>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n").await.expect("write");
-        for expected in ["250 2.1.0 ", "250 2.1.5 ", "354 "] {
-            let line = reply_line(&mut reader).await;
-            assert!(line.starts_with(expected), "{expected}: {line:?}");
-        }
+        let (mut reader, mut write) = open_data(address).await;
         write
             .write_all(
                 b"Subject: one\r\n\r\nhi\r\n.\r\nMAIL FROM:<s@example.net>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n",
@@ -541,16 +550,7 @@ mod tests {
         // although every byte comes well within `data_timeout` of the last.
         let dir = tempfile::tempdir().expect("dir");
         let address = serve_one_with(dir.path(), Duration::from_secs(30), Duration::from_millis(800), 500).await;
-        let (read, mut write) = TcpStream::connect(address).await.expect("connect").into_split();
-        let mut reader = BufReader::new(read);
-        assert!(reply_line(&mut reader).await.starts_with("220 "));
-        write.write_all(b"EHLO client.example\r\n").await.expect("write");
-        assert!(reply_line(&mut reader).await.starts_with("250 "));
-        write.write_all(b"MAIL FROM:<s@example.net>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n").await.expect("write");
-        for expected in ["250 2.1.0 ", "250 2.1.5 ", "354 "] {
-            let line = reply_line(&mut reader).await;
-            assert!(line.starts_with(expected), "{expected}: {line:?}");
-        }
+        let (mut reader, mut write) = open_data(address).await;
         // 10 bytes every 100 ms is 100 B/s, a fifth of the minimum.
         let bytes = std::iter::repeat_n(&b"Subject: x"[..], 200);
         let (line, elapsed) = drip_until_reply(&mut reader, &mut write, bytes).await;
