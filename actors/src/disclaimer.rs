@@ -135,8 +135,7 @@ pub fn apply(content: &[u8], disclaimer: &Disclaimer) -> Vec<u8> {
         out.extend_from_slice(&content[from..place.at]);
         let text = if place.html { &html_text } else { &plain_text };
         let piece = match (disclaimer.location, place.html) {
-            (DisclaimerLocation::Append, true) => format!("\r\n{text}\r\n"),
-            (DisclaimerLocation::Prepend, true) => format!("\r\n{text}\r\n"),
+            (_, true) => format!("\r\n{text}\r\n"),
             (DisclaimerLocation::Append, false) if place.ends_with_crlf => format!("\r\n{text}\r\n"),
             (DisclaimerLocation::Append, false) => format!("\r\n\r\n{text}"),
             (DisclaimerLocation::Prepend, false) => format!("{text}\r\n\r\n"),

@@ -8,10 +8,10 @@
 //! delivered: replay has no side effects. Then, every tick, destinations with
 //! work due get one delivery task each, which opens up to
 //! `max_connections_per_destination` connections taking messages in receipt
-//! order (one, the default, keeps strict arrival order, spec 11.4). A task appends each attempt's outcome to
-//! the destination's partition as it goes; the destination stays busy until
-//! the fold has applied the task's last event, so nothing is sent twice
-//! because the state had not caught up yet.
+//! order (one, the default, keeps strict arrival order, spec 11.4). A task
+//! appends each attempt's outcome to the destination's partition as it goes;
+//! the destination stays busy until the fold has applied the task's last
+//! event, so nothing is sent twice because the state had not caught up yet.
 //!
 //! A crash between a next hop's `250` and the durable `Delivered` means the
 //! message is sent again after restart (at-least-once); the window is the
