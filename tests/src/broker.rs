@@ -75,6 +75,38 @@ impl Broker {
         Ok(broker)
     }
 
+    /// Starts librdkafka's mock cluster (`mock-kafka`, built beside the
+    /// tests) with mailflow's topics of `partitions` partitions each. Unlike
+    /// noida-db it expires the session of a member killed with SIGKILL, so a
+    /// group hands the dead member's partitions to the others; it keeps
+    /// nothing on disk, so [`Broker::stop`] does not apply to it.
+    pub fn mock(partitions: u32) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let binary = exe.parent().and_then(|deps| deps.parent()).context("test binary location")?.join("mock-kafka");
+        let data = tempfile::tempdir()?;
+        let log = std::fs::File::create(data.path().join("broker.log"))?;
+        let mut child = Command::new(&binary)
+            .arg(partitions.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!("starting {}: run the tests with `cargo test -p mailflow-tests`", binary.display())
+            })?;
+        let stdout = child.stdout.take().context("mock-kafka stdout")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        let Some(bootstrap) = line.trim().strip_prefix("bootstrap ") else {
+            let log = std::fs::read_to_string(data.path().join("broker.log")).unwrap_or_default();
+            bail!("mock-kafka did not start: {line:?} {log}");
+        };
+        let bootstrap = bootstrap.to_string();
+        let mut broker = Broker { child, bootstrap, data };
+        broker.wait_listening()?;
+        Ok(broker)
+    }
+
     /// Stops the broker's Kafka service: its port refuses connections, its
     /// data is saved to the data directory. [`Broker::resume`] brings it back.
     pub fn stop(&mut self) -> anyhow::Result<()> {
