@@ -123,18 +123,29 @@ async fn trace_finds_delivered_refused_and_deferred_then_delivered_mail_and_list
     assert!(parsed.windows(2).all(|w| w[0] <= w[1]), "events in time order: {times:?}");
     let send = detail["events"].as_array().and_then(|e| e.last()).context("SEND")?;
     assert_eq!(send["remote_host"], "mx.example.org", "{send:#}");
+    // 15.1 ToIP / 15.4 detail: bob's copy went to mx.example.org's address;
+    // alice's was delivered to the mailbox store (inbound), so it has none.
+    assert_eq!(detail["recipients"][0]["to_ip"], "127.0.0.1", "{detail:#}");
+    let by_to_ip = mailflow_trace(&router, &["--to-ip", "127.0.0.1", "--json"])?;
+    assert_eq!(rows(&by_to_ip), [("bob@example.org".to_string(), "delivered".to_string())], "{by_to_ip:#}");
+    assert_eq!(by_to_ip["rows"][0]["message_id"], bob);
+    assert!(rows(&mailflow_trace(&router, &["--to-ip", "192.0.2.1", "--json"])?).is_empty());
     assert_eq!(detail["events"][0]["connector"], "onprem");
     assert!(detail["events"][1]["custom_data"].as_str().is_some_and(|c| c.contains("SCL=")), "{detail:#}");
 
     // 15.3/15.4: alice's message, RECEIVE … DELIVER, in the CLI's detail view.
     let alice_detail = router.admin().get(&format!("/api/v1/trace/{alice}")).await?;
     assert_eq!(events(&alice_detail), ["RECEIVE", "AGENTINFO", "DELIVER"]);
+    assert_eq!(alice_detail["recipients"][0]["to_ip"], Value::Null, "no To IP for inbound: {alice_detail:#}");
     let text = mailflow_trace(&router, &["--message", alice])?;
     let text = text.as_str().context("text")?;
     let (receive, deliver) =
         (text.find(" RECEIVE ").context("a RECEIVE line")?, text.find(" DELIVER ").context("a DELIVER line")?);
     assert!(receive < deliver, "{text}");
     assert!(text.contains("Subject: Quarterly report for alice@contoso.com"), "{text}");
+    let bob_text = mailflow_trace(&router, &["--message", bob])?;
+    assert!(bob_text.as_str().is_some_and(|t| t.contains("To IP: 127.0.0.1")), "{bob_text}");
+    assert!(!text.contains("To IP"), "{text}");
 
     // 15.1: subject filters (case-insensitive), sender, Message-ID header, message id.
     let admin = router.admin();

@@ -23,6 +23,9 @@ pub struct TraceArgs {
     /// IP address of the sending server.
     #[arg(long = "from-ip")]
     pub client_ip: Option<String>,
+    /// IP address a recipient's copy was sent to (outbound; inbound mail has none).
+    #[arg(long = "to-ip")]
+    pub to_ip: Option<String>,
     /// Status: delivered, pending, failed, quarantined, filtered_as_spam, expanded, none.
     #[arg(long)]
     pub status: Option<String>,
@@ -62,6 +65,7 @@ impl TraceArgs {
             message_id: self.message_id.clone(),
             internet_message_id: self.internet_message_id.clone(),
             client_ip: self.client_ip.clone(),
+            to_ip: self.to_ip.clone(),
             status: self.status.clone(),
             subject_match: self.subject.as_ref().map(|_| self.subject_match),
             subject: self.subject.clone(),
@@ -119,7 +123,8 @@ pub async fn run(client: &AdminClient, args: &TraceArgs) -> anyhow::Result<()> {
             println!("  From IP: {}", first.client_ip.as_deref().unwrap_or("-"));
         }
         for row in &rows {
-            println!("  {:<40} {}", row.recipient, status_name(row.status));
+            let to_ip = row.to_ip.as_deref().map(|ip| format!("  To IP: {ip}")).unwrap_or_default();
+            println!("  {:<40} {:<15}{to_ip}", row.recipient, status_name(row.status));
         }
         println!("{:<20} {:<10} {:<30} {:<16} DETAIL", "DATE (UTC)", "EVENT", "REMOTE HOST", "CONNECTOR");
         for e in &events {

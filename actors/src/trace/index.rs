@@ -4,9 +4,9 @@
 //! Per message (keyed by the router's message id, the trace's
 //! `network_message_id`) it keeps the summary columns a search filters on
 //! (received time, sender, subject, `Message-ID` header, client IP), the latest
-//! status of each recipient, and the log positions of the message's journal
-//! records. It keeps no record bodies: the detail view reads them back from
-//! the log by position (`super::detail`).
+//! status of each recipient and the IP address its copy was sent to, and the
+//! log positions of the message's journal records. It keeps no record bodies:
+//! the detail view reads them back from the log by position (`super::detail`).
 //!
 //! Invariants:
 //! - [`TraceIndex::apply`] is infallible, deterministic and clock-free; the
@@ -14,7 +14,12 @@
 //! - A recipient's status is the one of the record with the latest
 //!   `occurred_at` that names it; on equal times the later record in the log
 //!   wins. The journal may hold a message's records out of time order (a
-//!   projector catching up), so log order alone would not do.
+//!   projector catching up), so log order alone would not do. Its To IP
+//!   follows the same rule among its `SEND` records.
+//! - The To IP (spec 15.1 `ToIP`) is the `server_ip` of a `SEND`: the next
+//!   hop outside the router that took the copy. A `DELIVER` into the mailbox
+//!   store sets none, nor do attempts that did not hand the copy over
+//!   (`DEFER`, `FAIL`), so inbound mail has a blank To IP.
 //! - A record applied twice (the projector wrote it again after a crash) adds
 //!   its position twice; statuses are unaffected, and the detail view drops
 //!   the copy by `event_id`.
@@ -41,6 +46,16 @@ struct RecipientStatus {
     status: TraceStatus,
     /// `occurred_at` of the record that set `status`, in ms since the epoch.
     at_ms: i64,
+    /// `server_ip` of the latest `SEND` of its copy.
+    to_ip: Option<Box<str>>,
+    /// `occurred_at` of that `SEND`, in ms since the epoch.
+    to_ip_at_ms: i64,
+}
+
+impl RecipientStatus {
+    fn new(address: &str, status: TraceStatus, at_ms: i64) -> Self {
+        Self { address: boxed(address), status, at_ms, to_ip: None, to_ip_at_ms: i64::MIN }
+    }
 }
 
 /// What the index keeps of one message.
@@ -99,6 +114,9 @@ pub struct Query {
     pub internet_message_id: Option<String>,
     /// IP address of the sending server.
     pub client_ip: Option<String>,
+    /// IP address the recipient's copy was sent to (spec 15.1 `ToIP`); rows
+    /// with no such address (inbound mail, not sent yet) never match.
+    pub to_ip: Option<String>,
     /// Status of the row: a wire name (`filtered_as_spam`) or EOP's (`FilteredAsSpam`).
     pub status: Option<String>,
     /// Text the subject is matched against.
@@ -148,6 +166,10 @@ pub struct TraceRow {
     pub internet_message_id: Option<String>,
     /// IP address of the sending server.
     pub client_ip: Option<String>,
+    /// IP address the recipient's copy was sent to (`server_ip` of its
+    /// latest `SEND`); none for mail delivered to the mailbox store.
+    #[serde(default)]
+    pub to_ip: Option<String>,
 }
 
 /// The answer to a search.
@@ -202,6 +224,7 @@ impl Query {
             message_id,
             internet_message_id,
             client_ip,
+            to_ip,
             status,
             subject,
             subject_match: _,
@@ -209,7 +232,9 @@ impl Query {
             until,
             limit: _,
         } = self;
-        [sender, recipient, message_id, internet_message_id, client_ip, status, subject].iter().all(|f| f.is_none())
+        [sender, recipient, message_id, internet_message_id, client_ip, to_ip, status, subject]
+            .iter()
+            .all(|f| f.is_none())
             && since.is_none()
             && until.is_none()
     }
@@ -231,6 +256,16 @@ fn boxed(text: &str) -> Box<str> {
 
 fn eq_ignore_case(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
+}
+
+/// Whether `wanted` (as typed in a query) names the IP address `ip`: as
+/// addresses when both parse (`2001:DB8::1` is `2001:db8::1`), else as text.
+fn same_ip(wanted: &str, ip: &str) -> bool {
+    let wanted = wanted.trim();
+    match (wanted.parse::<std::net::IpAddr>(), ip.parse::<std::net::IpAddr>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => wanted == ip,
+    }
 }
 
 /// The `Message-ID` header with its angle brackets.
@@ -295,6 +330,13 @@ impl TraceIndex {
         for address in &record.recipients {
             set_status(&mut entry.recipients, address, record.status, at_ms);
         }
+        if let JournalEvent::Sent(sent) = &envelope.event
+            && let Some(ip) = sent.record.server_ip.as_deref()
+        {
+            for address in &record.recipients {
+                set_to_ip(&mut entry.recipients, address, ip, at_ms);
+            }
+        }
         // Members of a group and new recipients of a redirect get rows of their own.
         let related: &[String] = match &envelope.event {
             JournalEvent::Expanded(e) => &e.members,
@@ -303,11 +345,7 @@ impl TraceIndex {
         };
         for address in related {
             if !entry.recipients.iter().any(|r| eq_ignore_case(&r.address, address)) {
-                entry.recipients.push(RecipientStatus {
-                    address: boxed(address),
-                    status: TraceStatus::Pending,
-                    at_ms: i64::MIN,
-                });
+                entry.recipients.push(RecipientStatus::new(address, TraceStatus::Pending, i64::MIN));
             }
         }
     }
@@ -348,6 +386,7 @@ impl TraceIndex {
         let recipient_wanted = |r: &RecipientStatus| {
             (recipients.is_empty() || recipients.iter().any(|w| eq_ignore_case(w, &r.address)))
                 && status.is_none_or(|s| s == r.status)
+                && query.to_ip.as_deref().is_none_or(|w| r.to_ip.as_deref().is_some_and(|ip| same_ip(w, ip)))
         };
 
         // A message id names one entry: no scan.
@@ -359,7 +398,9 @@ impl TraceIndex {
             .filter(|(_, e)| (since_ms..=until_ms).contains(&e.received_at_ms))
             .filter(|(_, e)| query.sender.as_deref().is_none_or(|s| eq_ignore_case(s.trim(), &e.sender)))
             .filter(|(_, e)| internet_message_id.as_deref().is_none_or(|w| e.internet_message_id.as_deref() == Some(w)))
-            .filter(|(_, e)| query.client_ip.as_deref().is_none_or(|w| e.client_ip.as_deref() == Some(w.trim())))
+            .filter(|(_, e)| {
+                query.client_ip.as_deref().is_none_or(|w| e.client_ip.as_deref().is_some_and(|ip| same_ip(w, ip)))
+            })
             .filter(|(_, e)| {
                 subject.as_deref().is_none_or(|w| {
                     let Some(s) = e.subject.as_deref() else { return false };
@@ -372,7 +413,7 @@ impl TraceIndex {
                 })
             })
             .filter(|(_, e)| {
-                (e.recipients.is_empty() && recipients.is_empty() && status.is_none())
+                (e.recipients.is_empty() && recipients.is_empty() && status.is_none() && query.to_ip.is_none())
                     || e.recipients.iter().any(recipient_wanted)
             })
             .collect();
@@ -398,13 +439,23 @@ fn set_status(recipients: &mut Vec<RecipientStatus>, address: &str, status: Trac
             r.at_ms = at_ms;
         }
         Some(_) => {}
-        None => recipients.push(RecipientStatus { address: boxed(address), status, at_ms }),
+        None => recipients.push(RecipientStatus::new(address, status, at_ms)),
+    }
+}
+
+fn set_to_ip(recipients: &mut [RecipientStatus], address: &str, ip: &str, at_ms: i64) {
+    // `set_status` ran first for the same record: the recipient is there.
+    if let Some(r) = recipients.iter_mut().find(|r| eq_ignore_case(&r.address, address))
+        && at_ms >= r.to_ip_at_ms
+    {
+        r.to_ip = Some(boxed(ip));
+        r.to_ip_at_ms = at_ms;
     }
 }
 
 /// The rows of one message whose recipient `wanted` accepts, by recipient.
 fn rows(id: &str, entry: &Entry, wanted: impl Fn(&RecipientStatus) -> bool) -> Vec<TraceRow> {
-    let row = |recipient: &str, status: TraceStatus| TraceRow {
+    let row = |recipient: &str, status: TraceStatus, to_ip: Option<&str>| TraceRow {
         received_at: DateTime::from_timestamp_millis(entry.received_at_ms).unwrap_or_default(),
         message_id: id.to_string(),
         sender: entry.sender.to_string(),
@@ -413,13 +464,14 @@ fn rows(id: &str, entry: &Entry, wanted: impl Fn(&RecipientStatus) -> bool) -> V
         status,
         internet_message_id: entry.internet_message_id.as_deref().map(str::to_string),
         client_ip: entry.client_ip.as_deref().map(str::to_string),
+        to_ip: to_ip.map(str::to_string),
     };
     if entry.recipients.is_empty() {
         // A refused connection names no recipient; it still has a row.
-        return vec![row("", TraceStatus::None)];
+        return vec![row("", TraceStatus::None, None)];
     }
     let mut rows: Vec<TraceRow> =
-        entry.recipients.iter().filter(|r| wanted(r)).map(|r| row(&r.address, r.status)).collect();
+        entry.recipients.iter().filter(|r| wanted(r)).map(|r| row(&r.address, r.status, r.to_ip.as_deref())).collect();
     rows.sort_by(|a, b| a.recipient.cmp(&b.recipient));
     rows
 }

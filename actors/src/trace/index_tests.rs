@@ -54,6 +54,27 @@ fn attempted(id: &str, minute: u32, status: TraceStatus, recipients: &[&str]) ->
     Envelope::new(id, "test", at(minute), event)
 }
 
+/// A delivery attempt at `minute` that reached `ip` (the record's `server_ip`):
+/// `SEND`, `DELIVER` (mailbox store) or `DEFER` by `status` and `to_store`.
+fn hop(
+    id: &str,
+    minute: u32,
+    status: TraceStatus,
+    recipients: &[&str],
+    ip: &str,
+    to_store: bool,
+) -> Envelope<JournalEvent> {
+    let mut record = columns(status, "alice@contoso.com", recipients);
+    record.server_ip = Some(ip.to_string());
+    let event = Attempted { record, attempt: 1, reply: None, next_attempt_at: None };
+    let event = match (status, to_store) {
+        (TraceStatus::Pending, _) => JournalEvent::Deferred(event),
+        (_, true) => JournalEvent::Delivered(event),
+        (_, false) => JournalEvent::Sent(event),
+    };
+    Envelope::new(id, "test", at(minute), event)
+}
+
 fn refused(id: &str, minute: u32, recipient: &str) -> Envelope<JournalEvent> {
     let mut record = columns(TraceStatus::Failed, "alice@contoso.com", &[recipient]);
     record.client_ip = Some("192.0.2.9".to_string());
@@ -157,6 +178,45 @@ fn sender_message_ids_and_ip_filter_exactly() {
     assert_eq!(one(Query { internet_message_id: Some("<m1@contoso.com>".into()), ..query() }), ["m1"]);
     assert_eq!(one(Query { client_ip: Some("192.0.2.7".into()), ..query() }).len(), 2);
     assert!(one(Query { client_ip: Some("10.0.0.1".into()), ..query() }).is_empty());
+}
+
+#[test]
+fn to_ip_matches_the_address_a_copy_was_sent_to_and_inbound_rows_have_none_spec_15_1() {
+    let index = index_of(&[
+        received("m1", 1, "alice@contoso.com", &["bob@example.org", "carol@contoso.com"], "Hello"),
+        // bob's first MX answered 451, the second one took the copy.
+        hop("m1", 2, TraceStatus::Pending, &["bob@example.org"], "198.51.100.7", false),
+        hop("m1", 3, TraceStatus::Delivered, &["bob@example.org"], "198.51.100.9", false),
+        // carol's copy went into the mailbox store, over LMTP to a server that has an IP too.
+        hop("m1", 3, TraceStatus::Delivered, &["carol@contoso.com"], "10.0.0.25", true),
+        received("m2", 4, "alice@contoso.com", &["dave@example.net"], "Hello"),
+        // Journaled out of time order: the later SEND still wins.
+        hop("m2", 6, TraceStatus::Delivered, &["dave@example.net"], "2001:db8::25", false),
+        hop("m2", 5, TraceStatus::Delivered, &["dave@example.net"], "203.0.113.5", false),
+        refused("r1", 7, "nobody@contoso.com"),
+    ]);
+    let found = |ip: &str| {
+        statuses(&index.search(&Query { to_ip: Some(ip.into()), ..query() }, at(10)).unwrap())
+            .into_iter()
+            .map(|(id, to, _)| format!("{id} {to}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(found("198.51.100.9"), ["m1 bob@example.org"]);
+    assert_eq!(found(" 198.51.100.9 "), ["m1 bob@example.org"], "typed with blanks");
+    assert!(found("198.51.100.7").is_empty(), "a deferral did not hand the copy over");
+    assert!(found("10.0.0.25").is_empty(), "delivered to the mailbox store: no To IP");
+    assert!(found("192.0.2.7").is_empty(), "the sending server is FromIP, not ToIP");
+    assert!(found("203.0.113.5").is_empty(), "an earlier SEND is superseded");
+    assert_eq!(found("2001:DB8:0::25"), ["m2 dave@example.net"], "IPv6 compares as an address");
+
+    // The row shows it; inbound and refused rows are blank (spec 15.4).
+    let rows = index.rows_of("m1");
+    let to_ips: Vec<(&str, Option<&str>)> = rows.iter().map(|r| (r.recipient.as_str(), r.to_ip.as_deref())).collect();
+    assert_eq!(to_ips, [("bob@example.org", Some("198.51.100.9")), ("carol@contoso.com", None)]);
+    assert_eq!(index.rows_of("r1")[0].to_ip, None);
+    // To IP combines with the other filters.
+    let q = Query { to_ip: Some("198.51.100.9".into()), status: Some("pending".into()), ..query() };
+    assert!(index.search(&q, at(10)).unwrap().rows.is_empty());
 }
 
 #[test]
