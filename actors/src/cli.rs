@@ -112,8 +112,9 @@ enum Command {
     Trace {
         #[command(flatten)]
         admin: AdminArgs,
+        // Boxed: its many filters would make every `Command` that large.
         #[command(flatten)]
-        args: crate::trace::command::TraceArgs,
+        args: Box<crate::trace::command::TraceArgs>,
     },
     /// Tests an outbound connector (spec 16): resolve, connect, EHLO, STARTTLS,
     /// certificate, and a test message to ADDRESS. Exit status 1 when a task

@@ -176,6 +176,43 @@ async fn trace_finds_delivered_refused_and_deferred_then_delivered_mail_and_list
     let mut recipients: Vec<String> = rows(&by_sender).into_iter().map(|(r, _)| r).collect();
     recipients.sort();
     assert_eq!(recipients, ["alice@contoso.com", "bob@example.org", "nobody@contoso.com"]);
+    // 15.1 ResultSize + pagination (EndDate + StartingRecipientAddress): one
+    // row a page, each answer naming the next; together they are the whole
+    // answer, in its order, no row twice.
+    let mut paged = Vec::new();
+    let mut page = mailflow_trace(&router, &["--sender", "alice@contoso.com", "--limit", "1", "--json"])?;
+    loop {
+        paged.extend(rows(&page));
+        let next = &page["next_page"];
+        if next.is_null() {
+            assert_eq!(page["truncated"], false, "{page:#}");
+            break;
+        }
+        assert_eq!(page["truncated"], true, "{page:#}");
+        ensure!(paged.len() <= 3, "paging does not end: {paged:?}");
+        let (until, recipient, id) = (
+            next["until"].as_str().context("until")?,
+            next["starting_recipient"].as_str().context("starting_recipient")?,
+            next["starting_message_id"].as_str().context("starting_message_id")?,
+        );
+        page = mailflow_trace(
+            &router,
+            &[
+                "--sender",
+                "alice@contoso.com",
+                "--limit",
+                "1",
+                "--until",
+                until,
+                "--starting-recipient",
+                recipient,
+                "--starting-message-id",
+                id,
+                "--json",
+            ],
+        )?;
+    }
+    assert_eq!(paged, rows(&by_sender), "{by_sender:#}");
     let by_header = search("internet_message_id=%3Cbob@example.org.trace@contoso.com%3E".into()).await?;
     assert_eq!(by_header["rows"][0]["message_id"], bob);
     assert_eq!(by_header["rows"].as_array().map(Vec::len), Some(1));

@@ -23,6 +23,14 @@
 //! - A record applied twice (the projector wrote it again after a crash) adds
 //!   its position twice; statuses are unaffected, and the detail view drops
 //!   the copy by `event_id`.
+//!
+//! Paging (spec 15.1 `EndDate` + `StartingRecipientAddress`): rows are listed
+//! newest first, and rows received at the same instant by recipient, then by
+//! message id, which together name one row. A page cut by the limit says where
+//! the next one starts ([`NextPage`]): `until` is its last row's received time,
+//! `starting_recipient` and `starting_message_id` its recipient and message,
+//! and the next page lists the rows after that one in the same order. Messages
+//! that arrive meanwhile, newer than `until`, do not shift the pages.
 
 use std::collections::HashMap;
 
@@ -127,6 +135,15 @@ pub struct Query {
     pub since: Option<DateTime<Utc>>,
     /// Messages received at or before this instant.
     pub until: Option<DateTime<Utc>>,
+    /// Paging (spec 15.1 `StartingRecipientAddress`), with `until`: of the
+    /// rows received at `until`, only those after this recipient in the
+    /// listing's order (byte order of the address, then message id).
+    pub starting_recipient: Option<String>,
+    /// Paging, with `starting_recipient`: the message of the previous page's
+    /// last row, so that rows of messages received at the same instant for
+    /// the same recipient are told apart. Without it, every row at `until`
+    /// for `starting_recipient` counts as seen.
+    pub starting_message_id: Option<String>,
     /// Rows at most (1–5000, default 1000).
     pub limit: Option<usize>,
 }
@@ -145,6 +162,11 @@ pub enum QueryError {
     /// `since` is after `until`.
     #[error("since ({0}) is after until ({1})")]
     Window(DateTime<Utc>, DateTime<Utc>),
+    /// A paging parameter came without the one it continues.
+    #[error(
+        "starting_recipient needs until, and starting_message_id needs starting_recipient: pass the next_page of the previous answer"
+    )]
+    Paging,
 }
 
 /// One search result: a message and one of its recipients (spec 15.4 summary row).
@@ -179,10 +201,41 @@ pub struct SearchResult {
     pub since: Option<DateTime<Utc>>,
     /// End of the window searched, when bounded.
     pub until: Option<DateTime<Utc>>,
-    /// Rows, newest message first, then by recipient.
+    /// Rows, newest first; rows received at the same instant by recipient,
+    /// then message id.
     pub rows: Vec<TraceRow>,
-    /// Whether rows were left out to honour the limit.
+    /// Whether more rows match than the limit let through.
     pub truncated: bool,
+    /// When `truncated`: the parameters that fetch the next page.
+    #[serde(default)]
+    pub next_page: Option<NextPage>,
+}
+
+/// Where the next page of a search starts (spec 15.1: pagination via
+/// `StartingRecipientAddress` + `EndDate`): query again with the same filters
+/// and these four parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextPage {
+    /// `since`: the start of the window searched, as searched (also when it
+    /// was the 48-hour default), so that every page searches one window.
+    pub since: Option<DateTime<Utc>>,
+    /// `until`: the received time of the page's last row.
+    pub until: DateTime<Utc>,
+    /// `starting_recipient`: the recipient of the page's last row.
+    pub starting_recipient: String,
+    /// `starting_message_id`: the message id of the page's last row.
+    pub starting_message_id: String,
+}
+
+impl NextPage {
+    fn after(row: &TraceRow, since: Option<DateTime<Utc>>) -> Self {
+        Self {
+            since,
+            until: row.received_at,
+            starting_recipient: row.recipient.clone(),
+            starting_message_id: row.message_id.clone(),
+        }
+    }
 }
 
 /// Parses a status as its wire name (`filtered_as_spam`) or EOP's name (`FilteredAsSpam`).
@@ -230,6 +283,8 @@ impl Query {
             subject_match: _,
             since,
             until,
+            starting_recipient: _,
+            starting_message_id: _,
             limit: _,
         } = self;
         [sender, recipient, message_id, internet_message_id, client_ip, to_ip, status, subject]
@@ -376,6 +431,11 @@ impl TraceIndex {
         {
             return Err(QueryError::Window(since, until));
         }
+        let after = match (&query.starting_recipient, &query.starting_message_id, query.until) {
+            (None, None, _) => None,
+            (Some(recipient), id, Some(_)) => Some((recipient.as_str(), id.as_deref())),
+            _ => return Err(QueryError::Paging),
+        };
         let (since_ms, until_ms) =
             (since.map_or(i64::MIN, |t| t.timestamp_millis()), until.map_or(i64::MAX, |t| t.timestamp_millis()));
         let recipients: Vec<&str> =
@@ -417,18 +477,42 @@ impl TraceIndex {
                     || e.recipients.iter().any(recipient_wanted)
             })
             .collect();
-        found.sort_unstable_by(|(a_id, a), (b_id, b)| b.received_at_ms.cmp(&a.received_at_ms).then(a_id.cmp(b_id)));
-        let mut result = SearchResult { since, until, rows: Vec::new(), truncated: false };
-        for (id, entry) in found {
-            for row in rows(id, entry, recipient_wanted) {
+        found.sort_unstable_by_key(|(_, e)| std::cmp::Reverse(e.received_at_ms));
+        let mut result = SearchResult { since, until, rows: Vec::new(), truncated: false, next_page: None };
+        // Rows of one instant are ordered among themselves, across messages.
+        for group in found.chunk_by(|(_, a), (_, b)| a.received_at_ms == b.received_at_ms) {
+            let mut listed: Vec<TraceRow> = group.iter().flat_map(|(id, e)| rows(id, e, recipient_wanted)).collect();
+            listed.sort_by(|a, b| row_key(a).cmp(&row_key(b)));
+            let resumes = after.filter(|_| group[0].1.received_at_ms == until_ms);
+            for row in listed {
+                if let Some((recipient, id)) = resumes
+                    && !follows(&row, recipient, id)
+                {
+                    continue;
+                }
                 if result.rows.len() == limit {
                     result.truncated = true;
+                    result.next_page = result.rows.last().map(|last| NextPage::after(last, since));
                     return Ok(result);
                 }
                 result.rows.push(row);
             }
         }
         Ok(result)
+    }
+}
+
+/// A row's place among the rows received at the same instant.
+fn row_key(row: &TraceRow) -> (&str, &str) {
+    (&row.recipient, &row.message_id)
+}
+
+/// Whether `row`, received at the previous page's `until`, comes after that
+/// page's last row (`recipient`, and `message_id` when given).
+fn follows(row: &TraceRow, recipient: &str, message_id: Option<&str>) -> bool {
+    match message_id {
+        Some(id) => row_key(row) > (recipient, id),
+        None => row.recipient.as_str() > recipient,
     }
 }
 

@@ -259,6 +259,147 @@ fn the_limit_cuts_rows_and_says_so_and_bad_queries_are_refused() {
     ));
 }
 
+/// 25 rows over 17 messages, several received at one instant, some of them
+/// for the same recipient: the cases where (received time, recipient) alone
+/// does not name a row.
+fn paging_index() -> TraceIndex {
+    let messages: [(&str, u32, &[&str]); 17] = [
+        ("m17", 1, &["bob", "carol"]),
+        ("m15", 2, &["alice"]),
+        ("m16", 2, &["alice"]),
+        ("m13", 3, &["zed"]),
+        ("m14", 3, &["yan", "zed"]),
+        ("m12", 4, &["alice", "bob", "carol", "dave"]),
+        ("m09", 5, &["gina"]),
+        ("m10", 5, &["gina"]),
+        ("m11", 5, &["hank"]),
+        ("m05", 6, &["alice", "erin"]),
+        ("m06", 6, &["bob"]),
+        ("m07", 6, &["erin"]),
+        ("m08", 6, &["erin"]),
+        ("m04", 7, &["dave", "frank"]),
+        ("m02", 8, &["alice", "bob"]),
+        ("m03", 8, &["bob"]),
+        ("m01", 9, &["carol"]),
+    ];
+    let records: Vec<Envelope<JournalEvent>> = messages
+        .iter()
+        .map(|(id, minute, to)| {
+            let to: Vec<String> = to.iter().map(|name| format!("{name}@example.org")).collect();
+            let to: Vec<&str> = to.iter().map(String::as_str).collect();
+            received(id, *minute, "alice@contoso.com", &to, "Hello")
+        })
+        .collect();
+    index_of(&records)
+}
+
+fn ids(rows: &[TraceRow]) -> Vec<String> {
+    rows.iter().map(|r| format!("{} {}", r.message_id, r.recipient.trim_end_matches("@example.org"))).collect()
+}
+
+#[test]
+fn rows_are_newest_first_then_by_recipient_then_message_spec_15_1() {
+    let all = paging_index().search(&query(), at(10)).unwrap();
+    assert_eq!(
+        ids(&all.rows),
+        [
+            "m01 carol", // minute 9
+            "m02 alice", // minute 8: two messages for bob
+            "m02 bob",
+            "m03 bob",
+            "m04 dave", // minute 7
+            "m04 frank",
+            "m05 alice", // minute 6: three messages for erin
+            "m06 bob",
+            "m05 erin",
+            "m07 erin",
+            "m08 erin",
+            "m09 gina", // minute 5
+            "m10 gina",
+            "m11 hank",
+            "m12 alice", // minute 4
+            "m12 bob",
+            "m12 carol",
+            "m12 dave",
+            "m14 yan", // minute 3
+            "m13 zed",
+            "m14 zed",
+            "m15 alice", // minute 2
+            "m16 alice",
+            "m17 bob", // minute 1
+            "m17 carol",
+        ]
+    );
+    assert!(!all.truncated && all.next_page.is_none());
+}
+
+#[test]
+fn the_next_page_continues_after_the_last_row_with_none_repeated_or_skipped_even_on_ties_spec_15_1() {
+    let index = paging_index();
+    let all = index.search(&query(), at(10)).unwrap().rows;
+    let mut q = Query { limit: Some(10), ..query() };
+    let mut pages: Vec<SearchResult> = Vec::new();
+    loop {
+        let page = index.search(&q, at(10)).unwrap();
+        assert_eq!(page.truncated, page.next_page.is_some());
+        let Some(next) = page.next_page.clone() else {
+            pages.push(page);
+            break;
+        };
+        assert!(pages.len() < 5, "paging does not end");
+        // The continuation is the page's last row.
+        let last = page.rows.last().unwrap();
+        assert_eq!(
+            (next.until, next.starting_recipient.as_str(), next.starting_message_id.as_str()),
+            (last.received_at, last.recipient.as_str(), last.message_id.as_str())
+        );
+        assert_eq!(next.since, q.since, "every page searches one window");
+        q = Query {
+            since: next.since,
+            until: Some(next.until),
+            starting_recipient: Some(next.starting_recipient),
+            starting_message_id: Some(next.starting_message_id),
+            ..q
+        };
+        pages.push(page);
+    }
+    assert_eq!(pages.iter().map(|p| p.rows.len()).collect::<Vec<_>>(), [10, 10, 5]);
+    // Both cuts fall between two messages received at one instant for one recipient.
+    assert_eq!((ids(&pages[0].rows)[9].as_str(), ids(&pages[1].rows)[0].as_str()), ("m07 erin", "m08 erin"));
+    assert_eq!((ids(&pages[1].rows)[9].as_str(), ids(&pages[2].rows)[0].as_str()), ("m13 zed", "m14 zed"));
+    let paged: Vec<TraceRow> = pages.into_iter().flat_map(|p| p.rows).collect();
+    assert_eq!(ids(&paged), ids(&all), "the pages are the whole answer, in order");
+
+    // A message received later, newer than `until`, does not shift the next page.
+    let mut grown = paging_index();
+    grown.apply(
+        &received("m99", 30, "alice@contoso.com", &["erin@example.org"], "Hello"),
+        Position { partition: 0, offset: 99 },
+    );
+    let second = Query {
+        limit: Some(10),
+        until: Some(at(6)),
+        starting_recipient: Some("erin@example.org".into()),
+        starting_message_id: Some("m07".into()),
+        ..query()
+    };
+    assert_eq!(ids(&grown.search(&second, at(40)).unwrap().rows)[..2], ["m08 erin", "m09 gina"]);
+}
+
+#[test]
+fn eop_style_paging_by_recipient_alone_skips_that_recipients_rows_at_until_and_needs_until() {
+    let index = paging_index();
+    // `EndDate` + `StartingRecipientAddress` only: every erin row at minute 6 counts as seen.
+    let q =
+        Query { until: Some(at(6)), starting_recipient: Some("erin@example.org".into()), limit: Some(2), ..query() };
+    assert_eq!(ids(&index.search(&q, at(10)).unwrap().rows), ["m09 gina", "m10 gina"]);
+    // Without `until` there is nothing to continue.
+    let q = Query { starting_recipient: Some("erin@example.org".into()), ..query() };
+    assert_eq!(index.search(&q, at(10)), Err(QueryError::Paging));
+    let q = Query { until: Some(at(6)), starting_message_id: Some("m07".into()), ..query() };
+    assert_eq!(index.search(&q, at(10)), Err(QueryError::Paging));
+}
+
 #[test]
 fn statuses_parse_by_wire_name_and_by_eop_name() {
     for status in [
