@@ -2,9 +2,12 @@
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use mailflow_events::Envelope;
-use mailflow_events::journal::{Attempted, Failed, JournalEvent, Received, TraceRecord, TraceStatus};
+use mailflow_events::journal::{
+    Attempted, Failed, Filtered, JournalEvent, Received, Released, TraceRecord, TraceStatus,
+};
 use mailflow_events::log::Position;
 use mailflow_events::received::{Directionality, SmtpReply};
+use mailflow_events::verdicts::{PolicyAction, SpamVerdict};
 
 use super::*;
 
@@ -217,6 +220,36 @@ fn to_ip_matches_the_address_a_copy_was_sent_to_and_inbound_rows_have_none_spec_
     // To IP combines with the other filters.
     let q = Query { to_ip: Some("198.51.100.9".into()), status: Some("pending".into()), ..query() };
     assert!(index.search(&q, at(10)).unwrap().rows.is_empty());
+}
+
+#[test]
+fn a_release_moves_a_quarantined_row_to_pending_until_it_is_delivered_spec_15_2() {
+    let mut quarantine = columns(TraceStatus::Quarantined, "alice@contoso.com", &["bob@example.org"]);
+    quarantine.detail = "Mail flow rule hold matched".into();
+    let filtered = JournalEvent::Filtered(Filtered {
+        record: quarantine,
+        verdict: SpamVerdict::Spam,
+        scl: 6,
+        action: PolicyAction::Quarantine,
+        rules_matched: vec!["hold".into()],
+    });
+    let release = JournalEvent::Released(Released {
+        record: columns(TraceStatus::Pending, "alice@contoso.com", &["bob@example.org"]),
+        operator: "ops@contoso.com".into(),
+        reason: None,
+    });
+    let mut records = vec![
+        received("m1", 1, "alice@contoso.com", &["bob@example.org"], "Hello"),
+        Envelope::new("m1", "test", at(2), filtered),
+    ];
+    let status = |records: &[Envelope<JournalEvent>]| index_of(records).rows_of("m1")[0].status;
+    assert_eq!(status(&records), TraceStatus::Quarantined);
+    records.push(Envelope::new("m1", "test", at(30), release));
+    assert_eq!(status(&records), TraceStatus::Pending);
+    records.push(attempted("m1", 31, TraceStatus::Delivered, &["bob@example.org"]));
+    assert_eq!(status(&records), TraceStatus::Delivered);
+    let q = Query { status: Some("Quarantined".into()), ..query() };
+    assert!(index_of(&records).search(&q, at(40)).unwrap().rows.is_empty(), "no longer listed as quarantined");
 }
 
 #[test]
