@@ -112,8 +112,9 @@ enum Command {
     Trace {
         #[command(flatten)]
         admin: AdminArgs,
+        // Boxed: its many filters would make every `Command` that large.
         #[command(flatten)]
-        args: crate::trace::command::TraceArgs,
+        args: Box<crate::trace::command::TraceArgs>,
     },
     /// Tests an outbound connector (spec 16): resolve, connect, EHLO, STARTTLS,
     /// certificate, and a test message to ADDRESS. Exit status 1 when a task
@@ -212,6 +213,9 @@ enum QueueCommand {
         /// Why; recorded in the event.
         #[arg(long)]
         reason: Option<String>,
+        /// Who releases it, as the event and the message trace record it (default: $USER).
+        #[arg(long)]
+        operator: Option<String>,
     },
 }
 
@@ -519,8 +523,9 @@ async fn queue(client: &crate::admin::client::AdminClient, command: QueueCommand
             }
             return Ok(());
         }
-        QueueCommand::Release { message, reason } => {
-            let body = serde_json::json!({ "reason": reason, "operator": std::env::var("USER").ok() });
+        QueueCommand::Release { message, reason, operator } => {
+            let operator = operator.or_else(|| std::env::var("USER").ok());
+            let body = serde_json::json!({ "reason": reason, "operator": operator });
             let value = client.post(&format!("/api/v1/quarantine/{}/release", path_segment(&message)), &body).await?;
             if json {
                 println!("{value}");

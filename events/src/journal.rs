@@ -10,8 +10,10 @@
 //! Variants mirror EOP's trace event ids (`RECEIVE`, `DEFER`, `SEND`, `DELIVER`,
 //! `FAIL`, `EXPAND`, `REDIRECT`, `AGENTINFO`, `DSN`), see
 //! [`JournalEvent::trace_event_id`]; their wire names are past-tense like every
-//! other topic's. The envelope's `message_id` is the router's message id (the
-//! trace's `network_message_id`).
+//! other topic's. One is mailflow's own: `RELEASE`, an operator's release of a
+//! quarantined message, for which EOP's trace has no event id (spec 15.3). The
+//! envelope's `message_id` is the router's message id (the trace's
+//! `network_message_id`).
 //!
 //! The router's journal projector (`actors/src/journal/`) writes these records
 //! from the internal topics. A source event is sometimes consumed twice (after
@@ -65,6 +67,10 @@ pub enum JournalEvent {
     /// A delivery status notification about the message was generated (`DSN`).
     #[serde(rename = "DsnGenerated")]
     DsnGenerated(DsnGenerated),
+    /// An operator released the message from quarantine; it is delivered as
+    /// if filtering had let it through (`RELEASE`, mailflow's own event id).
+    #[serde(rename = "Released")]
+    Released(Released),
 }
 
 impl JournalEvent {
@@ -80,6 +86,7 @@ impl JournalEvent {
             Self::Redirected(_) => "REDIRECT",
             Self::Filtered(_) => "AGENTINFO",
             Self::DsnGenerated(_) => "DSN",
+            Self::Released(_) => "RELEASE",
         }
     }
 
@@ -93,6 +100,7 @@ impl JournalEvent {
             Self::Redirected(e) => &e.record,
             Self::Filtered(e) => &e.record,
             Self::DsnGenerated(e) => &e.record,
+            Self::Released(e) => &e.record,
         }
     }
 
@@ -106,6 +114,7 @@ impl JournalEvent {
             Self::Redirected(e) => &mut e.record,
             Self::Filtered(e) => &mut e.record,
             Self::DsnGenerated(e) => &mut e.record,
+            Self::Released(e) => &mut e.record,
         }
     }
 }
@@ -300,6 +309,20 @@ pub struct DsnGenerated {
     pub dsn_recipient: String,
 }
 
+/// Payload of [`JournalEvent::Released`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Released {
+    /// Common columns; `recipients` are those the message is released to
+    /// (those it was held for), with status `pending` until it is delivered.
+    #[serde(flatten)]
+    pub record: TraceRecord,
+    /// Who released it, as the admin API was told (`operator`).
+    pub operator: String,
+    /// Why, as given by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// The envelope `event_id` of the journal record `record_id`: a version 8 UUID
 /// made of the 128-bit FNV-1a hash of `mailflow.journal:<record_id>`, so that a
 /// record written twice has one id. Not a secret and not collision-proof
@@ -324,6 +347,7 @@ crate::envelope::tagged_event!(JournalEvent {
     "Redirected" => Redirected(Redirected),
     "Filtered" => Filtered(Filtered),
     "DsnGenerated" => DsnGenerated(DsnGenerated),
+    "Released" => Released(Released),
 });
 
 #[cfg(test)]

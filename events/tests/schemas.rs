@@ -40,7 +40,18 @@ const WIRE_NAMES: [(&str, &[&str]); 5] = [
     ),
     (
         "journal",
-        &["Received", "Deferred", "Sent", "Delivered", "Failed", "Expanded", "Redirected", "Filtered", "DsnGenerated"],
+        &[
+            "Received",
+            "Deferred",
+            "Sent",
+            "Delivered",
+            "Failed",
+            "Expanded",
+            "Redirected",
+            "Filtered",
+            "DsnGenerated",
+            "Released",
+        ],
     ),
 ];
 

@@ -123,18 +123,29 @@ async fn trace_finds_delivered_refused_and_deferred_then_delivered_mail_and_list
     assert!(parsed.windows(2).all(|w| w[0] <= w[1]), "events in time order: {times:?}");
     let send = detail["events"].as_array().and_then(|e| e.last()).context("SEND")?;
     assert_eq!(send["remote_host"], "mx.example.org", "{send:#}");
+    // 15.1 ToIP / 15.4 detail: bob's copy went to mx.example.org's address;
+    // alice's was delivered to the mailbox store (inbound), so it has none.
+    assert_eq!(detail["recipients"][0]["to_ip"], "127.0.0.1", "{detail:#}");
+    let by_to_ip = mailflow_trace(&router, &["--to-ip", "127.0.0.1", "--json"])?;
+    assert_eq!(rows(&by_to_ip), [("bob@example.org".to_string(), "delivered".to_string())], "{by_to_ip:#}");
+    assert_eq!(by_to_ip["rows"][0]["message_id"], bob);
+    assert!(rows(&mailflow_trace(&router, &["--to-ip", "192.0.2.1", "--json"])?).is_empty());
     assert_eq!(detail["events"][0]["connector"], "onprem");
     assert!(detail["events"][1]["custom_data"].as_str().is_some_and(|c| c.contains("SCL=")), "{detail:#}");
 
     // 15.3/15.4: alice's message, RECEIVE … DELIVER, in the CLI's detail view.
     let alice_detail = router.admin().get(&format!("/api/v1/trace/{alice}")).await?;
     assert_eq!(events(&alice_detail), ["RECEIVE", "AGENTINFO", "DELIVER"]);
+    assert_eq!(alice_detail["recipients"][0]["to_ip"], Value::Null, "no To IP for inbound: {alice_detail:#}");
     let text = mailflow_trace(&router, &["--message", alice])?;
     let text = text.as_str().context("text")?;
     let (receive, deliver) =
         (text.find(" RECEIVE ").context("a RECEIVE line")?, text.find(" DELIVER ").context("a DELIVER line")?);
     assert!(receive < deliver, "{text}");
     assert!(text.contains("Subject: Quarterly report for alice@contoso.com"), "{text}");
+    let bob_text = mailflow_trace(&router, &["--message", bob])?;
+    assert!(bob_text.as_str().is_some_and(|t| t.contains("To IP: 127.0.0.1")), "{bob_text}");
+    assert!(!text.contains("To IP"), "{text}");
 
     // 15.1: subject filters (case-insensitive), sender, Message-ID header, message id.
     let admin = router.admin();
@@ -165,6 +176,43 @@ async fn trace_finds_delivered_refused_and_deferred_then_delivered_mail_and_list
     let mut recipients: Vec<String> = rows(&by_sender).into_iter().map(|(r, _)| r).collect();
     recipients.sort();
     assert_eq!(recipients, ["alice@contoso.com", "bob@example.org", "nobody@contoso.com"]);
+    // 15.1 ResultSize + pagination (EndDate + StartingRecipientAddress): one
+    // row a page, each answer naming the next; together they are the whole
+    // answer, in its order, no row twice.
+    let mut paged = Vec::new();
+    let mut page = mailflow_trace(&router, &["--sender", "alice@contoso.com", "--limit", "1", "--json"])?;
+    loop {
+        paged.extend(rows(&page));
+        let next = &page["next_page"];
+        if next.is_null() {
+            assert_eq!(page["truncated"], false, "{page:#}");
+            break;
+        }
+        assert_eq!(page["truncated"], true, "{page:#}");
+        ensure!(paged.len() <= 3, "paging does not end: {paged:?}");
+        let (until, recipient, id) = (
+            next["until"].as_str().context("until")?,
+            next["starting_recipient"].as_str().context("starting_recipient")?,
+            next["starting_message_id"].as_str().context("starting_message_id")?,
+        );
+        page = mailflow_trace(
+            &router,
+            &[
+                "--sender",
+                "alice@contoso.com",
+                "--limit",
+                "1",
+                "--until",
+                until,
+                "--starting-recipient",
+                recipient,
+                "--starting-message-id",
+                id,
+                "--json",
+            ],
+        )?;
+    }
+    assert_eq!(paged, rows(&by_sender), "{by_sender:#}");
     let by_header = search("internet_message_id=%3Cbob@example.org.trace@contoso.com%3E".into()).await?;
     assert_eq!(by_header["rows"][0]["message_id"], bob);
     assert_eq!(by_header["rows"].as_array().map(Vec::len), Some(1));

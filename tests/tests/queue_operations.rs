@@ -259,14 +259,20 @@ print(json.dumps("sent"))
     // Spec 12 RemoveHeader: the rule's field is gone from the delivered copy.
     assert!(!inbox[0].contains("X-Campaign"), "{}", inbox[0]);
     assert!(inbox[0].contains("From: news@example.net"));
+    // Spec 15.2: the message trace lists the held message as Quarantined.
+    let trace = format!("/api/v1/trace/{id}");
+    wait_for(&router, &trace, "the quarantined row", |v| v["recipients"][0]["status"] == "quarantined").await?;
 
     // Released by the operator: delivered to the inbox, once.
     let admin = router.listener("admin").to_string();
     let config_path = router.config_path().display().to_string();
     let release = |id: &str| {
-        cli(&["queue", "--config", &config_path, "--admin", &admin, "release", id, "--reason", "false positive"])
+        let args = ["--reason", "false positive", "--operator", "ops@contoso.com"];
+        cli(&[&["queue", "--config", &config_path, "--admin", &admin, "release", id][..], &args].concat())
     };
+    let before_release = chrono::Utc::now();
     let CliRun { status: code, stdout: out, .. } = release(id)?;
+    let after_release = chrono::Utc::now();
     assert_eq!(code, 0, "{out}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while maildir_messages(&router, "alice@contoso.com").len() < 2 && Instant::now() < deadline {
@@ -281,7 +287,41 @@ print(json.dumps("sent"))
     assert_eq!(code, 1, "a second release is refused");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(maildir_messages(&router, "alice@contoso.com").len(), 2, "nothing delivered twice");
+
+    // Spec 15.2/15.3: the trace shows the release, by whom and when, and the
+    // row moves on from Quarantined to Delivered.
+    let detail = wait_for(&router, &trace, "the release and the delivery in the trace", |v| {
+        trace_events(v).last().map(String::as_str) == Some("DELIVER") && v["recipients"][0]["status"] == "delivered"
+    })
+    .await?;
+    assert_eq!(trace_events(&detail), ["RECEIVE", "AGENTINFO", "RELEASE", "DELIVER"], "{detail:#}");
+    let events = detail["events"].as_array().expect("events");
+    let release = events.iter().find(|e| e["event"] == "RELEASE").expect("a RELEASE event");
+    assert_eq!(events.iter().filter(|e| e["event"] == "RELEASE").count(), 1, "released once: {detail:#}");
+    assert_eq!(
+        (&release["record"]["operator"], &release["record"]["reason"]),
+        (&"ops@contoso.com".into(), &"false positive".into())
+    );
+    assert_eq!(release["recipients"], serde_json::json!(["alice@contoso.com"]));
+    assert_eq!(release["status"], "pending", "{release:#}");
+    assert!(release["detail"].as_str().is_some_and(|d| d.contains("ops@contoso.com")), "{release:#}");
+    let at: chrono::DateTime<chrono::Utc> = release["occurred_at"].as_str().expect("occurred_at").parse()?;
+    assert!(before_release <= at && at <= after_release, "released at {at}");
+    let quarantined = router.admin().get(&format!("/api/v1/trace?status=quarantined&message_id={id}")).await?;
+    assert_eq!(quarantined["rows"], serde_json::json!([]), "no longer quarantined: {quarantined:#}");
     Ok(())
+}
+
+/// The trace event ids of a message's detail, a repeated one once.
+fn trace_events(detail: &serde_json::Value) -> Vec<String> {
+    let mut events: Vec<String> = detail["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["event"].as_str().map(str::to_string))
+        .collect();
+    events.dedup();
+    events
 }
 
 /// Records of `topic` in the log, counted with `mailflow replay --json`.

@@ -1,7 +1,8 @@
 //! Message trace endpoints (spec 15, `mailflow trace`), answered from this
 //! process's [`TraceIndex`](crate::trace::TraceIndex):
-//! - `GET /api/v1/trace?sender=&recipient=&message_id=&internet_message_id=&client_ip=&status=&subject=&subject_match=contains|starts|ends&since=&until=&limit=`
-//!   — one row per message and recipient, newest first;
+//! - `GET /api/v1/trace?sender=&recipient=&message_id=&internet_message_id=&client_ip=&to_ip=&status=&subject=&subject_match=contains|starts|ends&since=&until=&starting_recipient=&starting_message_id=&limit=`
+//!   — one row per message and recipient, newest first; an answer cut by
+//!   `limit` names in `next_page` the parameters of the next page;
 //! - `GET /api/v1/trace/{message_id}` — the message's rows and every event, in time order.
 
 use std::sync::atomic::Ordering;

@@ -20,6 +20,11 @@
 //! rebalance rewound it to the committed offset), the index is rebuilt by
 //! reading the partition from offset 0 up to that record, without emitting
 //! anything (the same replay as the delivery actor's).
+//!
+//! A quarantine release (`MessageReleased`) names the `MessageQuarantined` it
+//! releases by offset; the member reads that record from the same
+//! `mailflow.verdicts` partition so the `RELEASE` record carries the
+//! message's columns like every other record.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -30,7 +35,7 @@ use mailflow_events::delivery::DeliveryEvent;
 use mailflow_events::journal::JournalEvent;
 use mailflow_events::log::{EventLog, GroupMember, LogError, Record, partition_for};
 use mailflow_events::received::ReceivedEvent;
-use mailflow_events::verdicts::VerdictEvent;
+use mailflow_events::verdicts::{MessageQuarantined, VerdictEvent};
 use mailflow_events::{Envelope, topic};
 
 use super::index::QueuedIndex;
@@ -138,7 +143,14 @@ impl JournalActor {
                 Err(err) => undecodable(&err),
             },
             topic::VERDICTS => match Envelope::<VerdictEvent>::from_json(&record.value) {
-                Ok(envelope) => self.projector.verdict(source, &envelope),
+                Ok(envelope) => match &envelope.event {
+                    VerdictEvent::MessageReleased(released) => {
+                        let (partition, offset) = (record.position.partition, released.quarantined_offset);
+                        let held = self.quarantined(partition, offset, &envelope.message_id).await;
+                        self.projector.released(source, &envelope, held.as_ref())
+                    }
+                    _ => self.projector.verdict(source, &envelope),
+                },
                 Err(err) => undecodable(&err),
             },
             topic::DELIVERY => {
@@ -182,6 +194,43 @@ impl JournalActor {
                 }
             }
         }
+    }
+
+    /// The `MessageQuarantined` of message `id` at `offset` of
+    /// `mailflow.verdicts` partition `partition` (the topic is keyed by message
+    /// id, so a release and its quarantine share a partition). Reads are
+    /// retried until the log answers, like [`Self::rebuild`]'s; `None` when
+    /// that record is not a quarantine of this message.
+    async fn quarantined(&self, partition: u32, offset: u64, id: &str) -> Option<MessageQuarantined> {
+        let mut backoff = Duration::from_millis(100);
+        let records = loop {
+            match self.log.read(topic::VERDICTS, partition, offset, 1).await {
+                Ok(records) => break records,
+                Err(err) => {
+                    tracing::warn!(error = %err, partition, offset, "journal: reading a quarantine record failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        let held = records
+            .into_iter()
+            .find(|r| r.position.offset == offset)
+            .and_then(|r| Envelope::<VerdictEvent>::from_json(&r.value).ok())
+            .filter(|envelope| envelope.message_id == id)
+            .and_then(|envelope| match envelope.event {
+                VerdictEvent::MessageQuarantined(quarantined) => Some(quarantined),
+                _ => None,
+            });
+        if held.is_none() {
+            tracing::warn!(
+                message_id = id,
+                partition,
+                offset,
+                "journal: a release names no quarantine record; journaled without the message's columns"
+            );
+        }
+        held
     }
 
     /// Appends `records` until durable: one task per journal partition, each

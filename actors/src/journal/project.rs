@@ -9,11 +9,14 @@
 //! | `Deferred` | `Deferred` (`DEFER`, status `pending`) |
 //! | `Delivered` | `Delivered` (`DELIVER`) for the mailbox store, `Sent` (`SEND`) for any other next hop |
 //! | `Failed`, `Expired` | `Failed` (`FAIL`), then `DsnGenerated` (`DSN`) when an NDR was sent |
+//! | `MessageReleased` | `Released` (`RELEASE`, status `pending`, the operator and reason), with the columns of the message the `MessageQuarantined` it names holds |
 //!
-//! `Queued` and operator actions yield nothing: `Queued` only feeds the
-//! [`QueuedIndex`](super::index::QueuedIndex) that tells delivery records
-//! their sender and size. `MessageQuarantined` and `MessageDeleted` yield
-//! nothing either: the `VerdictReached` that decided them already did.
+//! `Queued` and the operator actions on queues yield nothing: `Queued` only
+//! feeds the [`QueuedIndex`](super::index::QueuedIndex) that tells delivery
+//! records their sender and size. `MessageQuarantined` and `MessageDeleted`
+//! yield nothing either: the `VerdictReached` that decided them already did.
+//! A release is a fact of its own (who let the message out, and when), and
+//! moves its recipients from `quarantined` to `pending` until delivery ends it.
 //!
 //! Every record repeats its source's `occurred_at` and trace context, and its
 //! `record_id` (hence its `event_id`) is a function of the source's position,
@@ -21,11 +24,11 @@
 
 use mailflow_events::delivery::{DeliveryEvent, Destination, DestinationKind};
 use mailflow_events::journal::{
-    Attempted, DsnGenerated, DsnKind, Failed, Filtered, JournalEvent, Received, Redirected, TraceRecord, TraceStatus,
-    event_id_of,
+    Attempted, DsnGenerated, DsnKind, Failed, Filtered, JournalEvent, Received, Redirected, Released, TraceRecord,
+    TraceStatus, event_id_of,
 };
-use mailflow_events::received::{Directionality, ReceivedEvent, SmtpReply, SmtpSession};
-use mailflow_events::verdicts::{PolicyAction, SpamVerdict, VerdictEvent, VerdictReached};
+use mailflow_events::received::{Directionality, MessageReceived, ReceivedEvent, SmtpReply, SmtpSession};
+use mailflow_events::verdicts::{MessageQuarantined, PolicyAction, SpamVerdict, VerdictEvent, VerdictReached};
 use mailflow_events::{Envelope, SCHEMA_VERSION};
 use serde::Serialize;
 
@@ -132,6 +135,28 @@ impl Projector {
         record.server_hostname = Some(self.hostname.clone());
     }
 
+    /// Columns of a record about `recipients` of the accepted message
+    /// `received` (absent from verdicts written before it was carried).
+    fn message(
+        &self,
+        status: TraceStatus,
+        recipients: Vec<String>,
+        detail: String,
+        received: Option<&MessageReceived>,
+    ) -> TraceRecord {
+        let sender = received.map_or("", |m| m.envelope.mail_from.as_str());
+        let size = received.map_or(0, |m| m.content.size);
+        let mut record = columns(status, sender, recipients, size, detail);
+        if let Some(m) = received {
+            self.session(&mut record, &m.session);
+            record.subject = m.subject.clone();
+            record.internet_message_id = m.internet_message_id.clone();
+            record.directionality = m.directionality;
+            record.connector = m.connector.as_ref().map(|c| c.name.clone());
+        }
+        record
+    }
+
     /// Records of one `mailflow.received` event.
     pub fn received(&self, source: Source<'_>, envelope: &Envelope<ReceivedEvent>) -> Vec<Envelope<JournalEvent>> {
         let event = match &envelope.event {
@@ -180,18 +205,7 @@ impl Projector {
     pub fn verdict(&self, source: Source<'_>, envelope: &Envelope<VerdictEvent>) -> Vec<Envelope<JournalEvent>> {
         let VerdictEvent::VerdictReached(verdict) = &envelope.event else { return Vec::new() };
         let base = |status: TraceStatus, detail: String| {
-            let received = verdict.received.as_deref();
-            let sender = received.map_or("", |m| m.envelope.mail_from.as_str());
-            let size = received.map_or(0, |m| m.content.size);
-            let mut record = columns(status, sender, verdict.recipients.clone(), size, detail);
-            if let Some(m) = received {
-                self.session(&mut record, &m.session);
-                record.subject = m.subject.clone();
-                record.internet_message_id = m.internet_message_id.clone();
-                record.directionality = m.directionality;
-                record.connector = m.connector.as_ref().map(|c| c.name.clone());
-            }
-            record
+            self.message(status, verdict.recipients.clone(), detail, verdict.received.as_deref())
         };
         let status = verdict_status(verdict);
         let rules: Vec<String> = verdict.rules_matched.iter().map(|m| m.rule.clone()).collect();
@@ -234,6 +248,34 @@ impl Projector {
             }));
         }
         self.wrap(source, envelope, events)
+    }
+
+    /// Records of a `MessageReleased` of `mailflow.verdicts`. `held` is the
+    /// `MessageQuarantined` it names, as the caller read it: the message's
+    /// columns come from the verdict it holds. Without it (not found) the
+    /// record still says who released what, and when.
+    pub fn released(
+        &self,
+        source: Source<'_>,
+        envelope: &Envelope<VerdictEvent>,
+        held: Option<&MessageQuarantined>,
+    ) -> Vec<Envelope<JournalEvent>> {
+        let VerdictEvent::MessageReleased(released) = &envelope.event else { return Vec::new() };
+        let detail = match &released.reason {
+            Some(reason) => format!("Released from quarantine by {}: {reason}", released.operator),
+            None => format!("Released from quarantine by {}", released.operator),
+        };
+        let received = held.and_then(|h| h.held.as_deref()).and_then(|verdict| verdict.received.as_deref());
+        let mut record = self.message(TraceStatus::Pending, released.recipients.clone(), detail, received);
+        if let (None, Some(held)) = (received, held) {
+            record.size = held.content.size;
+        }
+        let event = JournalEvent::Released(Released {
+            record,
+            operator: released.operator.clone(),
+            reason: released.reason.clone(),
+        });
+        self.wrap(source, envelope, vec![event])
     }
 
     /// Records of one `mailflow.delivery` event; `queued` is what the

@@ -23,6 +23,9 @@ pub struct TraceArgs {
     /// IP address of the sending server.
     #[arg(long = "from-ip")]
     pub client_ip: Option<String>,
+    /// IP address a recipient's copy was sent to (outbound; inbound mail has none).
+    #[arg(long = "to-ip")]
+    pub to_ip: Option<String>,
     /// Status: delivered, pending, failed, quarantined, filtered_as_spam, expanded, none.
     #[arg(long)]
     pub status: Option<String>,
@@ -39,6 +42,13 @@ pub struct TraceArgs {
     /// Messages received at or before this instant (RFC 3339).
     #[arg(long)]
     pub until: Option<DateTime<Utc>>,
+    /// Next page (spec 15.1 `StartingRecipientAddress`): the recipient of the
+    /// previous page's last row, with --until its received time.
+    #[arg(long, requires = "until")]
+    pub starting_recipient: Option<String>,
+    /// Next page: the message id of the previous page's last row.
+    #[arg(long, requires = "starting_recipient")]
+    pub starting_message_id: Option<String>,
     /// Rows at most (1–5000).
     #[arg(long, default_value_t = super::index::DEFAULT_LIMIT)]
     pub limit: usize,
@@ -62,11 +72,14 @@ impl TraceArgs {
             message_id: self.message_id.clone(),
             internet_message_id: self.internet_message_id.clone(),
             client_ip: self.client_ip.clone(),
+            to_ip: self.to_ip.clone(),
             status: self.status.clone(),
             subject_match: self.subject.as_ref().map(|_| self.subject_match),
             subject: self.subject.clone(),
             since: self.since,
             until: self.until,
+            starting_recipient: self.starting_recipient.clone(),
+            starting_message_id: self.starting_message_id.clone(),
             limit: Some(self.limit),
         };
         let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&query) else { return String::new() };
@@ -119,7 +132,8 @@ pub async fn run(client: &AdminClient, args: &TraceArgs) -> anyhow::Result<()> {
             println!("  From IP: {}", first.client_ip.as_deref().unwrap_or("-"));
         }
         for row in &rows {
-            println!("  {:<40} {}", row.recipient, status_name(row.status));
+            let to_ip = row.to_ip.as_deref().map(|ip| format!("  To IP: {ip}")).unwrap_or_default();
+            println!("  {:<40} {:<15}{to_ip}", row.recipient, status_name(row.status));
         }
         println!("{:<20} {:<10} {:<30} {:<16} DETAIL", "DATE (UTC)", "EVENT", "REMOTE HOST", "CONNECTOR");
         for e in &events {
@@ -159,10 +173,21 @@ pub async fn run(client: &AdminClient, args: &TraceArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "{} rows{}{}",
+        "{} rows{}",
         result.rows.len(),
-        if result.truncated { " (more match: raise --limit or narrow the search)" } else { "" },
         if value["caught_up"] == false { "; the trace is still reading the journal" } else { "" }
     );
+    if let Some(next) = &result.next_page {
+        let since = next
+            .since
+            .map(|t| format!(" --since {}", t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+            .unwrap_or_default();
+        eprintln!(
+            "more match; next page: the same filters with{since} --until {} --starting-recipient '{}' --starting-message-id {}",
+            next.until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            next.starting_recipient,
+            next.starting_message_id
+        );
+    }
     Ok(())
 }

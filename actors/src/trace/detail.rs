@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceEvent {
     /// EOP's event id: `RECEIVE`, `DEFER`, `SEND`, `DELIVER`, `FAIL`, `EXPAND`,
-    /// `REDIRECT`, `AGENTINFO` or `DSN`.
+    /// `REDIRECT`, `AGENTINFO` or `DSN`; or mailflow's `RELEASE` (out of quarantine).
     pub event: String,
     /// When it happened (UTC).
     pub occurred_at: DateTime<Utc>,

@@ -4,9 +4,9 @@
 //! Per message (keyed by the router's message id, the trace's
 //! `network_message_id`) it keeps the summary columns a search filters on
 //! (received time, sender, subject, `Message-ID` header, client IP), the latest
-//! status of each recipient, and the log positions of the message's journal
-//! records. It keeps no record bodies: the detail view reads them back from
-//! the log by position (`super::detail`).
+//! status of each recipient and the IP address its copy was sent to, and the
+//! log positions of the message's journal records. It keeps no record bodies:
+//! the detail view reads them back from the log by position (`super::detail`).
 //!
 //! Invariants:
 //! - [`TraceIndex::apply`] is infallible, deterministic and clock-free; the
@@ -14,10 +14,23 @@
 //! - A recipient's status is the one of the record with the latest
 //!   `occurred_at` that names it; on equal times the later record in the log
 //!   wins. The journal may hold a message's records out of time order (a
-//!   projector catching up), so log order alone would not do.
+//!   projector catching up), so log order alone would not do. Its To IP
+//!   follows the same rule among its `SEND` records.
+//! - The To IP (spec 15.1 `ToIP`) is the `server_ip` of a `SEND`: the next
+//!   hop outside the router that took the copy. A `DELIVER` into the mailbox
+//!   store sets none, nor do attempts that did not hand the copy over
+//!   (`DEFER`, `FAIL`), so inbound mail has a blank To IP.
 //! - A record applied twice (the projector wrote it again after a crash) adds
 //!   its position twice; statuses are unaffected, and the detail view drops
 //!   the copy by `event_id`.
+//!
+//! Paging (spec 15.1 `EndDate` + `StartingRecipientAddress`): rows are listed
+//! newest first, and rows received at the same instant by recipient, then by
+//! message id, which together name one row. A page cut by the limit says where
+//! the next one starts ([`NextPage`]): `until` is its last row's received time,
+//! `starting_recipient` and `starting_message_id` its recipient and message,
+//! and the next page lists the rows after that one in the same order. Messages
+//! that arrive meanwhile, newer than `until`, do not shift the pages.
 
 use std::collections::HashMap;
 
@@ -41,6 +54,16 @@ struct RecipientStatus {
     status: TraceStatus,
     /// `occurred_at` of the record that set `status`, in ms since the epoch.
     at_ms: i64,
+    /// `server_ip` of the latest `SEND` of its copy.
+    to_ip: Option<Box<str>>,
+    /// `occurred_at` of that `SEND`, in ms since the epoch.
+    to_ip_at_ms: i64,
+}
+
+impl RecipientStatus {
+    fn new(address: &str, status: TraceStatus, at_ms: i64) -> Self {
+        Self { address: boxed(address), status, at_ms, to_ip: None, to_ip_at_ms: i64::MIN }
+    }
 }
 
 /// What the index keeps of one message.
@@ -99,6 +122,9 @@ pub struct Query {
     pub internet_message_id: Option<String>,
     /// IP address of the sending server.
     pub client_ip: Option<String>,
+    /// IP address the recipient's copy was sent to (spec 15.1 `ToIP`); rows
+    /// with no such address (inbound mail, not sent yet) never match.
+    pub to_ip: Option<String>,
     /// Status of the row: a wire name (`filtered_as_spam`) or EOP's (`FilteredAsSpam`).
     pub status: Option<String>,
     /// Text the subject is matched against.
@@ -109,6 +135,15 @@ pub struct Query {
     pub since: Option<DateTime<Utc>>,
     /// Messages received at or before this instant.
     pub until: Option<DateTime<Utc>>,
+    /// Paging (spec 15.1 `StartingRecipientAddress`), with `until`: of the
+    /// rows received at `until`, only those after this recipient in the
+    /// listing's order (byte order of the address, then message id).
+    pub starting_recipient: Option<String>,
+    /// Paging, with `starting_recipient`: the message of the previous page's
+    /// last row, so that rows of messages received at the same instant for
+    /// the same recipient are told apart. Without it, every row at `until`
+    /// for `starting_recipient` counts as seen.
+    pub starting_message_id: Option<String>,
     /// Rows at most (1–5000, default 1000).
     pub limit: Option<usize>,
 }
@@ -127,6 +162,11 @@ pub enum QueryError {
     /// `since` is after `until`.
     #[error("since ({0}) is after until ({1})")]
     Window(DateTime<Utc>, DateTime<Utc>),
+    /// A paging parameter came without the one it continues.
+    #[error(
+        "starting_recipient needs until, and starting_message_id needs starting_recipient: pass the next_page of the previous answer"
+    )]
+    Paging,
 }
 
 /// One search result: a message and one of its recipients (spec 15.4 summary row).
@@ -148,6 +188,10 @@ pub struct TraceRow {
     pub internet_message_id: Option<String>,
     /// IP address of the sending server.
     pub client_ip: Option<String>,
+    /// IP address the recipient's copy was sent to (`server_ip` of its
+    /// latest `SEND`); none for mail delivered to the mailbox store.
+    #[serde(default)]
+    pub to_ip: Option<String>,
 }
 
 /// The answer to a search.
@@ -157,10 +201,41 @@ pub struct SearchResult {
     pub since: Option<DateTime<Utc>>,
     /// End of the window searched, when bounded.
     pub until: Option<DateTime<Utc>>,
-    /// Rows, newest message first, then by recipient.
+    /// Rows, newest first; rows received at the same instant by recipient,
+    /// then message id.
     pub rows: Vec<TraceRow>,
-    /// Whether rows were left out to honour the limit.
+    /// Whether more rows match than the limit let through.
     pub truncated: bool,
+    /// When `truncated`: the parameters that fetch the next page.
+    #[serde(default)]
+    pub next_page: Option<NextPage>,
+}
+
+/// Where the next page of a search starts (spec 15.1: pagination via
+/// `StartingRecipientAddress` + `EndDate`): query again with the same filters
+/// and these four parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextPage {
+    /// `since`: the start of the window searched, as searched (also when it
+    /// was the 48-hour default), so that every page searches one window.
+    pub since: Option<DateTime<Utc>>,
+    /// `until`: the received time of the page's last row.
+    pub until: DateTime<Utc>,
+    /// `starting_recipient`: the recipient of the page's last row.
+    pub starting_recipient: String,
+    /// `starting_message_id`: the message id of the page's last row.
+    pub starting_message_id: String,
+}
+
+impl NextPage {
+    fn after(row: &TraceRow, since: Option<DateTime<Utc>>) -> Self {
+        Self {
+            since,
+            until: row.received_at,
+            starting_recipient: row.recipient.clone(),
+            starting_message_id: row.message_id.clone(),
+        }
+    }
 }
 
 /// Parses a status as its wire name (`filtered_as_spam`) or EOP's name (`FilteredAsSpam`).
@@ -202,14 +277,19 @@ impl Query {
             message_id,
             internet_message_id,
             client_ip,
+            to_ip,
             status,
             subject,
             subject_match: _,
             since,
             until,
+            starting_recipient: _,
+            starting_message_id: _,
             limit: _,
         } = self;
-        [sender, recipient, message_id, internet_message_id, client_ip, status, subject].iter().all(|f| f.is_none())
+        [sender, recipient, message_id, internet_message_id, client_ip, to_ip, status, subject]
+            .iter()
+            .all(|f| f.is_none())
             && since.is_none()
             && until.is_none()
     }
@@ -231,6 +311,16 @@ fn boxed(text: &str) -> Box<str> {
 
 fn eq_ignore_case(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
+}
+
+/// Whether `wanted` (as typed in a query) names the IP address `ip`: as
+/// addresses when both parse (`2001:DB8::1` is `2001:db8::1`), else as text.
+fn same_ip(wanted: &str, ip: &str) -> bool {
+    let wanted = wanted.trim();
+    match (wanted.parse::<std::net::IpAddr>(), ip.parse::<std::net::IpAddr>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => wanted == ip,
+    }
 }
 
 /// The `Message-ID` header with its angle brackets.
@@ -295,6 +385,13 @@ impl TraceIndex {
         for address in &record.recipients {
             set_status(&mut entry.recipients, address, record.status, at_ms);
         }
+        if let JournalEvent::Sent(sent) = &envelope.event
+            && let Some(ip) = sent.record.server_ip.as_deref()
+        {
+            for address in &record.recipients {
+                set_to_ip(&mut entry.recipients, address, ip, at_ms);
+            }
+        }
         // Members of a group and new recipients of a redirect get rows of their own.
         let related: &[String] = match &envelope.event {
             JournalEvent::Expanded(e) => &e.members,
@@ -303,11 +400,7 @@ impl TraceIndex {
         };
         for address in related {
             if !entry.recipients.iter().any(|r| eq_ignore_case(&r.address, address)) {
-                entry.recipients.push(RecipientStatus {
-                    address: boxed(address),
-                    status: TraceStatus::Pending,
-                    at_ms: i64::MIN,
-                });
+                entry.recipients.push(RecipientStatus::new(address, TraceStatus::Pending, i64::MIN));
             }
         }
     }
@@ -338,6 +431,11 @@ impl TraceIndex {
         {
             return Err(QueryError::Window(since, until));
         }
+        let after = match (&query.starting_recipient, &query.starting_message_id, query.until) {
+            (None, None, _) => None,
+            (Some(recipient), id, Some(_)) => Some((recipient.as_str(), id.as_deref())),
+            _ => return Err(QueryError::Paging),
+        };
         let (since_ms, until_ms) =
             (since.map_or(i64::MIN, |t| t.timestamp_millis()), until.map_or(i64::MAX, |t| t.timestamp_millis()));
         let recipients: Vec<&str> =
@@ -348,6 +446,7 @@ impl TraceIndex {
         let recipient_wanted = |r: &RecipientStatus| {
             (recipients.is_empty() || recipients.iter().any(|w| eq_ignore_case(w, &r.address)))
                 && status.is_none_or(|s| s == r.status)
+                && query.to_ip.as_deref().is_none_or(|w| r.to_ip.as_deref().is_some_and(|ip| same_ip(w, ip)))
         };
 
         // A message id names one entry: no scan.
@@ -359,7 +458,9 @@ impl TraceIndex {
             .filter(|(_, e)| (since_ms..=until_ms).contains(&e.received_at_ms))
             .filter(|(_, e)| query.sender.as_deref().is_none_or(|s| eq_ignore_case(s.trim(), &e.sender)))
             .filter(|(_, e)| internet_message_id.as_deref().is_none_or(|w| e.internet_message_id.as_deref() == Some(w)))
-            .filter(|(_, e)| query.client_ip.as_deref().is_none_or(|w| e.client_ip.as_deref() == Some(w.trim())))
+            .filter(|(_, e)| {
+                query.client_ip.as_deref().is_none_or(|w| e.client_ip.as_deref().is_some_and(|ip| same_ip(w, ip)))
+            })
             .filter(|(_, e)| {
                 subject.as_deref().is_none_or(|w| {
                     let Some(s) = e.subject.as_deref() else { return false };
@@ -372,22 +473,46 @@ impl TraceIndex {
                 })
             })
             .filter(|(_, e)| {
-                (e.recipients.is_empty() && recipients.is_empty() && status.is_none())
+                (e.recipients.is_empty() && recipients.is_empty() && status.is_none() && query.to_ip.is_none())
                     || e.recipients.iter().any(recipient_wanted)
             })
             .collect();
-        found.sort_unstable_by(|(a_id, a), (b_id, b)| b.received_at_ms.cmp(&a.received_at_ms).then(a_id.cmp(b_id)));
-        let mut result = SearchResult { since, until, rows: Vec::new(), truncated: false };
-        for (id, entry) in found {
-            for row in rows(id, entry, recipient_wanted) {
+        found.sort_unstable_by_key(|(_, e)| std::cmp::Reverse(e.received_at_ms));
+        let mut result = SearchResult { since, until, rows: Vec::new(), truncated: false, next_page: None };
+        // Rows of one instant are ordered among themselves, across messages.
+        for group in found.chunk_by(|(_, a), (_, b)| a.received_at_ms == b.received_at_ms) {
+            let mut listed: Vec<TraceRow> = group.iter().flat_map(|(id, e)| rows(id, e, recipient_wanted)).collect();
+            listed.sort_by(|a, b| row_key(a).cmp(&row_key(b)));
+            let resumes = after.filter(|_| group[0].1.received_at_ms == until_ms);
+            for row in listed {
+                if let Some((recipient, id)) = resumes
+                    && !follows(&row, recipient, id)
+                {
+                    continue;
+                }
                 if result.rows.len() == limit {
                     result.truncated = true;
+                    result.next_page = result.rows.last().map(|last| NextPage::after(last, since));
                     return Ok(result);
                 }
                 result.rows.push(row);
             }
         }
         Ok(result)
+    }
+}
+
+/// A row's place among the rows received at the same instant.
+fn row_key(row: &TraceRow) -> (&str, &str) {
+    (&row.recipient, &row.message_id)
+}
+
+/// Whether `row`, received at the previous page's `until`, comes after that
+/// page's last row (`recipient`, and `message_id` when given).
+fn follows(row: &TraceRow, recipient: &str, message_id: Option<&str>) -> bool {
+    match message_id {
+        Some(id) => row_key(row) > (recipient, id),
+        None => row.recipient.as_str() > recipient,
     }
 }
 
@@ -398,13 +523,23 @@ fn set_status(recipients: &mut Vec<RecipientStatus>, address: &str, status: Trac
             r.at_ms = at_ms;
         }
         Some(_) => {}
-        None => recipients.push(RecipientStatus { address: boxed(address), status, at_ms }),
+        None => recipients.push(RecipientStatus::new(address, status, at_ms)),
+    }
+}
+
+fn set_to_ip(recipients: &mut [RecipientStatus], address: &str, ip: &str, at_ms: i64) {
+    // `set_status` ran first for the same record: the recipient is there.
+    if let Some(r) = recipients.iter_mut().find(|r| eq_ignore_case(&r.address, address))
+        && at_ms >= r.to_ip_at_ms
+    {
+        r.to_ip = Some(boxed(ip));
+        r.to_ip_at_ms = at_ms;
     }
 }
 
 /// The rows of one message whose recipient `wanted` accepts, by recipient.
 fn rows(id: &str, entry: &Entry, wanted: impl Fn(&RecipientStatus) -> bool) -> Vec<TraceRow> {
-    let row = |recipient: &str, status: TraceStatus| TraceRow {
+    let row = |recipient: &str, status: TraceStatus, to_ip: Option<&str>| TraceRow {
         received_at: DateTime::from_timestamp_millis(entry.received_at_ms).unwrap_or_default(),
         message_id: id.to_string(),
         sender: entry.sender.to_string(),
@@ -413,13 +548,14 @@ fn rows(id: &str, entry: &Entry, wanted: impl Fn(&RecipientStatus) -> bool) -> V
         status,
         internet_message_id: entry.internet_message_id.as_deref().map(str::to_string),
         client_ip: entry.client_ip.as_deref().map(str::to_string),
+        to_ip: to_ip.map(str::to_string),
     };
     if entry.recipients.is_empty() {
         // A refused connection names no recipient; it still has a row.
-        return vec![row("", TraceStatus::None)];
+        return vec![row("", TraceStatus::None, None)];
     }
     let mut rows: Vec<TraceRow> =
-        entry.recipients.iter().filter(|r| wanted(r)).map(|r| row(&r.address, r.status)).collect();
+        entry.recipients.iter().filter(|r| wanted(r)).map(|r| row(&r.address, r.status, r.to_ip.as_deref())).collect();
     rows.sort_by(|a, b| a.recipient.cmp(&b.recipient));
     rows
 }

@@ -140,6 +140,49 @@ fn quarantine_and_redirect_set_the_status_and_a_redirect_names_the_new_recipient
     assert_eq!(records[0].event.record().status, TraceStatus::Pending);
 }
 
+#[test]
+fn a_release_is_a_release_record_with_the_operator_the_held_messages_columns_and_status_pending() {
+    let source: Envelope<VerdictEvent> = decode(fixture!("verdicts.MessageReleased.json"));
+    let quarantined: Envelope<VerdictEvent> = decode(fixture!("verdicts.MessageQuarantined.json"));
+    let VerdictEvent::MessageQuarantined(mut held) = quarantined.event.clone() else { panic!("a quarantine fixture") };
+    // The verdict it holds, with the message, as the verdict actor writes it.
+    let VerdictEvent::VerdictReached(verdict) = verdict_with_message(fixture!("verdicts.VerdictReached.json")).event
+    else {
+        panic!("a verdict")
+    };
+    held.held = Some(Box::new(verdict));
+
+    let records = projector().released(at(topic::VERDICTS, 420), &source, Some(&held));
+    assert_eq!(types(&records), ["RELEASE"]);
+    let JournalEvent::Released(released) = &records[0].event else { panic!("a Released record") };
+    assert_eq!(
+        (released.operator.as_str(), released.reason.as_deref()),
+        ("admin", Some("false positive, confirmed with the sender"))
+    );
+    assert_eq!(released.record.detail, "Released from quarantine by admin: false positive, confirmed with the sender");
+    // Spec 15.2: out of quarantine, on its way.
+    assert_eq!(released.record.status, TraceStatus::Pending);
+    assert_eq!(released.record.recipients, ["finance@contoso.com"]);
+    // The columns are the held message's (spec 15.5: every record repeats them).
+    assert_eq!((released.record.sender.as_str(), released.record.size), ("jane@example.com", 616));
+    assert!(released.record.client_ip.is_some() && released.record.subject.is_some(), "{released:?}");
+    assert_eq!((records[0].occurred_at, &records[0].message_id), (source.occurred_at, &source.message_id));
+    assert_eq!(released.record.record_id.as_deref(), Some("mailflow.verdicts/2/420/0"));
+    assert_eq!(projector().released(at(topic::VERDICTS, 420), &source, Some(&held)), records, "deterministic");
+
+    // A quarantine record from before the verdict was kept: the held content's size.
+    held.held = None;
+    let records = projector().released(at(topic::VERDICTS, 420), &source, Some(&held));
+    assert_eq!((records[0].event.record().sender.as_str(), records[0].event.record().size), ("", 8841));
+    // No quarantine record at all: still who released what, and when.
+    let records = projector().released(at(topic::VERDICTS, 420), &source, None);
+    assert_eq!(types(&records), ["RELEASE"]);
+    assert_eq!(records[0].event.record().recipients, ["finance@contoso.com"]);
+    // Only a release is a release; `verdict` leaves it alone.
+    assert!(projector().released(at(topic::VERDICTS, 412), &quarantined, Some(&held)).is_empty());
+    assert!(projector().verdict(at(topic::VERDICTS, 420), &source).is_empty());
+}
+
 /// An index that knows the fixture's queued message, queued at offset 0.
 fn index_with_queued(json: &str) -> (QueuedIndex, Envelope<DeliveryEvent>) {
     let queued: Envelope<DeliveryEvent> = decode(json);
