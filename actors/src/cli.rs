@@ -601,8 +601,31 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The arbiters the roles' actors run on, one each; stopped when dropped.
+#[derive(Default)]
+struct RoleArbiters(Vec<actix_rt::Arbiter>);
+
+impl RoleArbiters {
+    /// Starts `actor` on a new arbiter.
+    fn start<A>(&mut self, actor: A)
+    where
+        A: actix::Actor<Context = actix::Context<A>> + Send,
+    {
+        let arbiter = actix_rt::Arbiter::new();
+        <A as actix::Actor>::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        self.0.push(arbiter);
+    }
+}
+
+impl Drop for RoleArbiters {
+    fn drop(&mut self) {
+        for arbiter in &self.0 {
+            arbiter.stop();
+        }
+    }
+}
+
 async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
-    use actix::Actor as _;
     let log = event_log::open(&config.event_log, "mailflow").await.context("opening the event log")?;
     let (drain, drained) = crate::drain::Drain::new();
     // One resolver, hence one DNS cache, for every role of the process.
@@ -624,26 +647,29 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         .context("starting the SMTP listeners")?;
         front_door = Some(started);
     }
+    // Each role's actor runs on an arbiter (a thread) of its own, as the
+    // sessions do on theirs: the roles of one process use the cores side by
+    // side instead of taking turns on the main thread.
+    let mut arbiters = RoleArbiters::default();
     if roles.contains(&Role::Verdict) {
-        crate::verdict::actor::VerdictActor::new(
+        let actor = crate::verdict::actor::VerdictActor::new(
             &config,
             std::sync::Arc::clone(&log),
             authenticator,
             std::sync::Arc::clone(&policy),
             "mailflow/verdict",
             drain.clone(),
-        )
-        .start();
+        );
+        arbiters.start(actor);
     }
     if roles.contains(&Role::Routing) {
-        crate::routing::actor::RoutingActor {
+        arbiters.start(crate::routing::actor::RoutingActor {
             log: std::sync::Arc::clone(&log),
             router: std::sync::Arc::clone(&router),
             ndr: std::sync::Arc::clone(&ndr),
             producer: "mailflow/routing".to_string(),
             drain: drain.clone(),
-        }
-        .start();
+        });
     }
     let mut delivery = None;
     if roles.contains(&Role::Delivery) {
@@ -657,11 +683,11 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         )
         .context("setting up delivery")?;
         let (actor, handle) = crate::delivery::actor::DeliveryActor::new(std::sync::Arc::new(shared));
-        actor.start();
+        arbiters.start(actor);
         delivery = Some(handle);
     }
     if roles.contains(&Role::Journal) {
-        crate::journal::actor::JournalActor::new(&config, std::sync::Arc::clone(&log), drain.clone()).start();
+        arbiters.start(crate::journal::actor::JournalActor::new(&config, std::sync::Arc::clone(&log), drain.clone()));
     }
     let admin_state = std::sync::Arc::new(crate::admin::AdminState {
         log: std::sync::Arc::clone(&log),
@@ -703,6 +729,7 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     // Appends acknowledged by now are durable; what a producer still buffers
     // (Kafka) is flushed when the log is dropped.
     drop(front_door);
+    drop(arbiters);
     drop(log);
     tracing::info!("stopped");
     Ok(())
