@@ -215,8 +215,7 @@ async fn on_kafka_the_queue_commands_snapshots_and_replay_verify_work_as_on_the_
     let broker = Broker::start()?;
     let dns = DnsServer::start(&zone())?;
     let port = Sink::closed_port()?;
-    let config = config(&broker, &dns, port.port())
-        .replace("retry_schedule = [\"1s\"]", "retry_schedule = [\"1h\"]\nsnapshot_interval = \"1s\"");
+    let config = held_still(config(&broker, &dns, port.port()));
     let router = Router::start(&config)?;
     router.wait_ready().await?;
     send(&router, &DOMAINS[..1], 5)?;
@@ -277,6 +276,56 @@ fn depths(state: &serde_json::Value) -> Vec<(String, usize)> {
     destinations.map(|(key, d)| (key.clone(), d["queue"].as_array().map_or(0, Vec::len))).collect()
 }
 
+/// What each process owns: partition → folded state.
+type Owned = HashMap<u64, serde_json::Value>;
+
+/// Polls what each of `routers` owns until `done` holds (at most `seconds`).
+async fn wait_for_states(
+    routers: &[&Router],
+    what: &str,
+    seconds: u64,
+    done: impl Fn(&[Owned]) -> bool,
+) -> anyhow::Result<Vec<Owned>> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let mut states = Vec::new();
+        for router in routers {
+            states.push(owned_states(router).await?);
+        }
+        if done(&states) {
+            return Ok(states);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}: {states:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `config` with an hour-long retry schedule, which keeps a deferred state
+/// still so that it can be compared whole, and a snapshot every second.
+fn held_still(config: String) -> String {
+    config.replace("retry_schedule = [\"1s\"]", "retry_schedule = [\"1h\"]\nsnapshot_interval = \"1s\"")
+}
+
+/// The next hop has recovered: an operator asks for an attempt now for each domain.
+async fn retry_now(router: &Router, domains: &[&str]) -> anyhow::Result<()> {
+    for domain in domains {
+        router.admin().post(&format!("/api/v1/queues/internet:{domain}/retry"), &serde_json::json!({})).await?;
+    }
+    Ok(())
+}
+
+/// Waits for `per_domain` messages to each of `domains` at the sink and
+/// checks that each arrived once, in receipt order.
+async fn expect_each_once_in_order(sink: &Sink, domains: &[&str], per_domain_count: u32) {
+    let total = domains.len() * per_domain_count as usize;
+    let subjects = wait_for_sink(sink, total).await;
+    let (order, duplicates) = per_domain(&subjects);
+    assert_eq!((subjects.len(), duplicates), (total, 0), "nothing lost, nothing twice: {subjects:?}");
+    for domain in domains {
+        assert_eq!(order[*domain], (0..per_domain_count).collect::<Vec<u32>>(), "receipt order for {domain}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_process_killed_with_sigkill_hands_its_partitions_over_with_their_state_and_nothing_is_lost()
 -> anyhow::Result<()> {
@@ -291,8 +340,7 @@ async fn a_delivery_process_killed_with_sigkill_hands_its_partitions_over_with_t
     let broker = Broker::mock(3)?;
     let dns = DnsServer::start(&zone())?;
     let port = Sink::closed_port()?;
-    let config = config(&broker, &dns, port.port())
-        .replace("retry_schedule = [\"1s\"]", "retry_schedule = [\"1h\"]\nsnapshot_interval = \"1s\"");
+    let config = held_still(config(&broker, &dns, port.port()));
     let first = Router::start(&config)?;
     first.wait_ready().await?;
     let mut second = Router::start_with(tempfile::tempdir()?, &config, &["--roles", "delivery"])?;
@@ -300,37 +348,26 @@ async fn a_delivery_process_killed_with_sigkill_hands_its_partitions_over_with_t
     send(&first, &DOMAINS, 5)?;
 
     // Every destination in retry with its five messages, split over the two.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let (mine, theirs) = loop {
-        let (mine, theirs) = (owned_states(&first).await?, owned_states(&second).await?);
-        let all: Vec<(String, usize)> = mine.values().chain(theirs.values()).flat_map(depths).collect();
-        let retrying = mine
-            .values()
-            .chain(theirs.values())
-            .flat_map(|s| s["destinations"].as_object().into_iter().flatten())
-            .filter(|(_, d)| d["retry"].is_object())
-            .count();
-        if all.len() == 6 && all.iter().all(|(_, n)| *n == 5) && retrying == 6 {
-            break (mine, theirs);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "not all deferred: {mine:#?} {theirs:#?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let states = wait_for_states(&[&first, &second], "every destination deferred", 90, |states| {
+        let destinations: Vec<&serde_json::Value> = states
+            .iter()
+            .flat_map(|owned| owned.values())
+            .flat_map(|s| s["destinations"].as_object().into_iter().flatten().map(|(_, d)| d))
+            .collect();
+        destinations.len() == 6
+            && destinations.iter().all(|d| d["queue"].as_array().map(Vec::len) == Some(5) && d["retry"].is_object())
+    })
+    .await?;
+    let [mine, theirs] = <[Owned; 2]>::try_from(states).map_err(|_| anyhow::anyhow!("two processes"))?;
     assert_eq!(mine.len() + theirs.len(), 3, "the two own the three partitions between them");
     let moved: Vec<(String, usize)> = theirs.values().flat_map(depths).collect();
     assert!(!moved.is_empty(), "the second process owns destinations: {theirs:#?}");
 
     // kill -9 the second; the first gets its partitions with the same state.
     second.kill();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let taken = loop {
-        let now = owned_states(&first).await?;
-        if theirs.keys().all(|p| now.contains_key(p)) {
-            break now;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no take-over within 60 s: {now:#?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let taken = wait_for_states(&[&first], "the take-over", 60, |now| theirs.keys().all(|p| now[0].contains_key(p)))
+        .await?
+        .remove(0);
     for (partition, state) in &theirs {
         assert_eq!(
             &taken[partition], state,
@@ -344,30 +381,18 @@ async fn a_delivery_process_killed_with_sigkill_hands_its_partitions_over_with_t
     // The killed process restarts and rejoins: it gets partitions back, each
     // rebuilt to the state its last owner had.
     let second = Router::start_with(second.into_dir(), &config, &["--roles", "delivery"])?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (mine, theirs) = (owned_states(&first).await?, owned_states(&second).await?);
-        if !theirs.is_empty() && mine.len() + theirs.len() == 3 {
-            for (partition, state) in mine.iter().chain(&theirs) {
-                assert_eq!(state, &taken[partition], "partition {partition} after the rejoin");
-            }
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no rejoin within 60 s: {mine:#?} {theirs:#?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let rejoined = wait_for_states(&[&first, &second], "the rejoin", 60, |states| {
+        !states[1].is_empty() && states[0].len() + states[1].len() == 3
+    })
+    .await?;
+    for (partition, state) in rejoined.iter().flatten() {
+        assert_eq!(state, &taken[partition], "partition {partition} after the rejoin");
     }
 
     // The next hop recovers; an operator asks for an attempt now.
     let sink = Sink::start_at(port, Script::smtp()).await?;
-    for domain in DOMAINS {
-        first.admin().post(&format!("/api/v1/queues/internet:{domain}/retry"), &serde_json::json!({})).await?;
-    }
-    let subjects = wait_for_sink(&sink, 30).await;
-    let (order, duplicates) = per_domain(&subjects);
-    assert_eq!((subjects.len(), duplicates), (30, 0), "nothing lost, nothing twice: {subjects:?}");
-    for domain in DOMAINS {
-        assert_eq!(order[domain], (0..5).collect::<Vec<u32>>(), "receipt order for {domain}");
-    }
+    retry_now(&first, &DOMAINS).await?;
+    expect_each_once_in_order(&sink, &DOMAINS, 5).await;
     Ok(())
 }
 
@@ -389,43 +414,23 @@ async fn on_kafka_a_killed_router_rebuilds_exactly_the_state_it_had_and_delivers
     let broker = Broker::mock(3)?;
     let dns = DnsServer::start(&zone())?;
     let port = Sink::closed_port()?;
-    let config = config(&broker, &dns, port.port())
-        .replace("retry_schedule = [\"1s\"]", "retry_schedule = [\"1h\"]\nsnapshot_interval = \"1s\"");
+    let config = held_still(config(&broker, &dns, port.port()));
     let router = Router::start(&config)?;
     router.wait_ready().await?;
     send(&router, &DOMAINS[..3], 10)?;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let before = loop {
-        let states = owned_states(&router).await?;
-        let all: Vec<(String, usize)> = states.values().flat_map(depths).collect();
-        if all.len() == 3 && all.iter().all(|(_, n)| *n == 10) {
-            break states;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "not all queued: {states:#?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let before = wait_for_states(&[&router], "30 queued", 90, |states| {
+        let all: Vec<(String, usize)> = states[0].values().flat_map(depths).collect();
+        all.len() == 3 && all.iter().all(|(_, n)| *n == 10)
+    })
+    .await?
+    .remove(0);
     let router = Router::start_in(router.into_dir(), &config)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let after = loop {
-        let states = owned_states(&router).await?;
-        if states.len() == 3 {
-            break states;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the partitions never came back: {states:#?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let after = wait_for_states(&[&router], "the partitions back", 60, |states| states[0].len() == 3).await?.remove(0);
     assert_eq!(after, before, "the rebuilt state equals the state before the kill");
 
     let sink = Sink::start_at(port, Script::smtp()).await?;
-    for domain in &DOMAINS[..3] {
-        router.admin().post(&format!("/api/v1/queues/internet:{domain}/retry"), &serde_json::json!({})).await?;
-    }
-    let subjects = wait_for_sink(&sink, 30).await;
-    let (order, duplicates) = per_domain(&subjects);
-    assert_eq!((subjects.len(), duplicates), (30, 0), "each once: {subjects:?}");
-    for domain in &DOMAINS[..3] {
-        assert_eq!(order[*domain], (0..10).collect::<Vec<u32>>(), "receipt order for {domain}");
-    }
+    retry_now(&router, &DOMAINS[..3]).await?;
+    expect_each_once_in_order(&sink, &DOMAINS[..3], 10).await;
     Ok(())
 }
 
