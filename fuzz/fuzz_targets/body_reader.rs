@@ -133,7 +133,7 @@ fn end_of_data(content: Result<Vec<u8>, BodyProblem>) -> (u16, Option<&'static s
         Err(BodyProblem::TooLarge) => (552, Some("5.3.4")),
         Err(BodyProblem::InvalidCharacters) => (550, Some("5.6.11")),
         Ok(content) if matches!(content.first(), Some(b' ' | b'\t')) => (550, Some("5.6.0")),
-        Ok(content) if body::received_headers(&content) > 3 => (554, Some("5.4.14")),
+        Ok(content) if body::header_stats(&content).received > 3 => (554, Some("5.4.14")),
         Ok(_) => (250, Some("2.0.0")),
     }
 }
@@ -187,7 +187,7 @@ fn data_in_session(seed: u8, body: &[u8]) {
             assert_eq!(client_content(&one.content, removed > 0), &expected[..], "stored content");
         }
         (Some(content), []) => assert!(
-            body::received_headers(&content) > 3 || body::starts_folded(&content),
+            body::header_stats(&content).received > 3 || body::starts_folded(&content),
             "a valid message was not stored"
         ),
         (None, []) => {}
@@ -262,7 +262,7 @@ fn bdat_model(chunks: &[(Vec<u8>, bool)], limit: usize, max_errors: usize) -> (V
             Reply::InvalidCharacters
         } else if matches!(content.first(), Some(b' ' | b'\t')) {
             Reply::FoldedFirstLine
-        } else if body::received_headers(&content) > 3 {
+        } else if body::header_stats(&content).received > 3 {
             Reply::HopCountExceeded
         } else {
             stored = Some(body::strip_untrusted_headers(&content, "mx.fuzz.test"));
