@@ -151,19 +151,14 @@ pub fn apply(content: &[u8], disclaimer: &Disclaimer) -> Vec<u8> {
 /// `multipart/mixed` body with the disclaimer (HTML) and the original message
 /// attached as `message/rfc822`.
 fn wrap(content: &[u8], text: &str) -> Vec<u8> {
-    let header_end = memchr::memmem::find(content, b"\r\n\r\n").map_or(content.len(), |at| at + 2);
-    let mime = |field: &[u8]| {
-        let name = field.split(|b| *b == b':').next().unwrap_or_default().trim_ascii();
+    use crate::delivery::render::{field_name, fields, header_end};
+    let mime = |name: &[u8]| {
         name.eq_ignore_ascii_case(b"mime-version") || name.len() > 8 && name[..8].eq_ignore_ascii_case(b"content-")
     };
     let mut out = Vec::with_capacity(content.len() + text.len() + 512);
-    let mut keep = true;
-    for line in content[..header_end].split_inclusive(|b| *b == b'\n') {
-        if !matches!(line.first(), Some(b' ' | b'\t')) {
-            keep = !mime(line);
-        }
-        if keep {
-            out.extend_from_slice(line);
+    for field in fields(&content[..header_end(content).unwrap_or(content.len())]) {
+        if !field_name(field).is_some_and(mime) {
+            out.extend_from_slice(field);
         }
     }
     let boundary = format!("mailflow-disclaimer-{}", uuid::Uuid::now_v7().simple());

@@ -122,6 +122,19 @@ pub struct TlsInfo {
     pub client_certificate_names: Vec<String>,
 }
 
+impl TlsInfo {
+    /// A session with no client certificate (every session the router opens,
+    /// and an inbound one whose client presented none).
+    pub fn new(protocol: impl Into<String>, cipher: impl Into<String>) -> Self {
+        Self {
+            protocol: protocol.into(),
+            cipher: cipher.into(),
+            client_certificate_subject: None,
+            client_certificate_names: Vec::new(),
+        }
+    }
+}
+
 /// `BODY=` parameter of `MAIL FROM` (RFC 6152, RFC 3030).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum BodyType {

@@ -443,14 +443,14 @@ pub fn read_pem_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn an_endless_or_huge_pem_file_is_an_error_not_a_hang() {
-        let error = super::read_pem_file(std::path::Path::new("/dev/zero")).expect_err("/dev/zero is no PEM file");
+        let error = read_pem_file(std::path::Path::new("/dev/zero")).expect_err("/dev/zero is no PEM file");
         assert!(error.to_string().contains("not a PEM file"), "{error}");
-        assert!(super::read_pem_file(std::path::Path::new("/nonexistent/key.pem")).is_err());
+        assert!(read_pem_file(std::path::Path::new("/nonexistent/key.pem")).is_err());
     }
-
-    use super::*;
 
     #[test]
     fn unknown_keys_are_refused() {

@@ -183,7 +183,7 @@ pub fn header_stats(content: &[u8]) -> HeaderStats {
             break;
         }
         stats.size += line.len();
-        if !matches!(line.first(), Some(b' ' | b'\t')) {
+        if !starts_folded(line) {
             stats.fields += 1;
         }
         if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {

@@ -1008,7 +1008,8 @@ async fn deliver_batch(
         let hop = open.hop().clone();
         match open.send(&transaction, &content).instrument(stage.span().clone()).await {
             Ok(outcomes) => {
-                let answered = Answered { hop: &hop, offers_dsn: open.capabilities().dsn, tls: open.tls() };
+                let tls = open.tls().map(|(protocol, cipher)| TlsInfo::new(protocol, cipher));
+                let answered = Answered { hop: &hop, offers_dsn: open.capabilities().dsn, tls };
                 last = record_outcomes(shared, work, &attempt, outcomes, answered, in_flight).await.max(last);
             }
             Err(failure) => {
@@ -1089,16 +1090,16 @@ fn attempt_stage(work: &Due, message: &DueMessage, trace: Option<&TraceContext>)
     Stage::start(telemetry::delivery_span(&message.message_id, &work.key, message.attempt), trace)
 }
 
-/// Records what the next hop said for each recipient.
 /// The hop that answered an attempt, as the connection saw it.
 struct Answered<'a> {
     hop: &'a Hop,
     /// The hop offers DSN (RFC 3461), so it sends success notices itself.
     offers_dsn: bool,
     /// Protocol and cipher suite, when the connection is encrypted.
-    tls: Option<(String, String)>,
+    tls: Option<TlsInfo>,
 }
 
+/// Records what the next hop said for each recipient.
 async fn record_outcomes(
     shared: &Arc<Shared>,
     work: &Due,
@@ -1144,12 +1145,7 @@ async fn record_outcomes(
             remote_host: Some(hop.host.clone()),
             remote_ip: Some(hop.addr.ip().to_string()),
             reply,
-            tls: tls.clone().map(|(protocol, cipher)| TlsInfo {
-                protocol,
-                cipher,
-                client_certificate_subject: None,
-                client_certificate_names: Vec::new(),
-            }),
+            tls: tls.clone(),
         });
         in_flight.push(shared, &message.message_id, event, stage).await;
     }

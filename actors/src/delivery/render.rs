@@ -8,7 +8,7 @@
 use mailflow_events::delivery::Queued;
 
 /// The header section's end (the offset after the empty line), or `None` without a body.
-fn header_end(content: &[u8]) -> Option<usize> {
+pub(crate) fn header_end(content: &[u8]) -> Option<usize> {
     if content.starts_with(b"\r\n") {
         return Some(0);
     }
@@ -37,7 +37,7 @@ fn safe_value(value: &str) -> String {
 
 /// The header fields of a header section: each field's bytes, its first line
 /// and the continuation lines that fold it.
-fn fields(headers: &[u8]) -> Vec<&[u8]> {
+pub(crate) fn fields(headers: &[u8]) -> Vec<&[u8]> {
     let mut fields = Vec::new();
     let mut start = 0;
     let mut at = 0;
@@ -57,7 +57,7 @@ fn fields(headers: &[u8]) -> Vec<&[u8]> {
 }
 
 /// The field's name, if it has one.
-fn field_name(field: &[u8]) -> Option<&[u8]> {
+pub(crate) fn field_name(field: &[u8]) -> Option<&[u8]> {
     let colon = memchr::memchr(b':', field)?;
     Some(field[..colon].trim_ascii_end())
 }

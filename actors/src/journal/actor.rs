@@ -203,9 +203,9 @@ impl JournalActor {
     /// that record is not a quarantine of this message.
     async fn quarantined(&self, partition: u32, offset: u64, id: &str) -> Option<MessageQuarantined> {
         let mut backoff = Duration::from_millis(100);
-        let records = loop {
-            match self.log.read(topic::VERDICTS, partition, offset, 1).await {
-                Ok(records) => break records,
+        let found = loop {
+            match crate::routing::actor::quarantine_at(self.log.as_ref(), partition, offset).await {
+                Ok(found) => break found,
                 Err(err) => {
                     tracing::warn!(error = %err, partition, offset, "journal: reading a quarantine record failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -213,15 +213,7 @@ impl JournalActor {
                 }
             }
         };
-        let held = records
-            .into_iter()
-            .find(|r| r.position.offset == offset)
-            .and_then(|r| Envelope::<VerdictEvent>::from_json(&r.value).ok())
-            .filter(|envelope| envelope.message_id == id)
-            .and_then(|envelope| match envelope.event {
-                VerdictEvent::MessageQuarantined(quarantined) => Some(quarantined),
-                _ => None,
-            });
+        let held = found.filter(|(message_id, _)| message_id == id).map(|(_, quarantined)| quarantined);
         if held.is_none() {
             tracing::warn!(
                 message_id = id,

@@ -14,7 +14,7 @@ use actix::{Actor, AsyncContext as _, Context, WrapFuture as _};
 use chrono::Utc;
 use mailflow_events::delivery::{DeliveryEvent, Failed};
 use mailflow_events::log::{EventLog, GroupMember, Record};
-use mailflow_events::verdicts::VerdictEvent;
+use mailflow_events::verdicts::{MessageQuarantined, VerdictEvent};
 use mailflow_events::{Envelope, TraceContext, topic};
 use tracing::Instrument as _;
 
@@ -191,14 +191,27 @@ pub async fn held_verdict(
     partition: u32,
     released: &mailflow_events::verdicts::MessageReleased,
 ) -> Option<mailflow_events::verdicts::VerdictReached> {
-    let records = log.read(topic::VERDICTS, partition, released.quarantined_offset, 1).await.ok()?;
-    let record = records.first().filter(|r| r.position.offset == released.quarantined_offset)?;
-    let VerdictEvent::MessageQuarantined(quarantined) = Envelope::<VerdictEvent>::from_json(&record.value).ok()?.event
-    else {
-        return None;
-    };
+    let (_, quarantined) = quarantine_at(log, partition, released.quarantined_offset).await.ok()??;
     let mut verdict = *quarantined.held?;
     verdict.action = mailflow_events::verdicts::PolicyAction::Deliver;
     verdict.recipients.retain(|r| released.recipients.iter().any(|x| x.eq_ignore_ascii_case(r)));
     Some(verdict)
+}
+
+/// The `MessageQuarantined` at `offset` of `mailflow.verdicts` partition
+/// `partition` (where a `MessageReleased` points), with the id of the message
+/// it holds; `Ok(None)` when the record there is not a quarantine.
+pub async fn quarantine_at(
+    log: &dyn mailflow_events::log::EventLog,
+    partition: u32,
+    offset: u64,
+) -> Result<Option<(String, MessageQuarantined)>, mailflow_events::log::LogError> {
+    let records = log.read(topic::VERDICTS, partition, offset, 1).await?;
+    let Some(record) = records.first().filter(|r| r.position.offset == offset) else { return Ok(None) };
+    Ok(match Envelope::<VerdictEvent>::from_json(&record.value) {
+        Ok(Envelope { message_id, event: VerdictEvent::MessageQuarantined(quarantined), .. }) => {
+            Some((message_id, quarantined))
+        }
+        _ => None,
+    })
 }

@@ -401,22 +401,24 @@ fn disclaimer(
     outcome: &mut super::rules::RuleOutcome,
 ) -> Option<mailflow_events::verdicts::Disclaimer> {
     use super::rules::DisclaimerFallback;
-    let wrap = match crate::disclaimer::can_insert(content, &request.text, request.location) {
-        true => false,
-        false => match request.fallback {
-            DisclaimerFallback::Wrap => true,
+    let inserted = crate::disclaimer::can_insert(content, &request.text, request.location);
+    if !inserted {
+        match request.fallback {
+            DisclaimerFallback::Wrap => {}
             DisclaimerFallback::Ignore => return None,
             DisclaimerFallback::Reject => {
-                outcome.reject.get_or_insert_with(|| mailflow_events::received::SmtpReply {
-                    code: 550,
-                    enhanced: Some("5.7.1".to_string()),
-                    text: "Delivery not authorized, message refused: a required disclaimer could not be added"
-                        .to_string(),
+                outcome.reject.get_or_insert_with(|| {
+                    mailflow_events::received::SmtpReply::new(
+                        550,
+                        "5.7.1",
+                        "Delivery not authorized, message refused: a required disclaimer could not be added",
+                    )
                 });
                 return None;
             }
-        },
-    };
+        }
+    }
+    let wrap = !inserted;
     Some(mailflow_events::verdicts::Disclaimer { text: request.text, location: request.location, wrap })
 }
 

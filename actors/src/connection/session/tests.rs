@@ -312,12 +312,7 @@ fn commands_pipelined_after_starttls_are_discarded() {
     assert!(t.cmd("EHLO c", "250").contains("STARTTLS"));
     let replies = t.send(b"STARTTLS\r\nRSET\r\nMAIL FROM:<evil@example.net>\r\n");
     assert!(replies.is_empty() && t.tls_requested, "{replies:?}");
-    let steps = t.session.tls_started(Some(TlsInfo {
-        protocol: "TLSv1.3".into(),
-        cipher: "TLS_AES_256_GCM_SHA384".into(),
-        client_certificate_subject: None,
-        client_certificate_names: Vec::new(),
-    }));
+    let steps = t.session.tls_started(Some(TlsInfo::new("TLSv1.3", "TLS_AES_256_GCM_SHA384")));
     t.run(steps);
     assert_eq!(t.send(b"").len(), 0, "nothing pending after the handshake");
     t.cmd("MAIL FROM:<s@example.net>", "503 5.5.1 "); // RFC 3207: EHLO again first
@@ -351,12 +346,7 @@ fn failed_passwords_count_as_errors_and_the_last_one_closes_the_session() {
     let mut t = Transcript::new(ListenerKind::Submission, true, "198.51.100.7");
     t.cmd("EHLO printer", "250");
     t.send(b"STARTTLS\r\n");
-    let steps = t.session.tls_started(Some(TlsInfo {
-        protocol: "TLSv1.3".into(),
-        cipher: "TLS_AES_128_GCM_SHA256".into(),
-        client_certificate_subject: None,
-        client_certificate_names: Vec::new(),
-    }));
+    let steps = t.session.tls_started(Some(TlsInfo::new("TLSv1.3", "TLS_AES_128_GCM_SHA256")));
     t.run(steps);
     t.cmd("EHLO printer", "250");
     // "\0alice@example.com\0wrong", max_errors (10) times.
@@ -436,12 +426,7 @@ fn submission_requires_tls_then_auth_and_checks_send_as() {
     t.cmd("AUTH PLAIN AGFsaWNlQGV4YW1wbGUuY29tAHNlY3JldA==", "530 5.7.0 ");
     t.cmd("MAIL FROM:<alice@example.com>", "530 5.7.0 ");
     t.send(b"STARTTLS\r\n");
-    let steps = t.session.tls_started(Some(TlsInfo {
-        protocol: "TLSv1.3".into(),
-        cipher: "TLS_AES_128_GCM_SHA256".into(),
-        client_certificate_subject: None,
-        client_certificate_names: Vec::new(),
-    }));
+    let steps = t.session.tls_started(Some(TlsInfo::new("TLSv1.3", "TLS_AES_128_GCM_SHA256")));
     t.run(steps);
     assert!(t.cmd("EHLO printer", "250").contains("AUTH PLAIN LOGIN"));
     t.cmd("MAIL FROM:<alice@example.com>", "530 5.7.57 ");
