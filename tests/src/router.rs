@@ -438,3 +438,35 @@ pub fn relay_config_at(nameserver: SocketAddr, dns: &str, mx_port: u16, transpor
          [[inbound_connectors]]\nname = \"onprem\"\nkind = \"on_premises\"\nsender_ip_addresses = [\"127.0.0.1\"]\n"
     )
 }
+
+/// Checks the first three deferrals of `destination` (its name) in `events`
+/// against a retry schedule in milliseconds (DESIGN §3): attempts 1, 2, 3,
+/// each a refused connection (`4.4.316`), the n-th scheduling the next probe
+/// `schedule_ms[n]` later (the last step repeating) within 50 ms, and no
+/// probe before its time.
+pub fn assert_probes_on_schedule(
+    events: &[Envelope<mailflow_events::delivery::DeliveryEvent>],
+    destination: &str,
+    schedule_ms: &[i64],
+) {
+    let deferrals: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            mailflow_events::delivery::DeliveryEvent::Deferred(d) if d.destination.name == destination => {
+                Some((e.occurred_at, d))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(deferrals.len() >= 3, "{destination}: {} deferrals", deferrals.len());
+    for (n, (at, deferred)) in deferrals.iter().take(3).enumerate() {
+        assert_eq!(deferred.attempt, n as u32 + 1, "{destination}: attempts count up");
+        assert!(deferred.error.as_deref().is_some_and(|e| e.starts_with("4.4.316 Connection refused")), "{deferred:?}");
+        let delay = (deferred.next_attempt_at - *at).num_milliseconds();
+        let expected = schedule_ms[n.min(schedule_ms.len() - 1)];
+        assert!((expected - 50..=expected + 50).contains(&delay), "{destination}: attempt {} waits {delay} ms", n + 1);
+    }
+    for pair in deferrals.windows(2).take(2) {
+        assert!(pair[1].0 >= pair[0].1.next_attempt_at, "{destination}: no probe before its time");
+    }
+}

@@ -10,7 +10,7 @@ use mailflow_events::delivery::{DeliveryEvent, Scope};
 use mailflow_tests::clients::send_numbered;
 use mailflow_tests::dns::DnsServer;
 use mailflow_tests::postfix::SmtpSink;
-use mailflow_tests::router::{BASE_CONFIG, Router, relay_config};
+use mailflow_tests::router::{BASE_CONFIG, Router, assert_probes_on_schedule, relay_config};
 use mailflow_tests::sink::{Script, Sink};
 
 const ZONE: &str = "example.org. 300 IN MX 10 mx.example.org.\nmx.example.org. 300 IN A 127.0.0.1\n";
@@ -72,23 +72,7 @@ async fn a_down_next_hop_defers_on_schedule_and_after_recovery_100_messages_arri
                 >= 3
         })
         .await?;
-    let deferrals: Vec<_> = events
-        .iter()
-        .filter_map(|e| match &e.event {
-            DeliveryEvent::Deferred(d) => Some((e.occurred_at, d)),
-            _ => None,
-        })
-        .collect();
-    for (n, (at, deferred)) in deferrals.iter().take(3).enumerate() {
-        assert_eq!(deferred.attempt, n as u32 + 1, "attempts count up");
-        assert!(deferred.error.as_deref().is_some_and(|e| e.starts_with("4.4.316 Connection refused")), "{deferred:?}");
-        let delay = (deferred.next_attempt_at - *at).num_milliseconds();
-        let expected = if n == 0 { 1000 } else { 2000 };
-        assert!((expected - 50..=expected + 50).contains(&delay), "attempt {} waits {delay} ms", n + 1);
-    }
-    for pair in deferrals.windows(2).take(2) {
-        assert!(pair[1].0 >= pair[0].1.next_attempt_at, "no probe before its time");
-    }
+    assert_probes_on_schedule(&events, "example.org", &[1000, 2000]);
     assert!(
         !events.iter().any(|e| matches!(e.event, DeliveryEvent::Delivered(_) | DeliveryEvent::Failed(_))),
         "nothing else happened while the destination was down"

@@ -20,7 +20,7 @@ use mailflow_tests::broker::Broker;
 use mailflow_tests::clients::python;
 use mailflow_tests::conformance::read_all;
 use mailflow_tests::dns::DnsServer;
-use mailflow_tests::router::{BASE_CONFIG, Router};
+use mailflow_tests::router::{BASE_CONFIG, Router, assert_probes_on_schedule};
 use mailflow_tests::sink::{Script, Sink};
 
 const DOMAINS: [&str; 6] = ["d0.example", "d1.example", "d2.example", "d3.example", "d4.example", "d5.example"];
@@ -151,23 +151,7 @@ async fn on_kafka_deferred_mail_arrives_in_receipt_order_after_the_next_hop_reco
     })
     .await?;
     for domain in &DOMAINS[..2] {
-        let deferrals: Vec<_> = events
-            .iter()
-            .filter_map(|e| match &e.event {
-                DeliveryEvent::Deferred(d) if d.destination.name == *domain => Some((e.occurred_at, d)),
-                _ => None,
-            })
-            .collect();
-        for (n, (at, deferred)) in deferrals.iter().take(3).enumerate() {
-            assert_eq!(deferred.attempt, n as u32 + 1, "{domain}: attempts count up");
-            assert!(deferred.error.as_deref().is_some_and(|e| e.starts_with("4.4.316")), "{deferred:?}");
-            let delay = (deferred.next_attempt_at - *at).num_milliseconds();
-            let expected = if n == 0 { 1000 } else { 2000 };
-            assert!((expected - 50..=expected + 50).contains(&delay), "{domain}: attempt {} waits {delay} ms", n + 1);
-        }
-        for pair in deferrals.windows(2).take(2) {
-            assert!(pair[1].0 >= pair[0].1.next_attempt_at, "{domain}: no probe before its time");
-        }
+        assert_probes_on_schedule(&events, domain, &[1000, 2000]);
     }
     let sink = Sink::start_at(port, Script::smtp()).await?;
     expect_each_once_in_order(&sink, &DOMAINS[..2], 50).await;
