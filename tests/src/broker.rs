@@ -81,8 +81,7 @@ impl Broker {
     /// group hands the dead member's partitions to the others; it keeps
     /// nothing on disk, so [`Broker::stop`] does not apply to it.
     pub fn mock(partitions: u32) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe()?;
-        let binary = exe.parent().and_then(|deps| deps.parent()).context("test binary location")?.join("mock-kafka");
+        let binary = crate::router::harness_binary("mock-kafka")?;
         let data = tempfile::tempdir()?;
         let log = std::fs::File::create(data.path().join("broker.log"))?;
         let mut child = Command::new(&binary)

@@ -310,12 +310,17 @@ pub fn messages_received(events: &[Envelope<ReceivedEvent>]) -> Vec<(String, Mes
         .collect()
 }
 
-/// The `mailflow-under-test` binary: cargo builds a package's binaries next to
-/// its integration tests (`target/<profile>/`, the tests being in `deps/`).
+/// The `mailflow-under-test` binary.
 pub fn binary() -> anyhow::Result<PathBuf> {
+    harness_binary("mailflow-under-test")
+}
+
+/// A binary of this package: cargo builds them next to its integration tests
+/// (`target/<profile>/`, the tests being in `deps/`).
+pub fn harness_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).context("test binary location")?;
-    let binary = profile_dir.join("mailflow-under-test");
+    let binary = profile_dir.join(name);
     if !binary.exists() {
         bail!("{} is missing: run the tests with `cargo test -p mailflow-tests`", binary.display());
     }
