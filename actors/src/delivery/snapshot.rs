@@ -132,7 +132,9 @@ pub async fn load(log: &dyn EventLog, partition: u32) -> Option<PartitionState> 
             break header;
         }
     };
-    let mut data = Vec::new();
+    // Sized up front: growing a buffer of hundreds of MiB by doubling copies it
+    // several times over.
+    let mut data = Vec::with_capacity(manifest.chunk_offsets.len() * CHUNK);
     for (index, chunk_offset) in manifest.chunk_offsets.iter().enumerate() {
         let records = log.read(topic::SNAPSHOTS, target, *chunk_offset, 1).await.ok()?;
         let record = records.first().filter(|r| r.position.offset == *chunk_offset)?;
