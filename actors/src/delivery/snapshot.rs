@@ -133,8 +133,8 @@ pub async fn load(log: &dyn EventLog, partition: u32) -> Option<PartitionState> 
         }
     };
     // Sized up front: growing a buffer of hundreds of MiB by doubling copies it
-    // several times over.
-    let mut data = Vec::with_capacity(manifest.chunk_offsets.len() * CHUNK);
+    // several times over. (Capped: a damaged manifest must not reserve more.)
+    let mut data = Vec::with_capacity(manifest.chunk_offsets.len().saturating_mul(CHUNK).min(1 << 30));
     for (index, chunk_offset) in manifest.chunk_offsets.iter().enumerate() {
         let records = log.read(topic::SNAPSHOTS, target, *chunk_offset, 1).await.ok()?;
         let record = records.first().filter(|r| r.position.offset == *chunk_offset)?;
