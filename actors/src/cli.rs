@@ -697,7 +697,14 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         started: std::sync::atomic::AtomicBool::new(false),
         producer: "mailflow/admin".to_string(),
         // Every process serving the admin API keeps the message trace.
-        trace: config.admin.listen.map(|_| crate::trace::TraceService::start(std::sync::Arc::clone(&log))),
+        trace: config.admin.listen.map(|_| {
+            let data_dir = match &config.event_log {
+                crate::config::EventLogConfig::Embedded { path, .. } => Some(path.as_path()),
+                crate::config::EventLogConfig::Kafka { .. } => None,
+            };
+            let settings = crate::trace::TraceSettings::from_config(&config.trace, data_dir);
+            crate::trace::TraceService::start(std::sync::Arc::clone(&log), settings)
+        }),
         drain: drain.clone(),
     });
     let admin = match config.admin.listen {

@@ -59,6 +59,9 @@ pub struct Config {
     pub admin: crate::admin::AdminConfig,
     /// OpenTelemetry traces (default: none recorded, nothing exported).
     pub telemetry: TelemetryConfig,
+    /// Message trace: the index's checkpoint and retention (default: in the
+    /// embedded log's directory, 90 days).
+    pub trace: crate::trace::TraceConfig,
 }
 
 /// `[organization]` (EOP's `Set-OrganizationConfig`).
@@ -279,6 +282,12 @@ impl Config {
         }
         problems.extend(crate::verdict::rules::problems(&self.transport_rules));
         self.anti_spam.validate(&mut problems);
+        if self.trace.retention.is_zero() {
+            problems.push("trace.retention must be more than 0".to_string());
+        }
+        if self.trace.checkpoint_interval.is_zero() {
+            problems.push("trace.checkpoint_interval must be more than 0".to_string());
+        }
         self.telemetry.validate(std::env::var(OTLP_ENDPOINT_ENV).ok().as_deref(), &mut problems);
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }

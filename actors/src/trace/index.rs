@@ -48,7 +48,7 @@ pub const MAX_LIMIT: usize = 5000;
 pub const DEFAULT_WINDOW_HOURS: i64 = 48;
 
 /// One recipient's latest status.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct RecipientStatus {
     address: Box<str>,
     status: TraceStatus,
@@ -67,7 +67,7 @@ impl RecipientStatus {
 }
 
 /// What the index keeps of one message.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Entry {
     /// `received_at` of its `Received` record, or the earliest `occurred_at` seen.
     received_at_ms: i64,
@@ -83,7 +83,8 @@ struct Entry {
 }
 
 /// The message trace index. Not `Clone`: one per process, behind a lock.
-#[derive(Default)]
+/// Serialised whole as the checkpoint in the data directory (`super::store`).
+#[derive(Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceIndex {
     messages: HashMap<Box<str>, Entry>,
     records: u64,
@@ -405,6 +406,17 @@ impl TraceIndex {
         }
     }
 
+    /// Drops the messages received before `cutoff` (the trace's retention,
+    /// spec 15.1: 90 days); returns how many. A record of a dropped message
+    /// that comes later starts a new entry, which the next prune drops again
+    /// when it is as old.
+    pub fn prune(&mut self, cutoff: DateTime<Utc>) -> usize {
+        let cutoff_ms = cutoff.timestamp_millis();
+        let before = self.messages.len();
+        self.messages.retain(|_, entry| entry.received_at_ms >= cutoff_ms);
+        before - self.messages.len()
+    }
+
     /// Positions of the journal records of message `id`, in the order applied.
     pub fn positions(&self, id: &str) -> Option<&[Position]> {
         self.messages.get(id).map(|e| e.positions.as_slice())
@@ -562,4 +574,4 @@ fn rows(id: &str, entry: &Entry, wanted: impl Fn(&RecipientStatus) -> bool) -> V
 
 #[cfg(test)]
 #[path = "index_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -11,7 +11,7 @@ use mailflow_events::verdicts::{PolicyAction, SpamVerdict};
 
 use super::*;
 
-fn at(minute: u32) -> DateTime<Utc> {
+pub(crate) fn at(minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 10, minute, 0).unwrap()
 }
 
@@ -35,7 +35,13 @@ fn columns(status: TraceStatus, sender: &str, recipients: &[&str]) -> TraceRecor
     }
 }
 
-fn received(id: &str, minute: u32, sender: &str, recipients: &[&str], subject: &str) -> Envelope<JournalEvent> {
+pub(crate) fn received(
+    id: &str,
+    minute: u32,
+    sender: &str,
+    recipients: &[&str],
+    subject: &str,
+) -> Envelope<JournalEvent> {
     let mut record = columns(TraceStatus::Pending, sender, recipients);
     record.subject = Some(subject.to_string());
     record.internet_message_id = Some(format!("<{id}@contoso.com>"));
@@ -449,4 +455,21 @@ fn statuses_parse_by_wire_name_and_by_eop_name() {
         assert_eq!(parse_status(wire.as_str().unwrap()), Some(status));
         assert_eq!(parse_status(status_name(status)), Some(status));
     }
+}
+
+#[test]
+fn prune_drops_messages_received_before_the_cutoff_only() {
+    let mut index = TraceIndex::new();
+    index.apply(
+        &received("old", 1, "alice@contoso.com", &["bob@example.org"], "a"),
+        Position { partition: 0, offset: 0 },
+    );
+    index.apply(
+        &received("new", 30, "alice@contoso.com", &["bob@example.org"], "b"),
+        Position { partition: 0, offset: 1 },
+    );
+    assert_eq!(index.prune(at(30)), 1);
+    assert!(index.positions("old").is_none(), "received before the cutoff: gone");
+    assert!(index.positions("new").is_some(), "received at the cutoff: kept");
+    assert_eq!(index.prune(at(30)), 0);
 }

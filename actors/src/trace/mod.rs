@@ -10,16 +10,27 @@
 //! - [`command`]: `mailflow trace`, a client of the admin API
 //!   (`GET /api/v1/trace`, `GET /api/v1/trace/{message_id}`).
 //!
+//! - [`store`]: the index's checkpoint in the data directory.
+//!
 //! Every process that serves the admin API keeps its own index of every
 //! partition, so it reads the journal with plain reads, not as a member of a
 //! consumer group (which would give it only a share of the partitions). The
-//! index lives in memory and is rebuilt from the log at start; it is not
-//! persisted.
+//! index is held in memory and checkpointed to `[trace] path` (by default
+//! `trace/` in the embedded log's directory); at start the process loads the
+//! checkpoint and reads only the journal after it, and rebuilds the index from
+//! the journal when the checkpoint is missing or does not check out. Messages
+//! older than `[trace] retention` (default 90 days, spec 15.1) leave it.
 
 pub mod command;
 pub mod detail;
 pub mod follow;
 pub mod index;
+pub mod store;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
 
 pub use index::{Query, SearchResult, TraceIndex, TraceRow};
 
@@ -38,9 +49,61 @@ pub struct TraceService {
 
 impl TraceService {
     /// Starts the follower on the current runtime, reading from `log`.
-    pub fn start(log: std::sync::Arc<dyn mailflow_events::log::EventLog>) -> Self {
+    pub fn start(log: std::sync::Arc<dyn mailflow_events::log::EventLog>, settings: TraceSettings) -> Self {
         let service = Self::default();
-        tokio::spawn(follow::run(log, service.index.clone(), service.caught_up.clone()));
+        tokio::spawn(follow::run(log, service.index.clone(), service.caught_up.clone(), settings));
         service
+    }
+}
+
+/// `[trace]`: where the index is checkpointed and how long it keeps messages.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceConfig {
+    /// Directory of the index's checkpoint (default: `trace` in the embedded
+    /// log's directory; with Kafka, none: the index is rebuilt from the
+    /// journal at every start unless a path, e.g. on a volume, is given).
+    pub path: Option<PathBuf>,
+    /// How long a message stays searchable, from its receipt (default 90 days,
+    /// spec 15.1). The journal topic may keep its records for less.
+    #[serde(with = "crate::config::humane")]
+    pub retention: Duration,
+    /// How often the checkpoint is written while records arrive (default 60 s).
+    #[serde(with = "crate::config::humane")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self { path: None, retention: Duration::from_secs(90 * 86_400), checkpoint_interval: Duration::from_secs(60) }
+    }
+}
+
+/// What the follower needs of the configuration, with the path resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSettings {
+    /// Directory of the checkpoint; `None`: memory only, rebuilt at start.
+    pub path: Option<PathBuf>,
+    /// Messages received longer ago than this leave the index.
+    pub retention: chrono::Duration,
+    /// How often the checkpoint is written while records arrive.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for TraceSettings {
+    fn default() -> Self {
+        Self::from_config(&TraceConfig::default(), None)
+    }
+}
+
+impl TraceSettings {
+    /// The settings of `config`; `data_dir` is the embedded log's directory,
+    /// whose `trace` subdirectory holds the checkpoint unless a path is given.
+    pub fn from_config(config: &TraceConfig, data_dir: Option<&std::path::Path>) -> Self {
+        Self {
+            path: config.path.clone().or_else(|| data_dir.map(|dir| dir.join("trace"))),
+            retention: chrono::Duration::from_std(config.retention).unwrap_or(chrono::Duration::MAX),
+            checkpoint_interval: config.checkpoint_interval,
+        }
     }
 }

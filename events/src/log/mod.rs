@@ -33,7 +33,7 @@ pub const MAX_RECORD_SIZE: usize = 1024 * 1024;
 pub const DEFAULT_PARTITIONS: u32 = 12;
 
 /// Where a record sits in the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     /// Partition of the topic.
     pub partition: u32,
