@@ -16,6 +16,8 @@
 //! | `mailflow_event_log_append_errors_total` | counter | `topic` |
 //! | `mailflow_consumer_lag` | gauge | `group`, `topic`, `partition` (records after the group's position) |
 //! | `mailflow_delivery_replay_remaining` | gauge | `partition` (events still to fold before delivery resumes) |
+//! | `mailflow_trace_records_read_total` | counter | | (journal records the message-trace index read since start: all of them on a rebuild, only those after the checkpoint on a resume) |
+//! | `mailflow_trace_messages` | gauge | | (messages in the message-trace index) |
 //!
 //! Counters and histograms are updated where things happen; the queue, lag
 //! and replay gauges are computed when scraped, from the delivery state and
@@ -134,6 +136,10 @@ pub struct Metrics {
     pub append_latency: HistogramFamily<TopicLabels>,
     /// Event-log appends that failed.
     pub append_errors: Family<TopicLabels, Counter>,
+    /// Journal records the trace index read since start.
+    pub trace_records_read: Counter,
+    /// Messages in the trace index.
+    pub trace_messages: Gauge,
     queue_depth: Family<QueueLabels, Gauge>,
     queue_oldest_age: Family<DestinationLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     consumer_lag: Family<LagLabels, Gauge>,
@@ -193,6 +199,14 @@ impl Metrics {
         );
         let append_errors = Family::<TopicLabels, Counter>::default();
         registry.register("event_log_append_errors", "Event-log appends that failed", append_errors.clone());
+        let trace_records_read = Counter::default();
+        registry.register(
+            "trace_records_read",
+            "Journal records the message-trace index read since start",
+            trace_records_read.clone(),
+        );
+        let trace_messages = Gauge::default();
+        registry.register("trace_messages", "Messages in the message-trace index", trace_messages.clone());
         let queue_depth = Family::<QueueLabels, Gauge>::default();
         registry.register("queue_depth", "Messages queued per destination owned by this process", queue_depth.clone());
         let queue_oldest_age = Family::<DestinationLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
@@ -225,6 +239,8 @@ impl Metrics {
             delivery_latency,
             append_latency,
             append_errors,
+            trace_records_read,
+            trace_messages,
             queue_depth,
             queue_oldest_age,
             consumer_lag,

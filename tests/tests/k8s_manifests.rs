@@ -176,6 +176,13 @@ fn every_pod_runs_as_a_non_root_user_on_a_read_only_root_without_capabilities() 
                 let mount = list(container, "/volumeMounts").iter().find(|m| m["name"] == volume["name"]);
                 ensure!(mount.is_some_and(|m| m["readOnly"] != true), "{name}: the Maildir is mounted read-only");
             }
+            // The trace index's checkpoint, if configured, is on a writable volume.
+            if let Some(path) = config(docs, deployment)?.trace.path {
+                let path = path.to_str().context("UTF-8 path")?;
+                let (volume, _) = volume_for(deployment, container, &format!("{path}/index.json"))?;
+                let mount = list(container, "/volumeMounts").iter().find(|m| m["name"] == volume["name"]);
+                ensure!(mount.is_some_and(|m| m["readOnly"] != true), "{name}: [trace] path {path} is read-only");
+            }
         }
     }
     Ok(())

@@ -229,3 +229,100 @@ async fn trace_finds_delivered_refused_and_deferred_then_delivered_mail_and_list
     assert!(refused_query.is_err_and(|e| e.to_string().contains("unknown status")));
     Ok(())
 }
+
+/// The value of an unlabelled metric in `GET /metrics`.
+async fn metric(router: &Router, name: &str) -> anyhow::Result<f64> {
+    let (_, text) = router.admin().get_text("/metrics").await?;
+    let line = text.lines().find(|l| l.split(' ').next() == Some(name)).with_context(|| format!("{name} in {text}"))?;
+    Ok(line.rsplit(' ').next().unwrap_or_default().parse()?)
+}
+
+/// Journal records a checkpoint header says it covers.
+fn covered(header: &Value) -> u64 {
+    header["next"].as_array().into_iter().flatten().filter_map(Value::as_u64).sum()
+}
+
+/// The trace index's checkpoint header once `done` holds for it.
+async fn checkpoint_where(path: &std::path::Path, what: &str, done: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(bytes) = std::fs::read(path) {
+            let header: Value = serde_json::from_slice(bytes.split(|&b| b == b'\n').next().unwrap_or_default())?;
+            if done(&header) {
+                return Ok(header);
+            }
+        }
+        ensure!(Instant::now() < deadline, "no checkpoint {what} at {}", path.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue "Message trace": the index is kept in the data directory and rebuilt
+/// from the log when missing. A router killed with SIGKILL starts again from
+/// its checkpoint, reading only the journal after it; with the checkpoint
+/// damaged, it rebuilds the same answers from the whole journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_index_resumes_from_its_checkpoint_after_a_kill_and_is_rebuilt_when_it_is_damaged()
+-> anyhow::Result<()> {
+    let dns = DnsServer::start(ZONE)?;
+    let port = Sink::closed_port()?;
+    let config = format!(
+        "{}\n[trace]\ncheckpoint_interval = \"1s\"\n",
+        relay_config(&dns, port.port(), "retry_schedule = [\"1h\"]")
+    );
+    let router = Router::start(&config)?;
+    router.wait_ready().await?;
+    let ids = send(&router, &["alice@contoso.com", "bob@example.org"], "nobody@contoso.com")?;
+    let alice = ids["alice@contoso.com"].as_str().context("alice's id")?.to_string();
+    let bob = ids["bob@example.org"].as_str().context("bob's id")?.to_string();
+    let alice_delivered = format!("/api/v1/trace?message_id={alice}");
+    wait_for(&router, &alice_delivered, "alice's delivery", |v| rows(v).first().is_some_and(|r| r.1 == "delivered"))
+        .await?;
+    wait_for(&router, &format!("/api/v1/trace/{bob}"), "bob's deferral", |v| events(v).contains(&"DEFER")).await?;
+    let before = router.admin().get("/api/v1/trace?sender=alice@contoso.com").await?;
+    let read_before = metric(&router, "mailflow_trace_records_read_total").await?;
+    ensure!(read_before >= 5.0, "the journal holds at least RECEIVE, AGENTINFO, DELIVER, DEFER and FAIL");
+
+    // The checkpoint beside the embedded log names the offsets it covers.
+    let file = router.log_path().join("trace").join("index.json");
+    let written = checkpoint_where(&file, "covering what was read", |h| covered(h) as f64 >= read_before).await?;
+    assert_eq!(written["messages"], 3, "alice, bob and the refusal: {written}");
+
+    // kill -9 and start again on the same directory: the index comes from the
+    // checkpoint; of the journal only what was written after it is read.
+    let router = Router::start_in(router.into_dir(), &config)?;
+    router.wait_ready().await?;
+    let answer =
+        wait_for(&router, "/api/v1/trace?sender=alice@contoso.com", "the same rows", |v| rows(v) == rows(&before))
+            .await?;
+    assert_eq!(answer["rows"], before["rows"]);
+    let resumed_read = metric(&router, "mailflow_trace_records_read_total").await?;
+    let journal_end = covered(&written) as f64 + resumed_read;
+    assert!(resumed_read < read_before, "resumed: read {resumed_read} of the journal, not all {read_before}");
+    assert_eq!(metric(&router, "mailflow_trace_messages").await?, 3.0, "alice, bob and the refusal");
+    let detail = router.admin().get(&format!("/api/v1/trace/{alice}")).await?;
+    assert_eq!(events(&detail), ["RECEIVE", "AGENTINFO", "DELIVER"], "{detail:#}");
+
+    // A damaged checkpoint is not used: the index is rebuilt from offset 0,
+    // with the same answers.
+    let mut router = router;
+    router.kill();
+    let mut bytes = std::fs::read(&file)?;
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x01;
+    std::fs::write(&file, &bytes)?;
+    let router = Router::start_in(router.into_dir(), &config)?;
+    router.wait_ready().await?;
+    wait_for(&router, "/api/v1/trace?sender=alice@contoso.com", "the same rows", |v| rows(v) == rows(&before)).await?;
+    let rebuilt_read = metric(&router, "mailflow_trace_records_read_total").await?;
+    assert!(rebuilt_read >= journal_end, "rebuilt from offset 0: read {rebuilt_read}, journal ≥ {journal_end}");
+    // And a good checkpoint replaces the damaged one.
+    checkpoint_where(&file, "rewritten", |h| h["written_at"] != written["written_at"]).await?;
+    let bytes = std::fs::read(&file)?;
+    let split = bytes.iter().position(|&b| b == b'\n').context("header line")?;
+    let header: Value = serde_json::from_slice(&bytes[..split])?;
+    assert_eq!(header["len"].as_u64(), Some((bytes.len() - split - 1) as u64), "{header}");
+    assert_eq!(header["messages"], 3);
+    ensure!(covered(&header) as f64 >= journal_end, "{header}");
+    Ok(())
+}

@@ -53,8 +53,11 @@ pub async fn catch_up(log: &dyn EventLog, index: &TraceHandle, next: &mut [u64])
             let Some(last) = records.last() else { break };
             *offset = last.position.offset + 1;
             applied += records.len();
+            crate::metrics::metrics().trace_records_read.inc_by(records.len() as u64);
             // A poisoned lock means a panic mid-apply; the index is still usable.
-            apply_all(&mut index.write().unwrap_or_else(std::sync::PoisonError::into_inner), &records);
+            let mut index = index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            apply_all(&mut index, &records);
+            crate::metrics::metrics().trace_messages.set(index.messages() as i64);
         }
     }
     Ok(applied)
@@ -119,6 +122,7 @@ pub async fn resume(log: &dyn EventLog, index: &TraceHandle, dir: &Path, partiti
         written_at = %header.written_at,
         "trace index loaded from its checkpoint"
     );
+    crate::metrics::metrics().trace_messages.set(loaded.messages() as i64);
     *index.write().unwrap_or_else(std::sync::PoisonError::into_inner) = loaded;
     header.next
 }
@@ -127,7 +131,12 @@ pub async fn resume(log: &dyn EventLog, index: &TraceHandle, dir: &Path, partiti
 /// is a directory for it. A failed write is logged and retried next time.
 pub async fn checkpoint(index: &TraceHandle, next: &[u64], settings: &TraceSettings) {
     let cutoff = chrono::Utc::now() - settings.retention;
-    let dropped = index.write().unwrap_or_else(std::sync::PoisonError::into_inner).prune(cutoff);
+    let dropped = {
+        let mut index = index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dropped = index.prune(cutoff);
+        crate::metrics::metrics().trace_messages.set(index.messages() as i64);
+        dropped
+    };
     if dropped > 0 {
         tracing::info!(dropped, %cutoff, "trace index dropped messages past the retention");
     }
