@@ -501,7 +501,19 @@ async fn queue(client: &crate::admin::client::AdminClient, command: QueueCommand
                     q.last_error.as_deref().unwrap_or("-")
                 );
             }
-            eprintln!("{} destinations, {} messages", queues.len(), queues.iter().map(|q| q.depth).sum::<usize>());
+            let elsewhere = queues.iter().filter(|q| q.from_log).count();
+            eprintln!(
+                "{} destinations, {} messages{}",
+                queues.len(),
+                queues.iter().map(|q| q.depth).sum::<usize>(),
+                if elsewhere > 0 {
+                    format!(
+                        " ({elsewhere} destinations delivered by other processes, as of their last event in the log)"
+                    )
+                } else {
+                    String::new()
+                }
+            );
             return Ok(());
         }
         QueueCommand::Show { destination } => {
@@ -692,6 +704,13 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     let admin_state = std::sync::Arc::new(crate::admin::AdminState {
         log: std::sync::Arc::clone(&log),
         delivery,
+        // On Kafka other processes own partitions too: fold them all for the views.
+        cluster: match (&config.event_log, config.admin.listen) {
+            (crate::config::EventLogConfig::Kafka { .. }, Some(_)) => {
+                Some(crate::admin::cluster::ClusterQueues::start(std::sync::Arc::clone(&log)))
+            }
+            _ => None,
+        },
         ndr,
         token: config.admin.token()?,
         started: std::sync::atomic::AtomicBool::new(false),

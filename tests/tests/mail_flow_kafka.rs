@@ -8,6 +8,7 @@
 //! cluster where a killed member's session must expire), a real DNS server,
 //! and the scriptable sink as the next hop that is down and comes back.
 
+use anyhow::{Context as _, ensure};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -167,7 +168,7 @@ async fn two_delivery_processes_split_the_queues_and_deliver_everything_in_order
     let port = Sink::closed_port()?;
     let config = config(&broker, &dns, port.port());
     let router = Router::start(&config)?;
-    let _second = Router::start_with(tempfile::tempdir()?, &config, &["--roles", "delivery"])?;
+    let second = Router::start_with(tempfile::tempdir()?, &config, &["--roles", "delivery"])?;
     let log = reader(&broker).await?;
     send(&router, &DOMAINS, 5)?;
     // Both processes own destinations: each records deferrals under its own name.
@@ -184,6 +185,52 @@ async fn two_delivery_processes_split_the_queues_and_deliver_everything_in_order
         events.iter().filter(|e| matches!(e.event, DeliveryEvent::Queued(_))).count() >= 30
     })
     .await?;
+    // Issue "queue operations", admin views across processes: each process
+    // lists every destination, its own live and the other's folded from the
+    // log, so `mailflow queue` answers the same whichever pod it reaches.
+    let mut owned_by = Vec::new();
+    for process in [&router, &second] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let queues = loop {
+            let queues = process.admin().get("/api/v1/queues").await?;
+            let listed: Vec<(&str, u64)> = queues
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|q| Some((q["key"].as_str()?, q["depth"].as_u64()?)))
+                .collect();
+            if listed.len() == DOMAINS.len() && listed.iter().all(|(_, depth)| *depth == 5) {
+                break queues;
+            }
+            ensure!(Instant::now() < deadline, "not every queue at depth 5: {queues:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let live: std::collections::BTreeSet<String> = queues
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|q| q["from_log"] != true)
+            .filter_map(|q| q["key"].as_str().map(str::to_string))
+            .collect();
+        ensure!(!live.is_empty() && live.len() < DOMAINS.len(), "each process owns a share: {queues:#}");
+        owned_by.push(live);
+        // One destination the other process delivers, in delivery order, here.
+        let other = queues
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|q| q["from_log"] == true)
+            .and_then(|q| q["key"].as_str())
+            .context("a destination of the other process")?;
+        let detail = process.admin().get(&format!("/api/v1/queues/{other}")).await?;
+        assert_eq!(detail["from_log"], true, "{detail:#}");
+        let received: Vec<&str> =
+            detail["messages"].as_array().into_iter().flatten().filter_map(|m| m["received_at"].as_str()).collect();
+        assert_eq!(received.len(), 5, "{detail:#}");
+        assert!(received.windows(2).all(|w| w[0] <= w[1]), "in receipt order: {received:?}");
+    }
+    ensure!(owned_by[0].is_disjoint(&owned_by[1]), "no destination is live in both: {owned_by:?}");
+    assert_eq!(owned_by[0].len() + owned_by[1].len(), DOMAINS.len(), "{owned_by:?}");
     let sink = Sink::start_at(port, Script::smtp()).await?;
     let subjects = wait_for_sink(&sink, 30).await;
     let (order, duplicates) = per_domain(&subjects);

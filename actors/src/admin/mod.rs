@@ -2,7 +2,9 @@
 //! the operator's queue actions.
 //!
 //! Reads are answered from the live state of this process (the delivery
-//! actor's folded partitions, asked through [`DeliveryHandle`]); every action
+//! actor's folded partitions, asked through [`DeliveryHandle`]) and, on Kafka,
+//! for the partitions other processes own, from this process's fold of the
+//! log ([`cluster`]), so any process shows the whole deployment; every action
 //! that changes something is appended to the log as an event, so it is
 //! audited and replayed like everything else (spec 11, `mailflow queue`).
 //! Requests that change state need `Authorization: Bearer <token>` with the
@@ -25,6 +27,7 @@
 
 pub mod actions;
 pub mod client;
+pub mod cluster;
 pub mod quarantine;
 pub mod trace;
 pub mod views;
@@ -80,6 +83,9 @@ pub struct AdminState {
     pub log: Arc<dyn EventLog>,
     /// The delivery role of this process, when it runs one.
     pub delivery: Option<DeliveryHandle>,
+    /// Every partition's queues folded from the log (Kafka), for the views of
+    /// partitions other processes own.
+    pub cluster: Option<cluster::ClusterQueues>,
     /// NDRs for bounced messages.
     pub ndr: Arc<NdrPolicy>,
     /// Token for state-changing requests.

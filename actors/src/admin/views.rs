@@ -36,6 +36,10 @@ pub struct QueueSummary {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// Consecutive destination-level failures.
     pub attempts: u32,
+    /// Folded from the log by this process because another process delivers
+    /// it (Kafka; see `super::cluster`): as of the last event read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_log: bool,
 }
 
 impl QueueSummary {
@@ -66,6 +70,7 @@ impl QueueSummary {
                 .map(|r| r.next_attempt_at)
                 .or_else(|| state.queue.iter().filter_map(|m| m.next_attempt_at).min()),
             attempts: state.retry.as_ref().map_or(0, |r| r.attempts),
+            from_log: false,
         }
     }
 }
@@ -114,38 +119,92 @@ pub struct MessagePlace {
     pub position: usize,
     /// Its queue entry.
     pub message: QueuedMessage,
+    /// Folded from the log, as in [`QueueSummary::from_log`].
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_log: bool,
 }
 
 fn no_delivery() -> HttpResponse {
     error(StatusCode::NOT_FOUND, "this process runs no delivery role, so it has no queues (see --roles)")
 }
 
+fn stopped() -> HttpResponse {
+    error(StatusCode::SERVICE_UNAVAILABLE, "the delivery role has stopped")
+}
+
+/// Asks the delivery role, when this process runs one, for `f` of its owned
+/// partitions and their numbers. `Err`: the role has stopped.
+async fn ask_live<T: Default + Send + 'static>(
+    state: &AdminState,
+    f: impl FnOnce(&[PartitionView<'_>]) -> T + Send + 'static,
+) -> Result<(T, Vec<u32>), HttpResponse> {
+    let Some(delivery) = &state.delivery else { return Ok((T::default(), Vec::new())) };
+    delivery.ask(move |views| (f(views), views.iter().map(|v| v.partition).collect())).await.ok_or_else(stopped)
+}
+
+/// The partitions not owned here, folded from the log (see `super::cluster`),
+/// as views.
+fn from_log<T>(state: &AdminState, owned: &[u32], f: impl FnOnce(&[PartitionView<'_>]) -> T) -> Option<T> {
+    let cluster = state.cluster.as_ref()?;
+    Some(cluster.with(owned, |others| {
+        let views: Vec<PartitionView<'_>> = others
+            .into_iter()
+            .map(|(partition, state)| PartitionView {
+                partition,
+                state,
+                replaying: false,
+                snapshot_at: 0,
+                replay_remaining: 0,
+            })
+            .collect();
+        f(&views)
+    }))
+}
+
 async fn queues(state: web::Data<AdminState>) -> HttpResponse {
-    let Some(delivery) = &state.delivery else { return no_delivery() };
-    match delivery.ask(summaries).await {
-        Some(all) => HttpResponse::Ok().json(all),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "the delivery role has stopped"),
+    if state.delivery.is_none() && state.cluster.is_none() {
+        return no_delivery();
     }
+    let (mut all, owned) = match ask_live(&state, summaries).await {
+        Ok(live) => live,
+        Err(response) => return response,
+    };
+    let mut others = from_log(&state, &owned, summaries).unwrap_or_default();
+    others.iter_mut().for_each(|s| s.from_log = true);
+    all.extend(others);
+    all.sort_by(|a, b| a.key.cmp(&b.key));
+    HttpResponse::Ok().json(all)
+}
+
+/// One destination's queue among `views`.
+fn detail_in(views: &[PartitionView<'_>], key: &str) -> Option<QueueDetail> {
+    views.iter().find_map(|v| {
+        v.state.destinations.get(key).map(|d| QueueDetail {
+            summary: QueueSummary::of(key, v.partition, d),
+            messages: d.queue.iter().cloned().collect(),
+        })
+    })
 }
 
 async fn queue(state: web::Data<AdminState>, key: web::Path<String>) -> HttpResponse {
-    let Some(delivery) = &state.delivery else { return no_delivery() };
+    if state.delivery.is_none() && state.cluster.is_none() {
+        return no_delivery();
+    }
     let key = key.into_inner().to_ascii_lowercase();
     let wanted = key.clone();
-    let found = delivery
-        .ask(move |views| {
-            views.iter().find_map(|v| {
-                v.state.destinations.get(&wanted).map(|d| QueueDetail {
-                    summary: QueueSummary::of(&wanted, v.partition, d),
-                    messages: d.queue.iter().cloned().collect(),
-                })
-            })
+    let (live, owned) = match ask_live(&state, move |views| detail_in(views, &wanted)).await {
+        Ok(live) => live,
+        Err(response) => return response,
+    };
+    let found = live.or_else(|| {
+        from_log(&state, &owned, |views| detail_in(views, &key)).flatten().map(|mut detail| {
+            detail.summary.from_log = true;
+            detail
         })
-        .await;
+    });
     match found {
-        Some(Some(detail)) => HttpResponse::Ok().json(detail),
-        Some(None) => error(StatusCode::NOT_FOUND, format!("no queue for destination {key} in this process")),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "the delivery role has stopped"),
+        Some(detail) => HttpResponse::Ok().json(detail),
+        None => error(StatusCode::NOT_FOUND, format!("no queue for destination {key}")),
     }
 }
 
@@ -166,7 +225,7 @@ async fn state(state: web::Data<AdminState>) -> HttpResponse {
         .await;
     match all {
         Some(all) => HttpResponse::Ok().json(all),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "the delivery role has stopped"),
+        None => stopped(),
     }
 }
 
@@ -181,6 +240,7 @@ pub fn places(views: &[PartitionView<'_>], id: &str) -> Vec<MessagePlace> {
                     partition: view.partition,
                     position,
                     message: destination.queue[position].clone(),
+                    from_log: false,
                 });
             }
         }
@@ -189,11 +249,17 @@ pub fn places(views: &[PartitionView<'_>], id: &str) -> Vec<MessagePlace> {
 }
 
 async fn message(state: web::Data<AdminState>, id: web::Path<String>) -> HttpResponse {
-    let Some(delivery) = &state.delivery else { return no_delivery() };
+    if state.delivery.is_none() && state.cluster.is_none() {
+        return no_delivery();
+    }
     let id = id.into_inner();
     let wanted = id.clone();
-    match delivery.ask(move |views| places(views, &wanted)).await {
-        Some(found) => HttpResponse::Ok().json(serde_json::json!({ "message_id": id, "queued": found })),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "the delivery role has stopped"),
-    }
+    let (mut found, owned) = match ask_live(&state, move |views| places(views, &wanted)).await {
+        Ok(live) => live,
+        Err(response) => return response,
+    };
+    let mut others = from_log(&state, &owned, |views| places(views, &id)).unwrap_or_default();
+    others.iter_mut().for_each(|p| p.from_log = true);
+    found.extend(others);
+    HttpResponse::Ok().json(serde_json::json!({ "message_id": id, "queued": found }))
 }

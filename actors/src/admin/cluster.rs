@@ -1,0 +1,109 @@
+//! The queues of the whole deployment, for the admin views of any process.
+//!
+//! With the Kafka log, each delivery process owns a share of the partitions of
+//! `mailflow.delivery`, and a process without the delivery role owns none. So
+//! that `mailflow queue` gives the same answer whichever pod the Service picks,
+//! every process serving the admin API on Kafka folds every partition from the
+//! log, with plain reads (not as a group member), tailing it like the message
+//! trace does. The fold is [`PartitionState::apply`], the one the delivery
+//! role runs, so a partition's view here is the owner's state as of the last
+//! event read (within about [`IDLE`] of it).
+//!
+//! The views answer from the delivery role's live state for the partitions
+//! this process owns and from this fold for the others, marking those
+//! `from_log`. The embedded log admits one process, which owns every
+//! partition, so there it is not started.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use mailflow_events::Envelope;
+use mailflow_events::delivery::DeliveryEvent;
+use mailflow_events::log::{DEFAULT_PARTITIONS, EventLog, TopicKind};
+use mailflow_events::topic;
+
+use crate::delivery::state::PartitionState;
+
+/// Pause after a round that found nothing new.
+pub const IDLE: Duration = Duration::from_millis(200);
+/// Records read from one partition at a time.
+const BATCH: usize = 4096;
+
+/// Every partition's state, by partition number.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterQueues {
+    states: Arc<RwLock<Vec<PartitionState>>>,
+}
+
+impl ClusterQueues {
+    /// Starts the fold on the current runtime, reading from `log`.
+    pub fn start(log: Arc<dyn EventLog>) -> Self {
+        let queues = Self::default();
+        tokio::spawn(run(log, queues.clone()));
+        queues
+    }
+
+    /// Runs `f` over `(partition, state)` of every partition not in `except`.
+    pub fn with<T>(&self, except: &[u32], f: impl FnOnce(Vec<(u32, &PartitionState)>) -> T) -> T {
+        let states = self.states.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let others = states
+            .iter()
+            .enumerate()
+            .map(|(partition, state)| (partition as u32, state))
+            .filter(|(partition, _)| !except.contains(partition))
+            .collect();
+        f(others)
+    }
+
+    /// Reads every partition from where its fold stands to its end once;
+    /// returns how many records were applied.
+    pub async fn catch_up(&self, log: &dyn EventLog) -> anyhow::Result<usize> {
+        let partitions = self.states.read().unwrap_or_else(std::sync::PoisonError::into_inner).len();
+        let mut applied = 0;
+        for partition in 0..partitions {
+            loop {
+                let next = self.states.read().unwrap_or_else(std::sync::PoisonError::into_inner)[partition].next_offset;
+                let records = log.read(topic::DELIVERY, partition as u32, next, BATCH).await?;
+                if records.is_empty() {
+                    break;
+                }
+                applied += records.len();
+                let mut states = self.states.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let state = &mut states[partition];
+                for record in &records {
+                    match Envelope::<DeliveryEvent>::from_json(&record.value) {
+                        Ok(envelope) => state.apply(record.position.offset, &envelope),
+                        // The delivery role skips what it cannot decode the same way.
+                        Err(_) => state.next_offset = state.next_offset.max(record.position.offset + 1),
+                    }
+                }
+            }
+        }
+        Ok(applied)
+    }
+}
+
+async fn run(log: Arc<dyn EventLog>, queues: ClusterQueues) {
+    let partitions = loop {
+        // An existing topic keeps its own count; Kafka learns it this way.
+        match log.create_topic(topic::DELIVERY, DEFAULT_PARTITIONS, TopicKind::Events).await {
+            Ok(partitions) => break partitions,
+            Err(err) => {
+                tracing::warn!(%err, "queue views cannot open mailflow.delivery yet");
+                tokio::time::sleep(IDLE).await;
+            }
+        }
+    };
+    *queues.states.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+        vec![PartitionState::default(); partitions as usize];
+    loop {
+        match queues.catch_up(&*log).await {
+            Ok(0) => tokio::time::sleep(IDLE).await,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(%err, "queue views failed to read mailflow.delivery; retrying");
+                tokio::time::sleep(IDLE).await;
+            }
+        }
+    }
+}
