@@ -712,6 +712,10 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
             _ => None,
         },
         ndr,
+        quarantine: config
+            .admin
+            .listen
+            .map(|_| crate::admin::quarantine::QuarantineIndex::start(std::sync::Arc::clone(&log))),
         token: config.admin.token()?,
         started: std::sync::atomic::AtomicBool::new(false),
         producer: "mailflow/admin".to_string(),

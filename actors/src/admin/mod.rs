@@ -94,6 +94,8 @@ pub struct AdminState {
     pub started: AtomicBool,
     /// Producer name of operator events.
     pub producer: String,
+    /// Where quarantined messages' records are (see [`quarantine::QuarantineIndex`]).
+    pub quarantine: Option<quarantine::QuarantineIndex>,
     /// The message trace index, when this process keeps one.
     pub trace: Option<crate::trace::TraceService>,
     /// Once it begins, `/readyz` answers 503 so that no new client is sent here.
