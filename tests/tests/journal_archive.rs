@@ -293,6 +293,31 @@ async fn on_kafka_a_foreign_client_reads_the_journal_and_every_record_validates_
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     validate_with_jsonschema(&records)?;
+    // Message trace (spec 15) on Kafka: the admin API's index of the journal
+    // on the broker finds each row, and the detail lists the message's events.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = router.admin().get("/api/v1/trace?sender=alice@contoso.com").await?;
+        let mut rows: Vec<(String, String)> = answer["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| (r["recipient"].as_str().unwrap_or("?").into(), r["status"].as_str().unwrap_or("?").into()))
+            .collect();
+        rows.sort();
+        let expected =
+            [("alice@contoso.com", "delivered"), ("bob@example.org", "delivered"), ("nobody@contoso.com", "failed")];
+        if rows.iter().map(|(r, s)| (r.as_str(), s.as_str())).eq(expected) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "trace rows on Kafka: {answer:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let detail = router.admin().get(&format!("/api/v1/trace/{bob}")).await?;
+    let events: Vec<&str> =
+        detail["events"].as_array().into_iter().flatten().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(events.first(), Some(&"RECEIVE"), "{detail:#}");
+    assert_eq!(events.last(), Some(&"SEND"), "{detail:#}");
     // And what kcat read decodes with the published types.
     for line in &records {
         let envelope: Envelope<JournalEvent> = Envelope::from_json(line.as_bytes())?;

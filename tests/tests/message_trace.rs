@@ -227,6 +227,10 @@ async fn trace_finds_delivered_refused_and_deferred_then_delivered_mail_and_list
     // A bad query is refused with a reason.
     let refused_query = router.admin().get("/api/v1/trace?status=lost").await;
     assert!(refused_query.is_err_and(|e| e.to_string().contains("unknown status")));
+    // A misspelt filter is refused with its name, not ignored (which would
+    // answer as if no filter had been given).
+    let misspelt = router.admin().get("/api/v1/trace?sendr=alice@contoso.com").await;
+    assert!(misspelt.is_err_and(|e| e.to_string().contains("unknown field `sendr`")));
     Ok(())
 }
 

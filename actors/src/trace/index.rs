@@ -110,8 +110,10 @@ pub enum SubjectMatch {
 }
 
 /// A search (the query string of `GET /api/v1/trace`). Every given filter
-/// must hold; text compares case-insensitively except ids.
+/// must hold; text compares case-insensitively except ids. An unknown
+/// parameter (a misspelt filter) is refused, never ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Query {
     /// Envelope sender, exactly.
     pub sender: Option<String>,
