@@ -425,11 +425,7 @@ fn init_logs(format: LogFormat, traces: Option<crate::telemetry::BoxedLayer>) {
 
 async fn replay(config: &Config, topic: &str, partition: Option<u32>, from: u64, json: bool) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let log = event_log::open_read_only(&config.event_log, "mailflow-replay").context("opening the event log")?;
-    if log.partitions(topic).is_err() {
-        // Kafka learns the partition count from the broker.
-        log.create_topic(topic, 1, mailflow_events::log::TopicKind::Events).await.context("looking up the topic")?;
-    }
+    let log = event_log::open_read_only(&config.event_log, "mailflow-replay").await.context("opening the event log")?;
     let partitions: Vec<u32> = match partition {
         Some(p) => vec![p],
         None => (0..log.partitions(topic).with_context(|| format!("no topic {topic}"))?).collect(),

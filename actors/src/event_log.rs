@@ -102,16 +102,21 @@ impl EventLog for Metered {
 
 /// Opens the configured log for reading only, beside a running router
 /// (embedded: no lock, nothing repaired; Kafka: a client like any other).
-pub fn open_read_only(config: &EventLogConfig, client_id: &str) -> Result<Arc<dyn EventLog>, LogError> {
+pub async fn open_read_only(config: &EventLogConfig, client_id: &str) -> Result<Arc<dyn EventLog>, LogError> {
     Ok(match config {
         EventLogConfig::Embedded { path, .. } => Arc::new(EmbeddedLog::open_read_only(path)?),
         #[cfg(feature = "kafka")]
-        EventLogConfig::Kafka { brokers, topic_prefix, .. } => Arc::new(KafkaLog::connect(KafkaOptions {
-            brokers: brokers.clone(),
-            topic_prefix: topic_prefix.clone(),
-            client_id: client_id.to_string(),
-            ..KafkaOptions::default()
-        })?),
+        EventLogConfig::Kafka { brokers, topic_prefix, .. } => {
+            let log = KafkaLog::connect(KafkaOptions {
+                brokers: brokers.clone(),
+                topic_prefix: topic_prefix.clone(),
+                client_id: client_id.to_string(),
+                ..KafkaOptions::default()
+            })?;
+            // What the embedded log knows from its directory, Kafka from the broker.
+            log.learn_partitions(&mailflow_events::topic::ALL).await;
+            Arc::new(log)
+        }
         #[cfg(not(feature = "kafka"))]
         EventLogConfig::Kafka { .. } => {
             let _ = client_id;

@@ -89,7 +89,7 @@ pub async fn print_state(
     only: Option<u32>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let log = event_log::open_read_only(&config.event_log, "mailflow-replay").context("opening the event log")?;
+    let log = event_log::open_read_only(&config.event_log, "mailflow-replay").await.context("opening the event log")?;
     let partitions: Vec<u32> = match only {
         Some(p) => vec![p],
         None => (0..log.partitions(topic::DELIVERY).unwrap_or(0)).collect(),
@@ -155,7 +155,7 @@ pub async fn print_state(
 pub async fn verify(config: &Config, client: &AdminClient, json: bool) -> anyhow::Result<bool> {
     let live = client.get("/api/v1/state").await?;
     let live = live.as_array().context("the admin API's state is not a list of partitions")?;
-    let log = event_log::open_read_only(&config.event_log, "mailflow-replay").context("opening the event log")?;
+    let log = event_log::open_read_only(&config.event_log, "mailflow-replay").await.context("opening the event log")?;
     let mut progress = progress_printer();
     let mut report = Vec::new();
     let mut all_same = true;

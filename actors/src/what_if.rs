@@ -212,8 +212,9 @@ pub async fn run(
     window: Window,
     report: &mut dyn FnMut(&Comparison) -> anyhow::Result<()>,
 ) -> anyhow::Result<Summary> {
-    let log =
-        crate::event_log::open_read_only(&current.event_log, "mailflow-what-if").context("opening the event log")?;
+    let log = crate::event_log::open_read_only(&current.event_log, "mailflow-what-if")
+        .await
+        .context("opening the event log")?;
     // The first verdict of each message (a verdict role that crashed before
     // its commit may have judged a message twice).
     let mut verdicts: Vec<(String, VerdictReached)> = Vec::new();

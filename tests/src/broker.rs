@@ -55,6 +55,15 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Broker {
+    /// The `[event_log]` section of a router on this broker: 3 partitions,
+    /// replication 1, appends waiting up to 30 s.
+    pub fn event_log(&self) -> String {
+        format!(
+            "\n[event_log]\nkind = \"kafka\"\nbrokers = \"{}\"\npartitions = 3\nreplication_factor = 1\nmessage_timeout = \"30s\"\n",
+            self.bootstrap
+        )
+    }
+
     /// Starts a broker with an empty data directory on a free loopback port
     /// and waits until it accepts connections.
     pub fn start() -> anyhow::Result<Self> {

@@ -366,11 +366,26 @@ impl Router {
         count: usize,
     ) -> anyhow::Result<Vec<mailflow_events::log::Record>> {
         let deadline = Instant::now() + Duration::from_secs(30);
+        // On Kafka, a reader of the router's own broker; the embedded log is
+        // opened read-only beside the running router.
+        let config = mailflow_actors::config::Config::load(&self.config_path())?;
+        let kafka = match &config.event_log {
+            kafka @ mailflow_actors::config::EventLogConfig::Kafka { .. } => {
+                let log = mailflow_actors::event_log::open(kafka, "test-reader").await?;
+                log.create_topic(topic, 3, mailflow_events::log::TopicKind::Events).await?;
+                Some(log)
+            }
+            mailflow_actors::config::EventLogConfig::Embedded { .. } => None,
+        };
         loop {
-            let log = EmbeddedLog::open_read_only(self.log_path())?;
+            let log: std::sync::Arc<dyn mailflow_events::log::EventLog> = match &kafka {
+                Some(log) => std::sync::Arc::clone(log),
+                None => std::sync::Arc::new(EmbeddedLog::open_read_only(self.log_path())?),
+            };
+            let log = log.as_ref();
             let mut records = Vec::new();
             for partition in 0..log.partitions(topic).unwrap_or(0) {
-                records.extend(crate::conformance::read_all(&log, topic, partition, 0).await?);
+                records.extend(crate::conformance::read_all(log, topic, partition, 0).await?);
             }
             if records.len() >= count {
                 return Ok(records);

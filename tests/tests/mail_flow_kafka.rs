@@ -298,6 +298,16 @@ async fn on_kafka_the_queue_commands_snapshots_and_replay_verify_work_as_on_the_
         mailflow_tests::router::cli(&["replay", "--verify", "--json", "--config", &config_path, "--admin", &admin])?
             .json();
     assert_eq!(report["same"], true, "{report}");
+    // `replay --state` from the broker's log alone: the same partition state;
+    // and `replay --topic` exports every delivery event as a JSON line.
+    let replayed = mailflow_tests::router::cli(&["replay", "--state", "--json", "--config", &config_path])?.json();
+    let same = replayed.as_array().into_iter().flatten().find(|p| p["partition"] == state["partition"]);
+    assert_eq!(same.map(|p| &p["state"]), Some(&state["state"]), "{replayed:#}");
+    let export =
+        mailflow_tests::router::cli(&["replay", "--topic", topic::DELIVERY, "--json", "--config", &config_path])?;
+    assert_eq!(export.status, 0, "{}", export.stderr);
+    let exported = export.stdout.lines().count() as u64;
+    ensure!(exported >= state["state"]["next_offset"].as_u64().unwrap_or(u64::MAX), "{exported} lines exported");
     // The next hop recovers; an operator asks for the attempt now.
     let sink = Sink::start_at(port, Script::smtp()).await?;
     router.admin().post(&format!("/api/v1/queues/{key}/retry"), &serde_json::json!({})).await?;

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use mailflow_events::delivery::{DeliveryEvent, Scope};
+use mailflow_tests::broker::Broker;
 use mailflow_tests::clients::{python, send_numbered};
 use mailflow_tests::dns::DnsServer;
 use mailflow_tests::router::{BASE_CONFIG, CliRun, Router, cli, relay_config};
@@ -109,9 +110,22 @@ async fn a_killed_router_rebuilds_exactly_the_state_it_had_and_an_operator_retry
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_hold_release_delete_and_bounce_queued_mail_and_every_action_is_an_event() -> anyhow::Result<()> {
+    operators_act_on_queues("").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_operators_hold_release_delete_and_bounce_queued_mail_and_every_action_is_an_event()
+-> anyhow::Result<()> {
+    let broker = Broker::start()?;
+    operators_act_on_queues(&broker.event_log()).await
+}
+
+/// The operator actions, on the embedded log or, with `event_log` (a
+/// `[event_log]` section), on another backend.
+async fn operators_act_on_queues(event_log: &str) -> anyhow::Result<()> {
     let dns = DnsServer::start(ZONE)?;
     let sink = Sink::start(Script::smtp()).await?;
-    let router = Router::start(&relay_config(&dns, sink.address.port(), ""))?;
+    let router = Router::start(&format!("{}{event_log}", relay_config(&dns, sink.address.port(), "")))?;
     router.wait_ready().await?;
     let admin = router.listener("admin").to_string();
     let config_path = router.config_path().display().to_string();
@@ -215,12 +229,23 @@ fn maildir_messages(router: &Router, mailbox: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarantined_message_is_held_until_an_operator_releases_it_once() -> anyhow::Result<()> {
-    // Spec 9.3 (quarantine action, releasable later) and 12 (a rule's Quarantine).
+    quarantine_and_release("").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_a_quarantined_message_is_held_until_an_operator_releases_it_once() -> anyhow::Result<()> {
+    let broker = Broker::start()?;
+    quarantine_and_release(&broker.event_log()).await
+}
+
+/// Spec 9.3 (quarantine action, releasable later) and 12 (a rule's
+/// Quarantine), on the embedded log or on the backend of `event_log`.
+async fn quarantine_and_release(event_log: &str) -> anyhow::Result<()> {
     let dns = DnsServer::start(ZONE)?;
     let rule = "[[transport_rules]]\nname = \"hold suspicious\"\npriority = 0\n\
                 conditions = { subject_contains_words = [\"hold\"] }\nactions = { quarantine = true }\n\
                 [[transport_rules]]\nname = \"strip campaign\"\npriority = 1\nactions = { remove_headers = [\"X-Campaign\"] }\n";
-    let config = format!("{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n{rule}", dns.address);
+    let config = format!("{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n{rule}{event_log}", dns.address);
     let router = Router::start(&config)?;
     let script = r#"
 s = smtplib.SMTP(ADDR, PORT)
@@ -334,12 +359,24 @@ fn record_count(config_path: &str, topic: &str) -> anyhow::Result<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_if_judges_and_routes_a_past_window_again_under_another_configuration_without_side_effects()
 -> anyhow::Result<()> {
-    // Issue "incident replay": what-if re-runs routing and verdict over a past
-    // window under a different configuration file, with no side effects, and
-    // reports per message what would have changed (destination, verdict, action).
+    what_if("").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_what_if_judges_and_routes_a_past_window_again_under_another_configuration_without_side_effects()
+-> anyhow::Result<()> {
+    let broker = Broker::start()?;
+    what_if(&broker.event_log()).await
+}
+
+/// Issue "incident replay": what-if re-runs routing and verdict over a past
+/// window under a different configuration file, with no side effects, and
+/// reports per message what would have changed (destination, verdict,
+/// action); on the embedded log or on the backend of `event_log`.
+async fn what_if(event_log: &str) -> anyhow::Result<()> {
     let dns = DnsServer::start(ZONE)?;
     let sink = mailflow_tests::postfix::SmtpSink::start(&[])?;
-    let config = relay_config(&dns, sink.address.port(), "");
+    let config = format!("{}{event_log}", relay_config(&dns, sink.address.port(), ""));
     let router = Router::start(&config)?;
     let script = r#"
 s = smtplib.SMTP(ADDR, PORT)

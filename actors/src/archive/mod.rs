@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use mailflow_events::content::{self, ContentError, ContentRef};
 use mailflow_events::journal::JournalEvent;
-use mailflow_events::log::{EventLog, LogError, Record, TopicKind};
+use mailflow_events::log::{EventLog, LogError, Record};
 use mailflow_events::{Envelope, topic};
 use serde::Serialize;
 use serde_json::Value;
@@ -130,7 +130,7 @@ async fn run_embedded(config: &EventLogConfig, dir: &ArchiveDir, follow: bool) -
     let mut positions = dir.positions()?;
     loop {
         // A read-only view is a snapshot of what was on disk: open a new one per pass.
-        let log = crate::event_log::open_read_only(config, "mailflow-archive")?;
+        let log = crate::event_log::open_read_only(config, "mailflow-archive").await?;
         let partitions = log.partitions(topic::JOURNAL).unwrap_or(0);
         for partition in 0..partitions {
             loop {
@@ -153,9 +153,10 @@ async fn run_embedded(config: &EventLogConfig, dir: &ArchiveDir, follow: bool) -
 
 async fn run_kafka(config: &EventLogConfig, dir: &ArchiveDir, follow: bool) -> Result<Summary, ArchiveError> {
     let mut summary = Summary::default();
-    let log = crate::event_log::open_read_only(config, "mailflow-archive")?;
-    // Learns the partition count from the broker (creates nothing that exists).
-    let partitions = log.create_topic(topic::JOURNAL, 1, TopicKind::Events).await?;
+    let log = crate::event_log::open_read_only(config, "mailflow-archive").await?;
+    // Learnt from the broker when the log was opened; a missing journal is an
+    // error (the archive creates no topic the router would then find).
+    let partitions = log.partitions(topic::JOURNAL)?;
     let mut ends = HashMap::new();
     for partition in 0..partitions {
         ends.insert(partition, log.end_offset(topic::JOURNAL, partition).await?);

@@ -132,6 +132,16 @@ impl KafkaLog {
         format!("{}{topic}", self.options.topic_prefix)
     }
 
+    /// Learns the partition counts of those of `topics` that exist, without
+    /// creating any: for tools that only read (replay, what-if, archive),
+    /// which must not make a topic the router would then find with the wrong
+    /// partition count.
+    pub async fn learn_partitions(&self, topics: &[&str]) {
+        for topic in topics {
+            let _ = self.fetch_partition_count(topic).await;
+        }
+    }
+
     /// Asks the broker for a topic's partition count and caches it.
     async fn fetch_partition_count(&self, topic: &str) -> Result<u32, LogError> {
         let reader = Arc::clone(&self.reader);
