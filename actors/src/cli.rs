@@ -703,15 +703,12 @@ async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         // On Kafka other processes own partitions too: fold them all for the views.
         cluster: match (&config.event_log, config.admin.listen) {
             (crate::config::EventLogConfig::Kafka { .. }, Some(_)) => {
-                Some(crate::admin::cluster::ClusterQueues::start(std::sync::Arc::clone(&log)))
+                Some(crate::admin::cluster::ClusterQueues::default())
             }
             _ => None,
         },
         ndr,
-        quarantine: config
-            .admin
-            .listen
-            .map(|_| crate::admin::quarantine::QuarantineIndex::start(std::sync::Arc::clone(&log))),
+        quarantine: config.admin.listen.map(|_| crate::admin::quarantine::QuarantineIndex::default()),
         token: config.admin.token()?,
         started: std::sync::atomic::AtomicBool::new(false),
         producer: "mailflow/admin".to_string(),

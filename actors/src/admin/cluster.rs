@@ -4,10 +4,12 @@
 //! `mailflow.delivery`, and a process without the delivery role owns none. So
 //! that `mailflow queue` gives the same answer whichever pod the Service picks,
 //! every process serving the admin API on Kafka folds every partition from the
-//! log, with plain reads (not as a group member), tailing it like the message
-//! trace does. The fold is [`PartitionState::apply`], the one the delivery
-//! role runs, so a partition's view here is the owner's state as of the last
-//! event read (within about [`IDLE`] of it).
+//! log, with plain reads (not as a group member). It reads on demand: each
+//! view first reads what was appended since the previous one (the first reads
+//! everything), so an idle process puts no load on the broker or on the
+//! process's own reads, which its roles share. The fold is
+//! [`PartitionState::apply`], the one the delivery role runs, so a partition's
+//! view here is the owner's state as of the last event in the log.
 //!
 //! The views answer from the delivery role's live state for the partitions
 //! this process owns and from this fold for the others, marking those
@@ -15,7 +17,6 @@
 //! partition, so there it is not started.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use mailflow_events::Envelope;
 use mailflow_events::delivery::DeliveryEvent;
@@ -24,8 +25,6 @@ use mailflow_events::topic;
 
 use crate::delivery::state::PartitionState;
 
-/// Pause after a round that found nothing new.
-pub const IDLE: Duration = Duration::from_millis(200);
 /// Records read from one partition at a time.
 const BATCH: usize = 4096;
 
@@ -33,16 +32,11 @@ const BATCH: usize = 4096;
 #[derive(Debug, Clone, Default)]
 pub struct ClusterQueues {
     states: Arc<RwLock<Vec<PartitionState>>>,
+    /// One catch-up at a time: two would apply the same records twice.
+    catching_up: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ClusterQueues {
-    /// Starts the fold on the current runtime, reading from `log`.
-    pub fn start(log: Arc<dyn EventLog>) -> Self {
-        let queues = Self::default();
-        tokio::spawn(run(log, queues.clone()));
-        queues
-    }
-
     /// Runs `f` over `(partition, state)` of every partition not in `except`.
     pub fn with<T>(&self, except: &[u32], f: impl FnOnce(Vec<(u32, &PartitionState)>) -> T) -> T {
         let states = self.states.read().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -56,8 +50,17 @@ impl ClusterQueues {
     }
 
     /// Reads every partition from where its fold stands to its end once;
-    /// returns how many records were applied.
+    /// returns how many records were applied. The first call learns the
+    /// partition count.
     pub async fn catch_up(&self, log: &dyn EventLog) -> anyhow::Result<usize> {
+        let _one = self.catching_up.lock().await;
+        let known = self.states.read().unwrap_or_else(std::sync::PoisonError::into_inner).len();
+        if known == 0 {
+            // An existing topic keeps its own count; Kafka learns it this way.
+            let partitions = log.create_topic(topic::DELIVERY, DEFAULT_PARTITIONS, TopicKind::Events).await?;
+            *self.states.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                vec![PartitionState::default(); partitions as usize];
+        }
         let partitions = self.states.read().unwrap_or_else(std::sync::PoisonError::into_inner).len();
         let mut applied = 0;
         for partition in 0..partitions {
@@ -70,7 +73,7 @@ impl ClusterQueues {
                 applied += records.len();
                 let mut states = self.states.write().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let state = &mut states[partition];
-                for record in &records {
+                for record in records.iter().filter(|r| r.position.offset >= next) {
                     match Envelope::<DeliveryEvent>::from_json(&record.value) {
                         Ok(envelope) => state.apply(record.position.offset, &envelope),
                         // The delivery role skips what it cannot decode the same way.
@@ -80,30 +83,5 @@ impl ClusterQueues {
             }
         }
         Ok(applied)
-    }
-}
-
-async fn run(log: Arc<dyn EventLog>, queues: ClusterQueues) {
-    let partitions = loop {
-        // An existing topic keeps its own count; Kafka learns it this way.
-        match log.create_topic(topic::DELIVERY, DEFAULT_PARTITIONS, TopicKind::Events).await {
-            Ok(partitions) => break partitions,
-            Err(err) => {
-                tracing::warn!(%err, "queue views cannot open mailflow.delivery yet");
-                tokio::time::sleep(IDLE).await;
-            }
-        }
-    };
-    *queues.states.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-        vec![PartitionState::default(); partitions as usize];
-    loop {
-        match queues.catch_up(&*log).await {
-            Ok(0) => tokio::time::sleep(IDLE).await,
-            Ok(_) => {}
-            Err(err) => {
-                tracing::warn!(%err, "queue views failed to read mailflow.delivery; retrying");
-                tokio::time::sleep(IDLE).await;
-            }
-        }
     }
 }

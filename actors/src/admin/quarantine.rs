@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -46,10 +45,14 @@ pub struct Held {
 /// `mailflow.verdicts`, and the offset of its release: a lookup index folded
 /// from the topic by every process serving the admin API, so that showing or
 /// releasing a message reads its own records instead of its whole partition.
-/// Only records that name a quarantine or release are decoded.
+/// It is brought up to date when asked (each lookup reads what was appended
+/// since the previous one), so an idle process reads nothing; only records
+/// that name a quarantine or release are decoded.
 #[derive(Debug, Clone, Default)]
 pub struct QuarantineIndex {
     inner: Arc<RwLock<Fold>>,
+    /// One catch-up at a time: two would fold the same records twice.
+    catching_up: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug, Default)]
@@ -61,32 +64,11 @@ struct Fold {
     held: HashMap<Box<str>, (u32, u64, Option<u64>)>,
 }
 
-/// Pause after a round that found nothing new.
-const IDLE: Duration = Duration::from_millis(200);
-
 impl QuarantineIndex {
-    /// Starts the fold on the current runtime, reading from `log`.
-    pub fn start(log: Arc<dyn EventLog>) -> Self {
-        let index = Self::default();
-        let runner = index.clone();
-        tokio::spawn(async move {
-            loop {
-                match runner.catch_up(&*log).await {
-                    Ok(0) => tokio::time::sleep(IDLE).await,
-                    Ok(_) => {}
-                    Err(err) => {
-                        tracing::warn!(%err, "the quarantine index failed to read mailflow.verdicts; retrying");
-                        tokio::time::sleep(IDLE).await;
-                    }
-                }
-            }
-        });
-        index
-    }
-
     /// Reads every partition of `mailflow.verdicts` from where the fold
     /// stands to its end once; returns how many records were read.
     pub async fn catch_up(&self, log: &dyn EventLog) -> anyhow::Result<usize> {
+        let _one = self.catching_up.lock().await;
         let partitions = log.create_topic(topic::VERDICTS, DEFAULT_PARTITIONS, TopicKind::Events).await? as usize;
         let mut read = 0;
         for partition in 0..partitions {
@@ -100,7 +82,7 @@ impl QuarantineIndex {
                 let Some(last) = records.last() else { break };
                 read += records.len();
                 let mut fold = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-                for record in &records {
+                for record in records.iter().filter(|r| r.position.offset >= next) {
                     fold.apply(record);
                 }
                 fold.next[partition] = last.position.offset + 1;
@@ -149,6 +131,7 @@ pub async fn find(log: &dyn EventLog, index: Option<&QuarantineIndex>, id: &str)
     let mut held: Option<Held> = None;
     let mut offset = 0;
     if let Some(index) = index {
+        index.catch_up(log).await?;
         let (entry, folded) = index.lookup(partition, id);
         if let Some((quarantined_at, released_at_offset)) = entry {
             let records = log.read(topic::VERDICTS, partition, quarantined_at, 1).await?;

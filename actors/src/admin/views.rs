@@ -142,6 +142,18 @@ async fn ask_live<T: Default + Send + 'static>(
     delivery.ask(move |views| (f(views), views.iter().map(|v| v.partition).collect())).await.ok_or_else(stopped)
 }
 
+/// Brings the fold of the partitions other processes own up to the log's end
+/// (see `super::cluster`); `Err`: the log could not be read.
+async fn catch_up(state: &AdminState) -> Result<(), HttpResponse> {
+    let Some(cluster) = &state.cluster else { return Ok(()) };
+    cluster.catch_up(state.log.as_ref()).await.map(|_| ()).map_err(|err| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("reading mailflow.delivery for the other processes' queues: {err}"),
+        )
+    })
+}
+
 /// The partitions not owned here, folded from the log (see `super::cluster`),
 /// as views.
 fn from_log<T>(state: &AdminState, owned: &[u32], f: impl FnOnce(&[PartitionView<'_>]) -> T) -> Option<T> {
@@ -164,6 +176,9 @@ fn from_log<T>(state: &AdminState, owned: &[u32], f: impl FnOnce(&[PartitionView
 async fn queues(state: web::Data<AdminState>) -> HttpResponse {
     if state.delivery.is_none() && state.cluster.is_none() {
         return no_delivery();
+    }
+    if let Err(response) = catch_up(&state).await {
+        return response;
     }
     let (mut all, owned) = match ask_live(&state, summaries).await {
         Ok(live) => live,
@@ -189,6 +204,9 @@ fn detail_in(views: &[PartitionView<'_>], key: &str) -> Option<QueueDetail> {
 async fn queue(state: web::Data<AdminState>, key: web::Path<String>) -> HttpResponse {
     if state.delivery.is_none() && state.cluster.is_none() {
         return no_delivery();
+    }
+    if let Err(response) = catch_up(&state).await {
+        return response;
     }
     let key = key.into_inner().to_ascii_lowercase();
     let wanted = key.clone();
@@ -251,6 +269,9 @@ pub fn places(views: &[PartitionView<'_>], id: &str) -> Vec<MessagePlace> {
 async fn message(state: web::Data<AdminState>, id: web::Path<String>) -> HttpResponse {
     if state.delivery.is_none() && state.cluster.is_none() {
         return no_delivery();
+    }
+    if let Err(response) = catch_up(&state).await {
+        return response;
     }
     let id = id.into_inner();
     let wanted = id.clone();
