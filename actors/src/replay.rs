@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use mailflow_events::delivery::DeliveryEvent;
 use mailflow_events::log::EventLog;
-use mailflow_events::{Envelope, topic};
+use mailflow_events::topic;
 use serde::Serialize;
 
 use crate::admin::client::AdminClient;
@@ -51,11 +50,8 @@ pub async fn fold(
             {
                 break 'read;
             }
-            match Envelope::<DeliveryEvent>::from_json(&record.value) {
-                Ok(envelope) => state.apply(record.position.offset, &envelope),
-                // The actor skips what it cannot decode the same way.
-                Err(_) => state.next_offset = state.next_offset.max(record.position.offset + 1),
-            }
+            // What cannot be decoded is skipped, as the actor skips it.
+            let _ = state.apply_record(record);
             folded += 1;
         }
         progress(partition, folded);

@@ -18,8 +18,6 @@
 
 use std::sync::{Arc, RwLock};
 
-use mailflow_events::Envelope;
-use mailflow_events::delivery::DeliveryEvent;
 use mailflow_events::log::{DEFAULT_PARTITIONS, EventLog, TopicKind};
 use mailflow_events::topic;
 
@@ -73,12 +71,9 @@ impl ClusterQueues {
                 applied += records.len();
                 let mut states = self.states.write().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let state = &mut states[partition];
-                for record in records.iter().filter(|r| r.position.offset >= next) {
-                    match Envelope::<DeliveryEvent>::from_json(&record.value) {
-                        Ok(envelope) => state.apply(record.position.offset, &envelope),
-                        // The delivery role skips what it cannot decode the same way.
-                        Err(_) => state.next_offset = state.next_offset.max(record.position.offset + 1),
-                    }
+                for record in &records {
+                    // What cannot be decoded is skipped, as the delivery role skips it.
+                    let _ = state.apply_record(record);
                 }
             }
         }

@@ -454,16 +454,9 @@ async fn apply(shared: &Shared, owned: &mut HashMap<u32, Owned>, record: &Record
             }),
         },
     };
-    // Covered by the snapshot the state was loaded from: skipped undecoded.
-    if record.position.offset < partition.state.next_offset {
-        return;
-    }
-    match Envelope::<DeliveryEvent>::from_json(&record.value) {
-        Ok(envelope) => partition.state.apply(record.position.offset, &envelope),
-        Err(err) => {
-            tracing::error!(error = %err, offset = record.position.offset, "undecodable delivery event; skipped");
-            partition.state.next_offset = partition.state.next_offset.max(record.position.offset + 1);
-        }
+    // A record covered by the snapshot the state was loaded from is skipped undecoded.
+    if let Err(err) = partition.state.apply_record(record) {
+        tracing::error!(error = %err, offset = record.position.offset, "undecodable delivery event; skipped");
     }
 }
 

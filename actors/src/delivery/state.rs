@@ -25,6 +25,8 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use chrono::{DateTime, Utc};
 use mailflow_events::Envelope;
 use mailflow_events::delivery::{DeliveryEvent, Destination, Scope};
+use mailflow_events::envelope::DecodeError;
+use mailflow_events::log::Record;
 use mailflow_events::received::SmtpReply;
 use serde::{Deserialize, Serialize};
 
@@ -189,6 +191,26 @@ pub struct ExpiredMessage {
 }
 
 impl PartitionState {
+    /// Applies a record of the partition as read from the log: skipped when
+    /// an earlier fold (or the snapshot it started from) covers it; an
+    /// undecodable one only moves `next_offset` past it, which is what every
+    /// reader of the partition does, and is handed back for the caller to report.
+    pub fn apply_record(&mut self, record: &Record) -> Result<(), DecodeError> {
+        if record.position.offset < self.next_offset {
+            return Ok(());
+        }
+        match Envelope::<DeliveryEvent>::from_json(&record.value) {
+            Ok(envelope) => {
+                self.apply(record.position.offset, &envelope);
+                Ok(())
+            }
+            Err(err) => {
+                self.next_offset = self.next_offset.max(record.position.offset + 1);
+                Err(err)
+            }
+        }
+    }
+
     /// Applies the event at `offset`. Events of other topics' shapes never reach here.
     pub fn apply(&mut self, offset: u64, envelope: &Envelope<DeliveryEvent>) {
         self.next_offset = self.next_offset.max(offset + 1);

@@ -247,3 +247,25 @@ fn a_deferral_that_sent_a_delay_notice_is_remembered_by_the_fold_and_its_snapsho
     let due = back.due(at(5), &never_busy, 10);
     assert!(due[0].messages.iter().any(|m| m.message_id == "m1" && m.delay_notified), "{json}");
 }
+
+#[test]
+fn a_record_is_applied_once_and_an_undecodable_one_is_stepped_over() {
+    let record = |offset: u64, value: Vec<u8>| mailflow_events::log::Record {
+        topic: std::sync::Arc::from(mailflow_events::topic::DELIVERY),
+        position: mailflow_events::log::Position { partition: 0, offset },
+        timestamp_ms: 0,
+        key: Vec::new().into(),
+        value: value.into(),
+    };
+    let mut state = PartitionState::default();
+    state.apply_record(&record(0, queued("m1", 1).to_json())).unwrap();
+    assert_eq!((state.next_offset, state.depth()), (1, 1));
+    // Offset 0 again (a snapshot or an earlier fold covers it): skipped.
+    state.apply_record(&record(0, queued("m2", 2).to_json())).unwrap();
+    assert_eq!((state.next_offset, state.depth()), (1, 1));
+    // Not an event: reported, and the fold moves past it.
+    assert!(state.apply_record(&record(1, b"{not json".to_vec())).is_err());
+    assert_eq!((state.next_offset, state.depth()), (2, 1));
+    state.apply_record(&record(2, queued("m2", 2).to_json())).unwrap();
+    assert_eq!((state.next_offset, state.depth()), (3, 2));
+}
