@@ -11,7 +11,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use anyhow::Context as _;
 use chrono::Utc;
-use mailflow_events::log::{DEFAULT_PARTITIONS, EventLog, Record, TopicKind};
+use mailflow_events::log::{EventLog, Record};
 use mailflow_events::verdicts::{MessageQuarantined, MessageReleased, VerdictEvent};
 use mailflow_events::{Envelope, TraceContext, topic};
 use serde::Serialize;
@@ -66,18 +66,17 @@ struct Fold {
 
 impl QuarantineIndex {
     /// Reads every partition of `mailflow.verdicts` from where the fold
-    /// stands to its end once; returns how many records were read.
+    /// stands to its end once; returns how many records were read. The
+    /// partition count is the one the log already knows (as [`find`] needs
+    /// it too), so a lookup asks the broker for no metadata.
     pub async fn catch_up(&self, log: &dyn EventLog) -> anyhow::Result<usize> {
         let _one = self.catching_up.lock().await;
-        let partitions = log.create_topic(topic::VERDICTS, DEFAULT_PARTITIONS, TopicKind::Events).await? as usize;
+        let partitions = log.partitions(topic::VERDICTS)? as usize;
+        self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner).next.resize(partitions, 0);
         let mut read = 0;
         for partition in 0..partitions {
             loop {
-                let next = {
-                    let mut fold = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    fold.next.resize(partitions, 0);
-                    fold.next[partition]
-                };
+                let next = self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner).next[partition];
                 let records = log.read(topic::VERDICTS, partition as u32, next, 4096).await?;
                 let Some(last) = records.last() else { break };
                 read += records.len();
@@ -234,6 +233,7 @@ async fn release(
 
 #[cfg(test)]
 mod tests {
+    use mailflow_events::log::TopicKind;
     use mailflow_events::log::embedded::{EmbeddedLog, Options};
 
     use super::*;

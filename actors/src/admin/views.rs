@@ -142,9 +142,13 @@ async fn ask_live<T: Default + Send + 'static>(
     delivery.ask(move |views| (f(views), views.iter().map(|v| v.partition).collect())).await.ok_or_else(stopped)
 }
 
-/// Brings the fold of the partitions other processes own up to the log's end
-/// (see `super::cluster`); `Err`: the log could not be read.
+/// Before a view: brings the fold of the partitions other processes own up to
+/// the log's end (see `super::cluster`). `Err`: this process has no queues to
+/// show (no delivery role and no fold), or the log could not be read.
 async fn catch_up(state: &AdminState) -> Result<(), HttpResponse> {
+    if state.delivery.is_none() && state.cluster.is_none() {
+        return Err(no_delivery());
+    }
     let Some(cluster) = &state.cluster else { return Ok(()) };
     cluster.catch_up(state.log.as_ref()).await.map(|_| ()).map_err(|err| {
         error(
@@ -174,9 +178,6 @@ fn from_log<T>(state: &AdminState, owned: &[u32], f: impl FnOnce(&[PartitionView
 }
 
 async fn queues(state: web::Data<AdminState>) -> HttpResponse {
-    if state.delivery.is_none() && state.cluster.is_none() {
-        return no_delivery();
-    }
     if let Err(response) = catch_up(&state).await {
         return response;
     }
@@ -202,9 +203,6 @@ fn detail_in(views: &[PartitionView<'_>], key: &str) -> Option<QueueDetail> {
 }
 
 async fn queue(state: web::Data<AdminState>, key: web::Path<String>) -> HttpResponse {
-    if state.delivery.is_none() && state.cluster.is_none() {
-        return no_delivery();
-    }
     if let Err(response) = catch_up(&state).await {
         return response;
     }
@@ -267,9 +265,6 @@ pub fn places(views: &[PartitionView<'_>], id: &str) -> Vec<MessagePlace> {
 }
 
 async fn message(state: web::Data<AdminState>, id: web::Path<String>) -> HttpResponse {
-    if state.delivery.is_none() && state.cluster.is_none() {
-        return no_delivery();
-    }
     if let Err(response) = catch_up(&state).await {
         return response;
     }
