@@ -366,21 +366,18 @@ impl Router {
         count: usize,
     ) -> anyhow::Result<Vec<mailflow_events::log::Record>> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        // On Kafka, a reader of the router's own broker; the embedded log is
-        // opened read-only beside the running router.
+        // Read-only beside the running router: on Kafka a client of its broker.
         let config = mailflow_actors::config::Config::load(&self.config_path())?;
+        let open = || mailflow_actors::event_log::open_read_only(&config.event_log, "test-reader");
         let kafka = match &config.event_log {
-            kafka @ mailflow_actors::config::EventLogConfig::Kafka { .. } => {
-                let log = mailflow_actors::event_log::open(kafka, "test-reader").await?;
-                log.create_topic(topic, 3, mailflow_events::log::TopicKind::Events).await?;
-                Some(log)
-            }
+            mailflow_actors::config::EventLogConfig::Kafka { .. } => Some(open().await?),
             mailflow_actors::config::EventLogConfig::Embedded { .. } => None,
         };
         loop {
-            let log: std::sync::Arc<dyn mailflow_events::log::EventLog> = match &kafka {
+            // A read-only embedded log is a snapshot of the disk: opened anew each round.
+            let log = match &kafka {
                 Some(log) => std::sync::Arc::clone(log),
-                None => std::sync::Arc::new(EmbeddedLog::open_read_only(self.log_path())?),
+                None => open().await?,
             };
             let log = log.as_ref();
             let mut records = Vec::new();
