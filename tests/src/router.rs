@@ -194,6 +194,29 @@ impl Router {
         }
     }
 
+    /// Polls `GET path` on the admin API (every 100 ms) until `done` holds for
+    /// its answer, for at most `within`; the error names `what` and shows the
+    /// last answer.
+    pub async fn wait_for_admin(
+        &self,
+        within: Duration,
+        path: &str,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let value = self.admin().get(path).await?;
+            if done(&value) {
+                return Ok(value);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {what}: {value:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until `/readyz` says the router has finished replaying.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);

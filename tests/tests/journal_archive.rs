@@ -295,24 +295,25 @@ async fn on_kafka_a_foreign_client_reads_the_journal_and_every_record_validates_
     validate_with_jsonschema(&records)?;
     // Message trace (spec 15) on Kafka: the admin API's index of the journal
     // on the broker finds each row, and the detail lists the message's events.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let answer = router.admin().get("/api/v1/trace?sender=alice@contoso.com").await?;
-        let mut rows: Vec<(String, String)> = answer["rows"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| (r["recipient"].as_str().unwrap_or("?").into(), r["status"].as_str().unwrap_or("?").into()))
-            .collect();
-        rows.sort();
-        let expected =
-            [("alice@contoso.com", "delivered"), ("bob@example.org", "delivered"), ("nobody@contoso.com", "failed")];
-        if rows.iter().map(|(r, s)| (r.as_str(), s.as_str())).eq(expected) {
-            break;
-        }
-        ensure!(Instant::now() < deadline, "trace rows on Kafka: {answer:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let expected =
+        [("alice@contoso.com", "delivered"), ("bob@example.org", "delivered"), ("nobody@contoso.com", "failed")];
+    router
+        .wait_for_admin(
+            Duration::from_secs(60),
+            "/api/v1/trace?sender=alice@contoso.com",
+            "trace rows on Kafka",
+            |answer| {
+                let mut rows: Vec<(&str, &str)> = answer["rows"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| (r["recipient"].as_str().unwrap_or("?"), r["status"].as_str().unwrap_or("?")))
+                    .collect();
+                rows.sort();
+                rows == expected
+            },
+        )
+        .await?;
     let detail = router.admin().get(&format!("/api/v1/trace/{bob}")).await?;
     let events: Vec<&str> =
         detail["events"].as_array().into_iter().flatten().filter_map(|e| e["event"].as_str()).collect();

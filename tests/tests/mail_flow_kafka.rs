@@ -190,21 +190,13 @@ async fn two_delivery_processes_split_the_queues_and_deliver_everything_in_order
     // log, so `mailflow queue` answers the same whichever pod it reaches.
     let mut owned_by = Vec::new();
     for process in [&router, &second] {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let queues = loop {
-            let queues = process.admin().get("/api/v1/queues").await?;
-            let listed: Vec<(&str, u64)> = queues
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|q| Some((q["key"].as_str()?, q["depth"].as_u64()?)))
-                .collect();
-            if listed.len() == DOMAINS.len() && listed.iter().all(|(_, depth)| *depth == 5) {
-                break queues;
-            }
-            ensure!(Instant::now() < deadline, "not every queue at depth 5: {queues:#}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let queues = process
+            .wait_for_admin(Duration::from_secs(60), "/api/v1/queues", "every queue at depth 5", |queues| {
+                let depths: Vec<Option<u64>> =
+                    queues.as_array().into_iter().flatten().map(|q| q["depth"].as_u64()).collect();
+                depths.len() == DOMAINS.len() && depths.iter().all(|depth| *depth == Some(5))
+            })
+            .await?;
         let live: std::collections::BTreeSet<String> = queues
             .as_array()
             .into_iter()

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use mailflow_tests::clients::send_each_and_refuse;
 use mailflow_tests::dns::DnsServer;
 use mailflow_tests::router::{Router, cli, relay_config};
@@ -50,20 +50,8 @@ fn rows(answer: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Polls `GET path` until `done` holds for its answer.
-async fn wait_for(router: &Router, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let value = router.admin().get(path).await?;
-        if done(&value) {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}: {value:#}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// How long an admin API answer is waited for.
+const WAIT: Duration = Duration::from_secs(60);
 
 fn events(detail: &Value) -> Vec<&str> {
     let mut events: Vec<&str> =
@@ -87,13 +75,15 @@ async fn trace_finds_delivered_refused_and_deferred_then_delivered_mail_and_list
     let bob = ids["bob@example.org"].as_str().context("bob's id")?;
 
     // 15.2: delivered to the mailbox store → Delivered.
-    wait_for(&router, &format!("/api/v1/trace?message_id={alice}"), "alice's delivery", |v| {
-        rows(v) == [("alice@contoso.com".to_string(), "delivered".to_string())]
-    })
-    .await?;
+    router
+        .wait_for_admin(WAIT, &format!("/api/v1/trace?message_id={alice}"), "alice's delivery", |v| {
+            rows(v) == [("alice@contoso.com".to_string(), "delivered".to_string())]
+        })
+        .await?;
     // 15.2, 15.7: the next hop is down, so bob's message is deferred → Pending.
-    let pending =
-        wait_for(&router, &format!("/api/v1/trace/{bob}"), "bob's deferral", |v| events(v).contains(&"DEFER")).await?;
+    let pending = router
+        .wait_for_admin(WAIT, &format!("/api/v1/trace/{bob}"), "bob's deferral", |v| events(v).contains(&"DEFER"))
+        .await?;
     assert_eq!(pending["recipients"][0]["status"], "pending", "{pending:#}");
     let answer = router.admin().get("/api/v1/trace?recipient=bob@example.org&status=Pending").await?;
     assert_eq!(rows(&answer), [("bob@example.org".to_string(), "pending".to_string())]);
@@ -111,10 +101,11 @@ async fn trace_finds_delivered_refused_and_deferred_then_delivered_mail_and_list
 
     // The next hop comes back: the retry sends it → Delivered (15.7's T).
     let sink = Sink::start_at(port, Script::smtp()).await?;
-    let detail = wait_for(&router, &format!("/api/v1/trace/{bob}"), "bob's delivery", |v| {
-        events(v).last() == Some(&"SEND") && v["recipients"][0]["status"] == "delivered"
-    })
-    .await?;
+    let detail = router
+        .wait_for_admin(WAIT, &format!("/api/v1/trace/{bob}"), "bob's delivery", |v| {
+            events(v).last() == Some(&"SEND") && v["recipients"][0]["status"] == "delivered"
+        })
+        .await?;
     assert_eq!(sink.received().len(), 1);
     assert_eq!(events(&detail), ["RECEIVE", "AGENTINFO", "DEFER", "SEND"], "{detail:#}");
     let times: Vec<&str> =
@@ -280,9 +271,14 @@ async fn the_trace_index_resumes_from_its_checkpoint_after_a_kill_and_is_rebuilt
     let alice = ids["alice@contoso.com"].as_str().context("alice's id")?.to_string();
     let bob = ids["bob@example.org"].as_str().context("bob's id")?.to_string();
     let alice_delivered = format!("/api/v1/trace?message_id={alice}");
-    wait_for(&router, &alice_delivered, "alice's delivery", |v| rows(v).first().is_some_and(|r| r.1 == "delivered"))
+    router
+        .wait_for_admin(WAIT, &alice_delivered, "alice's delivery", |v| {
+            rows(v).first().is_some_and(|r| r.1 == "delivered")
+        })
         .await?;
-    wait_for(&router, &format!("/api/v1/trace/{bob}"), "bob's deferral", |v| events(v).contains(&"DEFER")).await?;
+    router
+        .wait_for_admin(WAIT, &format!("/api/v1/trace/{bob}"), "bob's deferral", |v| events(v).contains(&"DEFER"))
+        .await?;
     let before = router.admin().get("/api/v1/trace?sender=alice@contoso.com").await?;
     let read_before = metric(&router, "mailflow_trace_records_read_total").await?;
     ensure!(read_before >= 5.0, "the journal holds at least RECEIVE, AGENTINFO, DELIVER, DEFER and FAIL");
@@ -296,9 +292,9 @@ async fn the_trace_index_resumes_from_its_checkpoint_after_a_kill_and_is_rebuilt
     // checkpoint; of the journal only what was written after it is read.
     let router = Router::start_in(router.into_dir(), &config)?;
     router.wait_ready().await?;
-    let answer =
-        wait_for(&router, "/api/v1/trace?sender=alice@contoso.com", "the same rows", |v| rows(v) == rows(&before))
-            .await?;
+    let answer = router
+        .wait_for_admin(WAIT, "/api/v1/trace?sender=alice@contoso.com", "the same rows", |v| rows(v) == rows(&before))
+        .await?;
     assert_eq!(answer["rows"], before["rows"]);
     let resumed_read = metric(&router, "mailflow_trace_records_read_total").await?;
     let journal_end = covered(&written) as f64 + resumed_read;
@@ -317,7 +313,9 @@ async fn the_trace_index_resumes_from_its_checkpoint_after_a_kill_and_is_rebuilt
     std::fs::write(&file, &bytes)?;
     let router = Router::start_in(router.into_dir(), &config)?;
     router.wait_ready().await?;
-    wait_for(&router, "/api/v1/trace?sender=alice@contoso.com", "the same rows", |v| rows(v) == rows(&before)).await?;
+    router
+        .wait_for_admin(WAIT, "/api/v1/trace?sender=alice@contoso.com", "the same rows", |v| rows(v) == rows(&before))
+        .await?;
     let rebuilt_read = metric(&router, "mailflow_trace_records_read_total").await?;
     assert!(rebuilt_read >= journal_end, "rebuilt from offset 0: read {rebuilt_read}, journal ≥ {journal_end}");
     // And a good checkpoint replaces the damaged one.

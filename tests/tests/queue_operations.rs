@@ -15,25 +15,8 @@ use mailflow_tests::sink::{Script, Sink};
 const ZONE: &str = "example.org. 300 IN MX 10 mx.example.org.\nmx.example.org. 300 IN A 127.0.0.1\n";
 const DESTINATION: &str = "internet:example.org";
 
-/// Polls `GET path` until `done` holds.
-async fn wait_for(
-    router: &Router,
-    path: &str,
-    what: &str,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> anyhow::Result<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let value = router.admin().get(path).await?;
-        if done(&value) {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("timed out waiting for {what}: {value:#}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// How long an admin API answer is waited for.
+const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_router_rebuilds_exactly_the_state_it_had_and_an_operator_retry_delivers_in_order()
@@ -47,17 +30,19 @@ async fn a_killed_router_rebuilds_exactly_the_state_it_had_and_an_operator_retry
     let config = relay_config(&dns, port.port(), "retry_schedule = [\"1h\"]\nsnapshot_interval = \"1s\"");
     let router = Router::start(&config)?;
     send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 20)?;
-    let queue = wait_for(&router, &format!("/api/v1/queues/{DESTINATION}"), "20 queued in retry", |q| {
-        q["state"] == "retry" && q["depth"] == 20
-    })
-    .await?;
+    let queue = router
+        .wait_for_admin(WAIT, &format!("/api/v1/queues/{DESTINATION}"), "20 queued in retry", |q| {
+            q["state"] == "retry" && q["depth"] == 20
+        })
+        .await?;
     assert!(queue["last_error"].as_str().is_some_and(|e| e.starts_with("4.4.316")), "{queue:#}");
     let subjects_in_queue = queue["messages"].as_array().map_or(0, Vec::len);
     assert_eq!(subjects_in_queue, 20);
-    let before = wait_for(&router, "/api/v1/state", "a snapshot of the deferred queue", |s| {
-        s[0]["snapshot_at"].as_u64() == s[0]["state"]["next_offset"].as_u64()
-    })
-    .await?;
+    let before = router
+        .wait_for_admin(WAIT, "/api/v1/state", "a snapshot of the deferred queue", |s| {
+            s[0]["snapshot_at"].as_u64() == s[0]["state"]["next_offset"].as_u64()
+        })
+        .await?;
 
     // `replay --verify` folds the log to where the live state is: equal.
     let admin = router.listener("admin").to_string();
@@ -150,7 +135,8 @@ async fn operators_act_on_queues(event_log: &str) -> anyhow::Result<()> {
     let CliRun { status: code, .. } = queue(&["suspend", DESTINATION, "--reason", "maintenance at the partner"])?;
     assert_eq!(code, 0);
     send_numbered(router.smtp(), "alice@contoso.com", "bob@example.org", 3)?;
-    let held = wait_for(&router, &format!("/api/v1/queues/{DESTINATION}"), "3 held", |q| q["depth"] == 3).await?;
+    let held =
+        router.wait_for_admin(WAIT, &format!("/api/v1/queues/{DESTINATION}"), "3 held", |q| q["depth"] == 3).await?;
     assert_eq!(held["state"], "suspended");
     let ids: Vec<String> =
         held["messages"].as_array().unwrap().iter().map(|m| m["message_id"].as_str().unwrap().to_string()).collect();
@@ -286,7 +272,9 @@ print(json.dumps("sent"))
     assert!(inbox[0].contains("From: news@example.net"));
     // Spec 15.2: the message trace lists the held message as Quarantined.
     let trace = format!("/api/v1/trace/{id}");
-    wait_for(&router, &trace, "the quarantined row", |v| v["recipients"][0]["status"] == "quarantined").await?;
+    router
+        .wait_for_admin(WAIT, &trace, "the quarantined row", |v| v["recipients"][0]["status"] == "quarantined")
+        .await?;
 
     // Released by the operator: delivered to the inbox, once.
     let admin = router.listener("admin").to_string();
@@ -315,10 +303,11 @@ print(json.dumps("sent"))
 
     // Spec 15.2/15.3: the trace shows the release, by whom and when, and the
     // row moves on from Quarantined to Delivered.
-    let detail = wait_for(&router, &trace, "the release and the delivery in the trace", |v| {
-        trace_events(v).last().map(String::as_str) == Some("DELIVER") && v["recipients"][0]["status"] == "delivered"
-    })
-    .await?;
+    let detail = router
+        .wait_for_admin(WAIT, &trace, "the release and the delivery in the trace", |v| {
+            trace_events(v).last().map(String::as_str) == Some("DELIVER") && v["recipients"][0]["status"] == "delivered"
+        })
+        .await?;
     assert_eq!(trace_events(&detail), ["RECEIVE", "AGENTINFO", "RELEASE", "DELIVER"], "{detail:#}");
     let events = detail["events"].as_array().expect("events");
     let release = events.iter().find(|e| e["event"] == "RELEASE").expect("a RELEASE event");
