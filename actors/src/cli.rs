@@ -107,8 +107,9 @@ enum Command {
         #[command(subcommand)]
         command: Option<QueueCommand>,
     },
-    /// Message trace (spec 15) of a running router: searches messages (the
-    /// last 48 h when no filter is given), or lists one message's events with --message.
+    /// Message trace (spec 15) of a running router: searches messages (at
+    /// most 10 days per search, the last 48 h when no date is given), or
+    /// lists one message's events with --message.
     Trace {
         #[command(flatten)]
         admin: AdminArgs,

@@ -122,6 +122,15 @@ impl Router {
         } else {
             format!("{full}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = {ADMIN_TOKEN:?}\n")
         };
+        // The trace's query throttle off (the tests poll the trace API every 100 ms),
+        // unless the test sets one.
+        let full = if full.contains("query_limit") {
+            full
+        } else if full.contains("[trace]\n") {
+            full.replacen("[trace]\n", "[trace]\nquery_limit = 0\n", 1)
+        } else {
+            format!("{full}\n[trace]\nquery_limit = 0\n")
+        };
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, full)?;
         let mut command = match wrapper.split_first() {

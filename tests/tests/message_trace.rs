@@ -213,7 +213,8 @@ async fn trace_finds_delivered_refused_and_deferred_then_delivered_mail_and_list
     let all = mailflow_trace(&router, &["--json"])?;
     assert!(all["since"].is_string() && rows(&all).len() >= 3, "{all:#}");
     // A window that ended before the test started finds nothing.
-    let before = search("since=2020-01-01T00:00:00Z&until=2020-01-02T00:00:00Z".into()).await?;
+    let day_before = |days: i64| (chrono::Utc::now() - chrono::Duration::days(days)).format("%Y-%m-%dT%H:%M:%SZ");
+    let before = search(format!("since={}&until={}", day_before(2), day_before(1))).await?;
     assert!(rows(&before).is_empty(), "{before:#}");
     // A bad query is refused with a reason.
     let refused_query = router.admin().get("/api/v1/trace?status=lost").await;
@@ -326,5 +327,80 @@ async fn the_trace_index_resumes_from_its_checkpoint_after_a_kill_and_is_rebuilt
     assert_eq!(header["len"].as_u64(), Some((bytes.len() - split - 1) as u64), "{header}");
     assert_eq!(header["messages"], 3);
     ensure!(covered(&header) as f64 >= journal_end, "{header}");
+    Ok(())
+}
+
+/// Sends `GET path` to the admin listener over a plain TCP connection;
+/// returns the whole response (status line, headers, body) as text.
+async fn raw_get(router: &Router, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(router.listener("admin")).await?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: mailflow\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await??;
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+/// Spec 15.1 (MT-03): a search covers at most 10 days, the last 48 hours when
+/// no date is given, and nothing older than the retention; a process answers
+/// at most `[trace] query_limit` queries per `query_window` (100 per 5
+/// minutes by default, 4 here) and refuses the next with 429 and Retry-After,
+/// through the API and through `mailflow trace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_covers_at_most_10_days_and_the_queries_are_throttled_spec_15_1() -> anyhow::Result<()> {
+    let dns = DnsServer::start(ZONE)?;
+    let port = Sink::closed_port()?;
+    let config = format!(
+        "{}\n[trace]\nquery_limit = 4\nquery_window = \"5m\"\n",
+        relay_config(&dns, port.port(), "retry_schedule = [\"1h\"]")
+    );
+    let router = Router::start(&config)?;
+    router.wait_ready().await?;
+    let admin = router.listener("admin").to_string();
+
+    // 1: filters but no date: the 48 hours up to now.
+    let answer = router.admin().get("/api/v1/trace?sender=alice@contoso.com").await?;
+    let time = |field: &str| -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+        Ok(answer[field].as_str().context("a time")?.parse()?)
+    };
+    assert_eq!(time("until")? - time("since")?, chrono::Duration::hours(48), "{answer}");
+    assert!((chrono::Utc::now() - time("until")?).num_seconds().abs() < 60, "{answer}");
+
+    // 2: eleven days, through `mailflow trace`: refused with the rule, exit status not 0.
+    let now = chrono::Utc::now();
+    let since = (now - chrono::Duration::days(11)).to_rfc3339();
+    let run = cli(&["trace", "--admin", &admin, "--since", &since])?;
+    assert_ne!(run.status, 0);
+    assert!(run.stderr.contains("400") && run.stderr.contains("at most 10 days"), "{}", run.stderr);
+
+    // 3: a window older than the 90 days kept.
+    let old = format!(
+        "/api/v1/trace?since={}&until={}",
+        (now - chrono::Duration::days(100)).format("%Y-%m-%dT%H:%M:%SZ"),
+        (now - chrono::Duration::days(95)).format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let (status, body) = router.admin().get_text(&old).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("older than the trace keeps messages (90 days"), "{body}");
+
+    // 4: a detail view counts too.
+    let (status, body) = router.admin().get_text("/api/v1/trace/no-such-message").await?;
+    assert_eq!(status, 404, "{body}");
+
+    // 5: the fifth query within 5 minutes: 429, with the seconds to wait.
+    let response = raw_get(&router, "/api/v1/trace").await?;
+    assert!(response.starts_with("HTTP/1.1 429"), "{response}");
+    let retry_after: u64 = response
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: ").or_else(|| l.strip_prefix("Retry-After: ")))
+        .context("a Retry-After header")?
+        .trim()
+        .parse()?;
+    assert!((1..=300).contains(&retry_after), "{response}");
+    assert!(response.contains("more than 4 trace queries in 300 s"), "{response}");
+    // `mailflow trace` says so too, and the refusals took no place in the window.
+    let run = cli(&["trace", "--admin", &admin])?;
+    assert_ne!(run.status, 0);
+    assert!(run.stderr.contains("429") && run.stderr.contains("try again in"), "{}", run.stderr);
     Ok(())
 }

@@ -4,6 +4,12 @@
 //!   — one row per message and recipient, newest first; an answer cut by
 //!   `limit` names in `next_page` the parameters of the next page;
 //! - `GET /api/v1/trace/{message_id}` — the message's rows and every event, in time order.
+//!
+//! A search covers at most 10 days, by default the last 48 hours, and never
+//! starts before `[trace] retention` (spec 15.1, [`Query::window`]). Searches
+//! and detail views together are throttled to `[trace] query_limit` per
+//! `query_window` (spec 15.1: 100 per 5 minutes); one more is answered
+//! `429 Too Many Requests` with `Retry-After`.
 
 use std::sync::atomic::Ordering;
 
@@ -21,6 +27,26 @@ fn no_trace() -> HttpResponse {
     error(StatusCode::NOT_FOUND, "this process keeps no message trace")
 }
 
+/// Admits one query, or answers 429 with the seconds until one is admitted.
+fn throttled(service: &TraceService) -> Option<HttpResponse> {
+    let wait = service.admit().err()?;
+    let (limit, window) = {
+        let throttle = service.throttle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (throttle.limit(), throttle.window())
+    };
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Some(
+        HttpResponse::build(StatusCode::TOO_MANY_REQUESTS)
+            .insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()))
+            .json(serde_json::json!({
+                "error": format!(
+                    "more than {limit} trace queries in {} s ([trace] query_limit); try again in {seconds} s",
+                    window.as_secs()
+                )
+            })),
+    )
+}
+
 fn read_index(service: &TraceService) -> std::sync::RwLockReadGuard<'_, crate::trace::TraceIndex> {
     // A poisoned lock means the follower panicked mid-apply; what it holds is still worth showing.
     service.index.read().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -28,6 +54,9 @@ fn read_index(service: &TraceService) -> std::sync::RwLockReadGuard<'_, crate::t
 
 async fn search(state: web::Data<AdminState>, request: HttpRequest) -> HttpResponse {
     let Some(service) = state.trace.clone() else { return no_trace() };
+    if let Some(refused) = throttled(&service) {
+        return refused;
+    }
     let query = match web::Query::<Query>::from_query(request.query_string()) {
         Ok(query) => query.into_inner(),
         Err(err) => return error(StatusCode::BAD_REQUEST, format!("bad trace query: {err}")),
@@ -36,7 +65,7 @@ async fn search(state: web::Data<AdminState>, request: HttpRequest) -> HttpRespo
     // A search may scan every message: off the admin API's only worker thread.
     let answer = web::block(move || {
         let index = read_index(&service);
-        index.search(&query, chrono::Utc::now()).map(|result| (result, index.messages()))
+        index.search(&query, chrono::Utc::now(), service.retention).map(|result| (result, index.messages()))
     })
     .await;
     match answer {
@@ -53,6 +82,9 @@ async fn search(state: web::Data<AdminState>, request: HttpRequest) -> HttpRespo
 
 async fn message(state: web::Data<AdminState>, id: web::Path<String>) -> HttpResponse {
     let Some(service) = &state.trace else { return no_trace() };
+    if let Some(refused) = throttled(service) {
+        return refused;
+    }
     let id = id.into_inner();
     let (positions, rows) = {
         let index = read_index(service);

@@ -35,11 +35,11 @@ pub struct TraceArgs {
     /// How --subject matches.
     #[arg(long, value_enum, default_value_t = SubjectMatch::Contains)]
     pub subject_match: SubjectMatch,
-    /// Messages received at or after this instant (RFC 3339). With no filter
-    /// at all, the last 48 hours are searched.
+    /// Messages received at or after this instant (RFC 3339); by default 48
+    /// hours before --until. One search covers at most 10 days.
     #[arg(long)]
     pub since: Option<DateTime<Utc>>,
-    /// Messages received at or before this instant (RFC 3339).
+    /// Messages received at or before this instant (RFC 3339); by default now.
     #[arg(long)]
     pub until: Option<DateTime<Utc>>,
     /// Next page (spec 15.1 `StartingRecipientAddress`): the recipient of the
@@ -178,12 +178,9 @@ pub async fn run(client: &AdminClient, args: &TraceArgs) -> anyhow::Result<()> {
         if value["caught_up"] == false { "; the trace is still reading the journal" } else { "" }
     );
     if let Some(next) = &result.next_page {
-        let since = next
-            .since
-            .map(|t| format!(" --since {}", t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
-            .unwrap_or_default();
         eprintln!(
-            "more match; next page: the same filters with{since} --until {} --starting-recipient '{}' --starting-message-id {}",
+            "more match; next page: the same filters with --since {} --until {} --starting-recipient '{}' --starting-message-id {}",
+            next.since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             next.until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             next.starting_recipient,
             next.starting_message_id

@@ -44,8 +44,11 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_LIMIT: usize = 1000;
 /// Largest `limit` a search accepts (spec 15.1).
 pub const MAX_LIMIT: usize = 5000;
-/// The window searched when a query gives no parameter at all (spec 15.1).
+/// The window searched when a query gives no `since` (spec 15.1: the last
+/// 48 hours when no dates are given).
 pub const DEFAULT_WINDOW_HOURS: i64 = 48;
+/// The longest window one query may cover (spec 15.1: 10 days per query).
+pub const MAX_WINDOW_DAYS: i64 = 10;
 
 /// One recipient's latest status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +168,15 @@ pub enum QueryError {
     /// `since` is after `until`.
     #[error("since ({0}) is after until ({1})")]
     Window(DateTime<Utc>, DateTime<Utc>),
+    /// The window is longer than one query may cover.
+    #[error(
+        "the window from {0} to {1} covers {days:.1} days; one query covers at most {MAX_WINDOW_DAYS} days: search a shorter window (since and until)",
+        days = (*.1 - *.0).num_hours() as f64 / 24.0
+    )]
+    TooLong(DateTime<Utc>, DateTime<Utc>),
+    /// The window starts before the oldest message the trace keeps.
+    #[error("since ({0}) is older than the trace keeps messages ({1} days, [trace] retention)")]
+    TooOld(DateTime<Utc>, i64),
     /// A paging parameter came without the one it continues.
     #[error(
         "starting_recipient needs until, and starting_message_id needs starting_recipient: pass the next_page of the previous answer"
@@ -200,10 +212,10 @@ pub struct TraceRow {
 /// The answer to a search.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SearchResult {
-    /// Start of the window searched, when bounded.
-    pub since: Option<DateTime<Utc>>,
-    /// End of the window searched, when bounded.
-    pub until: Option<DateTime<Utc>>,
+    /// Start of the window searched.
+    pub since: DateTime<Utc>,
+    /// End of the window searched.
+    pub until: DateTime<Utc>,
     /// Rows, newest first; rows received at the same instant by recipient,
     /// then message id.
     pub rows: Vec<TraceRow>,
@@ -221,7 +233,7 @@ pub struct SearchResult {
 pub struct NextPage {
     /// `since`: the start of the window searched, as searched (also when it
     /// was the 48-hour default), so that every page searches one window.
-    pub since: Option<DateTime<Utc>>,
+    pub since: DateTime<Utc>,
     /// `until`: the received time of the page's last row.
     pub until: DateTime<Utc>,
     /// `starting_recipient`: the recipient of the page's last row.
@@ -231,7 +243,7 @@ pub struct NextPage {
 }
 
 impl NextPage {
-    fn after(row: &TraceRow, since: Option<DateTime<Utc>>) -> Self {
+    fn after(row: &TraceRow, since: DateTime<Utc>) -> Self {
         Self {
             since,
             until: row.received_at,
@@ -272,39 +284,26 @@ pub fn status_name(status: TraceStatus) -> &'static str {
 }
 
 impl Query {
-    /// Whether the query gives no parameter (the window then defaults to 48 h).
-    fn is_empty(&self) -> bool {
-        let Self {
-            sender,
-            recipient,
-            message_id,
-            internet_message_id,
-            client_ip,
-            to_ip,
-            status,
-            subject,
-            subject_match: _,
-            since,
-            until,
-            starting_recipient: _,
-            starting_message_id: _,
-            limit: _,
-        } = self;
-        [sender, recipient, message_id, internet_message_id, client_ip, to_ip, status, subject]
-            .iter()
-            .all(|f| f.is_none())
-            && since.is_none()
-            && until.is_none()
-    }
-
-    /// The window searched at `now`: as given; the last 48 h when the query
-    /// has no parameter (spec 15.1); otherwise unbounded on the sides not given.
-    pub fn window(&self, now: DateTime<Utc>) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
-        if self.is_empty() {
-            (Some(now - Duration::hours(DEFAULT_WINDOW_HOURS)), Some(now))
-        } else {
-            (self.since, self.until)
+    /// The window searched at `now` (spec 15.1): `since` defaults to 48 hours
+    /// before `until`, and `until` to `now`. It may cover at most 10 days, and
+    /// not start before the trace's `retention`.
+    pub fn window(
+        &self,
+        now: DateTime<Utc>,
+        retention: Duration,
+    ) -> Result<(DateTime<Utc>, DateTime<Utc>), QueryError> {
+        let until = self.until.unwrap_or(now);
+        let since = self.since.unwrap_or(until - Duration::hours(DEFAULT_WINDOW_HOURS));
+        if since > until {
+            return Err(QueryError::Window(since, until));
         }
+        if until - since > Duration::days(MAX_WINDOW_DAYS) {
+            return Err(QueryError::TooLong(since, until));
+        }
+        if since < now - retention {
+            return Err(QueryError::TooOld(since, retention.num_days()));
+        }
+        Ok((since, until))
     }
 }
 
@@ -429,8 +428,9 @@ impl TraceIndex {
         self.messages.get_key_value(id).map(|(id, entry)| rows(id, entry, |_| true)).unwrap_or_default()
     }
 
-    /// Searches at `now` (which only sets the default window).
-    pub fn search(&self, query: &Query, now: DateTime<Utc>) -> Result<SearchResult, QueryError> {
+    /// Searches at `now`, which sets the default window, in a trace that keeps
+    /// messages for `retention` (see [`Query::window`]).
+    pub fn search(&self, query: &Query, now: DateTime<Utc>, retention: Duration) -> Result<SearchResult, QueryError> {
         let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
             return Err(QueryError::Limit(limit));
@@ -439,19 +439,13 @@ impl TraceIndex {
             Some(text) => Some(parse_status(text).ok_or_else(|| QueryError::UnknownStatus(text.clone()))?),
             None => None,
         };
-        let (since, until) = query.window(now);
-        if let (Some(since), Some(until)) = (since, until)
-            && since > until
-        {
-            return Err(QueryError::Window(since, until));
-        }
+        let (since, until) = query.window(now, retention)?;
         let after = match (&query.starting_recipient, &query.starting_message_id, query.until) {
             (None, None, _) => None,
             (Some(recipient), id, Some(_)) => Some((recipient.as_str(), id.as_deref())),
             _ => return Err(QueryError::Paging),
         };
-        let (since_ms, until_ms) =
-            (since.map_or(i64::MIN, |t| t.timestamp_millis()), until.map_or(i64::MAX, |t| t.timestamp_millis()));
+        let (since_ms, until_ms) = (since.timestamp_millis(), until.timestamp_millis());
         let recipients: Vec<&str> =
             query.recipient.as_deref().map(|r| r.split(',').map(str::trim).collect()).unwrap_or_default();
         let internet_message_id = query.internet_message_id.as_deref().map(bracketed);

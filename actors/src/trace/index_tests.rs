@@ -105,8 +105,13 @@ fn index_of(records: &[Envelope<JournalEvent>]) -> TraceIndex {
 }
 
 fn query() -> Query {
-    // Any parameter turns the default 48 h window off; an explicit wide one keeps tests clock-free.
+    // An explicit window keeps tests clock-free.
     Query { since: Some(at(0) - chrono::Duration::days(1)), ..Query::default() }
+}
+
+/// How long the trace keeps messages (spec 15.1: 90 days).
+fn keep() -> chrono::Duration {
+    chrono::Duration::days(90)
 }
 
 fn statuses(result: &SearchResult) -> Vec<(&str, &str, TraceStatus)> {
@@ -121,7 +126,7 @@ fn each_recipient_gets_a_row_with_its_latest_status_spec_15_4() {
         attempted("m1", 3, TraceStatus::Delivered, &["carol@example.org"]),
         attempted("m1", 5, TraceStatus::Delivered, &["bob@example.org"]),
     ]);
-    let result = index.search(&query(), at(10)).unwrap();
+    let result = index.search(&query(), at(10), keep()).unwrap();
     assert_eq!(
         statuses(&result),
         [("m1", "bob@example.org", TraceStatus::Delivered), ("m1", "carol@example.org", TraceStatus::Delivered)]
@@ -150,11 +155,14 @@ fn a_refusal_at_the_door_is_a_failed_row_searchable_by_recipient() {
         refused("r1", 2, "nobody@contoso.com"),
     ]);
     let q = Query { recipient: Some("NOBODY@contoso.com".into()), ..query() };
-    let result = index.search(&q, at(10)).unwrap();
+    let result = index.search(&q, at(10), keep()).unwrap();
     assert_eq!(statuses(&result), [("r1", "nobody@contoso.com", TraceStatus::Failed)]);
     assert_eq!(result.rows[0].client_ip.as_deref(), Some("192.0.2.9"));
     let q = Query { status: Some("Failed".into()), ..query() };
-    assert_eq!(statuses(&index.search(&q, at(10)).unwrap()), [("r1", "nobody@contoso.com", TraceStatus::Failed)]);
+    assert_eq!(
+        statuses(&index.search(&q, at(10), keep()).unwrap()),
+        [("r1", "nobody@contoso.com", TraceStatus::Failed)]
+    );
 }
 
 #[test]
@@ -165,7 +173,7 @@ fn subjects_match_by_contains_starts_and_ends_ignoring_case_spec_15_1() {
     ]);
     let ids = |text: &str, how: SubjectMatch| {
         let q = Query { subject: Some(text.into()), subject_match: Some(how), ..query() };
-        index.search(&q, at(10)).unwrap().rows.into_iter().map(|r| r.message_id).collect::<Vec<_>>()
+        index.search(&q, at(10), keep()).unwrap().rows.into_iter().map(|r| r.message_id).collect::<Vec<_>>()
     };
     // Newest first.
     assert_eq!(ids("quarterly", SubjectMatch::Contains), ["m2", "m1"]);
@@ -180,7 +188,8 @@ fn sender_message_ids_and_ip_filter_exactly() {
         received("m1", 1, "alice@contoso.com", &["bob@example.org"], "Hello"),
         received("m2", 2, "eve@contoso.com", &["bob@example.org"], "Hello"),
     ]);
-    let one = |q: Query| index.search(&q, at(10)).unwrap().rows.into_iter().map(|r| r.message_id).collect::<Vec<_>>();
+    let one =
+        |q: Query| index.search(&q, at(10), keep()).unwrap().rows.into_iter().map(|r| r.message_id).collect::<Vec<_>>();
     assert_eq!(one(Query { sender: Some("Eve@Contoso.com".into()), ..query() }), ["m2"]);
     assert_eq!(one(Query { message_id: Some("m1".into()), ..query() }), ["m1"]);
     assert_eq!(one(Query { internet_message_id: Some("m2@contoso.com".into()), ..query() }), ["m2"]);
@@ -205,7 +214,7 @@ fn to_ip_matches_the_address_a_copy_was_sent_to_and_inbound_rows_have_none_spec_
         refused("r1", 7, "nobody@contoso.com"),
     ]);
     let found = |ip: &str| {
-        statuses(&index.search(&Query { to_ip: Some(ip.into()), ..query() }, at(10)).unwrap())
+        statuses(&index.search(&Query { to_ip: Some(ip.into()), ..query() }, at(10), keep()).unwrap())
             .into_iter()
             .map(|(id, to, _)| format!("{id} {to}"))
             .collect::<Vec<_>>()
@@ -225,7 +234,7 @@ fn to_ip_matches_the_address_a_copy_was_sent_to_and_inbound_rows_have_none_spec_
     assert_eq!(index.rows_of("r1")[0].to_ip, None);
     // To IP combines with the other filters.
     let q = Query { to_ip: Some("198.51.100.9".into()), status: Some("pending".into()), ..query() };
-    assert!(index.search(&q, at(10)).unwrap().rows.is_empty());
+    assert!(index.search(&q, at(10), keep()).unwrap().rows.is_empty());
 }
 
 #[test]
@@ -255,7 +264,7 @@ fn a_release_moves_a_quarantined_row_to_pending_until_it_is_delivered_spec_15_2(
     records.push(attempted("m1", 31, TraceStatus::Delivered, &["bob@example.org"]));
     assert_eq!(status(&records), TraceStatus::Delivered);
     let q = Query { status: Some("Quarantined".into()), ..query() };
-    assert!(index_of(&records).search(&q, at(40)).unwrap().rows.is_empty(), "no longer listed as quarantined");
+    assert!(index_of(&records).search(&q, at(40), keep()).unwrap().rows.is_empty(), "no longer listed as quarantined");
 }
 
 #[test]
@@ -265,12 +274,63 @@ fn with_no_parameter_the_last_48_hours_are_searched_spec_15_1() {
         received("new", 2, "alice@contoso.com", &["bob@example.org"], "Hello"),
     ]);
     let now = at(1) + chrono::Duration::hours(48) + chrono::Duration::seconds(30);
-    let result = index.search(&Query::default(), now).unwrap();
+    let result = index.search(&Query::default(), now, keep()).unwrap();
     assert_eq!(statuses(&result), [("new", "bob@example.org", TraceStatus::Pending)]);
-    assert_eq!(result.since, Some(now - chrono::Duration::hours(48)));
+    assert_eq!((result.since, result.until), (now - chrono::Duration::hours(48), now));
     // A window given is searched as given.
     let q = Query { since: Some(at(0)), until: Some(at(1)), ..Query::default() };
-    assert_eq!(statuses(&index.search(&q, now).unwrap()), [("old", "bob@example.org", TraceStatus::Pending)]);
+    assert_eq!(statuses(&index.search(&q, now, keep()).unwrap()), [("old", "bob@example.org", TraceStatus::Pending)]);
+}
+
+#[test]
+fn a_query_without_dates_searches_the_last_48_hours_whatever_its_filters_spec_15_1() {
+    let index = index_of(&[
+        received("old", 1, "alice@contoso.com", &["bob@example.org"], "Hello"),
+        received("new", 2, "alice@contoso.com", &["bob@example.org"], "Hello"),
+    ]);
+    let now = at(1) + chrono::Duration::hours(48) + chrono::Duration::seconds(30);
+    let by_sender = Query { sender: Some("alice@contoso.com".into()), ..Query::default() };
+    assert_eq!(
+        statuses(&index.search(&by_sender, now, keep()).unwrap()),
+        [("new", "bob@example.org", TraceStatus::Pending)]
+    );
+    // A message id names one message, and is still searched in the window.
+    let by_id = Query { message_id: Some("old".into()), ..Query::default() };
+    assert!(index.search(&by_id, now, keep()).unwrap().rows.is_empty());
+    // `until` alone: the 48 hours before it.
+    let q = Query { until: Some(at(1)), ..by_sender.clone() };
+    let result = index.search(&q, now, keep()).unwrap();
+    assert_eq!((result.since, result.until), (at(1) - chrono::Duration::hours(48), at(1)));
+    assert_eq!(statuses(&result), [("old", "bob@example.org", TraceStatus::Pending)]);
+    // `since` alone: up to now.
+    let q = Query { since: Some(at(0)), ..by_sender };
+    let result = index.search(&q, now, keep()).unwrap();
+    assert_eq!((result.since, result.until), (at(0), now));
+    assert_eq!(result.rows.len(), 2);
+}
+
+#[test]
+fn one_query_covers_at_most_10_days_and_none_older_than_the_retention_spec_15_1() {
+    let index = index_of(&[received("m1", 1, "alice@contoso.com", &["bob@example.org"], "Hello")]);
+    let now = at(10);
+    let ten_days = Query { since: Some(now - chrono::Duration::days(10)), ..Query::default() };
+    assert_eq!(index.search(&ten_days, now, keep()).unwrap().rows.len(), 1);
+    let longer =
+        Query { since: Some(now - chrono::Duration::days(10) - chrono::Duration::seconds(1)), ..Query::default() };
+    let refused = index.search(&longer, now, keep()).unwrap_err();
+    assert!(matches!(refused, QueryError::TooLong(..)), "{refused:?}");
+    assert!(refused.to_string().contains("at most 10 days"), "{refused}");
+    // A window of 10 days that starts before what the trace keeps.
+    let old = Query {
+        since: Some(now - chrono::Duration::days(95)),
+        until: Some(now - chrono::Duration::days(88)),
+        ..Query::default()
+    };
+    let refused = index.search(&old, now, keep()).unwrap_err();
+    assert_eq!(refused, QueryError::TooOld(now - chrono::Duration::days(95), 90));
+    assert!(refused.to_string().contains("90 days"), "{refused}");
+    // The same window is searchable in a trace kept longer.
+    assert!(index.search(&old, now, chrono::Duration::days(100)).is_ok());
 }
 
 #[test]
@@ -279,21 +339,21 @@ fn the_limit_cuts_rows_and_says_so_and_bad_queries_are_refused() {
         received("m1", 1, "alice@contoso.com", &["a@example.org", "b@example.org"], "Hello"),
         received("m2", 2, "alice@contoso.com", &["c@example.org"], "Hello"),
     ]);
-    let result = index.search(&Query { limit: Some(2), ..query() }, at(10)).unwrap();
+    let result = index.search(&Query { limit: Some(2), ..query() }, at(10), keep()).unwrap();
     assert_eq!(
         statuses(&result),
         [("m2", "c@example.org", TraceStatus::Pending), ("m1", "a@example.org", TraceStatus::Pending)]
     );
     assert!(result.truncated);
-    assert!(!index.search(&query(), at(10)).unwrap().truncated);
-    assert_eq!(index.search(&Query { limit: Some(0), ..query() }, at(10)), Err(QueryError::Limit(0)));
-    assert_eq!(index.search(&Query { limit: Some(5001), ..query() }, at(10)), Err(QueryError::Limit(5001)));
+    assert!(!index.search(&query(), at(10), keep()).unwrap().truncated);
+    assert_eq!(index.search(&Query { limit: Some(0), ..query() }, at(10), keep()), Err(QueryError::Limit(0)));
+    assert_eq!(index.search(&Query { limit: Some(5001), ..query() }, at(10), keep()), Err(QueryError::Limit(5001)));
     assert!(matches!(
-        index.search(&Query { status: Some("lost".into()), ..query() }, at(10)),
+        index.search(&Query { status: Some("lost".into()), ..query() }, at(10), keep()),
         Err(QueryError::UnknownStatus(_))
     ));
     assert!(matches!(
-        index.search(&Query { since: Some(at(5)), until: Some(at(1)), ..query() }, at(10)),
+        index.search(&Query { since: Some(at(5)), until: Some(at(1)), ..query() }, at(10), keep()),
         Err(QueryError::Window(..))
     ));
 }
@@ -338,7 +398,7 @@ fn ids(rows: &[TraceRow]) -> Vec<String> {
 
 #[test]
 fn rows_are_newest_first_then_by_recipient_then_message_spec_15_1() {
-    let all = paging_index().search(&query(), at(10)).unwrap();
+    let all = paging_index().search(&query(), at(10), keep()).unwrap();
     assert_eq!(
         ids(&all.rows),
         [
@@ -375,11 +435,11 @@ fn rows_are_newest_first_then_by_recipient_then_message_spec_15_1() {
 #[test]
 fn the_next_page_continues_after_the_last_row_with_none_repeated_or_skipped_even_on_ties_spec_15_1() {
     let index = paging_index();
-    let all = index.search(&query(), at(10)).unwrap().rows;
+    let all = index.search(&query(), at(10), keep()).unwrap().rows;
     let mut q = Query { limit: Some(10), ..query() };
     let mut pages: Vec<SearchResult> = Vec::new();
     loop {
-        let page = index.search(&q, at(10)).unwrap();
+        let page = index.search(&q, at(10), keep()).unwrap();
         assert_eq!(page.truncated, page.next_page.is_some());
         let Some(next) = page.next_page.clone() else {
             pages.push(page);
@@ -392,9 +452,9 @@ fn the_next_page_continues_after_the_last_row_with_none_repeated_or_skipped_even
             (next.until, next.starting_recipient.as_str(), next.starting_message_id.as_str()),
             (last.received_at, last.recipient.as_str(), last.message_id.as_str())
         );
-        assert_eq!(next.since, q.since, "every page searches one window");
+        assert_eq!(Some(next.since), q.since, "every page searches one window");
         q = Query {
-            since: next.since,
+            since: Some(next.since),
             until: Some(next.until),
             starting_recipient: Some(next.starting_recipient),
             starting_message_id: Some(next.starting_message_id),
@@ -422,7 +482,7 @@ fn the_next_page_continues_after_the_last_row_with_none_repeated_or_skipped_even
         starting_message_id: Some("m07".into()),
         ..query()
     };
-    assert_eq!(ids(&grown.search(&second, at(40)).unwrap().rows)[..2], ["m08 erin", "m09 gina"]);
+    assert_eq!(ids(&grown.search(&second, at(40), keep()).unwrap().rows)[..2], ["m08 erin", "m09 gina"]);
 }
 
 #[test]
@@ -431,12 +491,12 @@ fn eop_style_paging_by_recipient_alone_skips_that_recipients_rows_at_until_and_n
     // `EndDate` + `StartingRecipientAddress` only: every erin row at minute 6 counts as seen.
     let q =
         Query { until: Some(at(6)), starting_recipient: Some("erin@example.org".into()), limit: Some(2), ..query() };
-    assert_eq!(ids(&index.search(&q, at(10)).unwrap().rows), ["m09 gina", "m10 gina"]);
+    assert_eq!(ids(&index.search(&q, at(10), keep()).unwrap().rows), ["m09 gina", "m10 gina"]);
     // Without `until` there is nothing to continue.
     let q = Query { starting_recipient: Some("erin@example.org".into()), ..query() };
-    assert_eq!(index.search(&q, at(10)), Err(QueryError::Paging));
+    assert_eq!(index.search(&q, at(10), keep()), Err(QueryError::Paging));
     let q = Query { until: Some(at(6)), starting_message_id: Some("m07".into()), ..query() };
-    assert_eq!(index.search(&q, at(10)), Err(QueryError::Paging));
+    assert_eq!(index.search(&q, at(10), keep()), Err(QueryError::Paging));
 }
 
 #[test]

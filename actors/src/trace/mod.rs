@@ -10,7 +10,8 @@
 //! - [`command`]: `mailflow trace`, a client of the admin API
 //!   (`GET /api/v1/trace`, `GET /api/v1/trace/{message_id}`).
 //!
-//! - [`store`]: the index's checkpoint in the data directory.
+//! - [`store`]: the index's checkpoint in the data directory;
+//! - [`throttle`]: at most `[trace] query_limit` queries per `query_window`.
 //!
 //! Every process that serves the admin API keeps its own index of every
 //! partition, so it reads the journal with plain reads, not as a member of a
@@ -26,6 +27,7 @@ pub mod detail;
 pub mod follow;
 pub mod index;
 pub mod store;
+pub mod throttle;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,21 +40,43 @@ pub use index::{Query, SearchResult, TraceIndex, TraceRow};
 pub type TraceHandle = std::sync::Arc<std::sync::RwLock<TraceIndex>>;
 
 /// What the admin API needs to answer trace requests.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TraceService {
     /// The index.
     pub index: TraceHandle,
     /// Set once the follower has read the journal to its end the first time;
     /// until then searches may miss messages.
     pub caught_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// How long a message stays searchable: no query starts earlier.
+    pub retention: chrono::Duration,
+    /// Searches and detail views admitted in the rolling window.
+    pub throttle: std::sync::Arc<std::sync::Mutex<throttle::QueryThrottle>>,
 }
 
 impl TraceService {
+    /// A service over an empty index, with the limits of `settings`.
+    pub fn new(settings: &TraceSettings) -> Self {
+        Self {
+            index: TraceHandle::default(),
+            caught_up: std::sync::Arc::default(),
+            retention: settings.retention,
+            throttle: std::sync::Arc::new(std::sync::Mutex::new(throttle::QueryThrottle::new(
+                settings.query_limit,
+                settings.query_window,
+            ))),
+        }
+    }
+
     /// Starts the follower on the current runtime, reading from `log`.
     pub fn start(log: std::sync::Arc<dyn mailflow_events::log::EventLog>, settings: TraceSettings) -> Self {
-        let service = Self::default();
+        let service = Self::new(&settings);
         tokio::spawn(follow::run(log, service.index.clone(), service.caught_up.clone(), settings));
         service
+    }
+
+    /// Admits one query now, or says how long until one would be admitted.
+    pub fn admit(&self) -> Result<(), Duration> {
+        self.throttle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).admit(std::time::Instant::now())
     }
 }
 
@@ -71,11 +95,24 @@ pub struct TraceConfig {
     /// How often the checkpoint is written while records arrive (default 60 s).
     #[serde(with = "crate::config::humane")]
     pub checkpoint_interval: Duration,
+    /// Searches and detail views one process answers in any `query_window`
+    /// (default 100, spec 15.1); more are refused with HTTP 429 and
+    /// `Retry-After`. 0 turns the limit off.
+    pub query_limit: usize,
+    /// The rolling window of `query_limit` (default 5 minutes).
+    #[serde(with = "crate::config::humane")]
+    pub query_window: Duration,
 }
 
 impl Default for TraceConfig {
     fn default() -> Self {
-        Self { path: None, retention: Duration::from_secs(90 * 86_400), checkpoint_interval: Duration::from_secs(60) }
+        Self {
+            path: None,
+            retention: Duration::from_secs(90 * 86_400),
+            checkpoint_interval: Duration::from_secs(60),
+            query_limit: 100,
+            query_window: Duration::from_secs(300),
+        }
     }
 }
 
@@ -88,6 +125,10 @@ pub struct TraceSettings {
     pub retention: chrono::Duration,
     /// How often the checkpoint is written while records arrive.
     pub checkpoint_interval: Duration,
+    /// Queries admitted in any `query_window` (0: no limit).
+    pub query_limit: usize,
+    /// The rolling window of `query_limit`.
+    pub query_window: Duration,
 }
 
 impl Default for TraceSettings {
@@ -104,6 +145,8 @@ impl TraceSettings {
             path: config.path.clone().or_else(|| data_dir.map(|dir| dir.join("trace"))),
             retention: chrono::Duration::from_std(config.retention).unwrap_or(chrono::Duration::MAX),
             checkpoint_interval: config.checkpoint_interval,
+            query_limit: config.query_limit,
+            query_window: config.query_window,
         }
     }
 }
