@@ -6,7 +6,9 @@
 #
 # Usage: benches/load/relay-bench.sh [COUNT]      (run as root; Postfix needs it)
 # Env:   SIZES ("1024 102400"), CONCS ("1 20"), REPS (2), BENCH_DIR (../shared/bench),
-#        MF_CONNECTIONS (1): mailflow's max_connections_per_destination
+#        MF_CONNECTIONS (1): mailflow's max_connections_per_destination,
+#        PERF_DATA (none): a path prefix; when set, each mailflow cell is profiled
+#        with `perf record -F 499 -g` into PERF_DATA.SIZE.CONC.REP
 #
 # mailflow's route: bench.test is an internal-relay accepted domain; its
 # recipients go through an on-premises outbound connector whose smart host is
@@ -57,7 +59,13 @@ for rep in $(seq "$REPS"); do
       # Its own CPU-accounting cgroup, as Postfix has, so both report relay_cpu_s.
       MF_CG=$(cg_create relaybench-mailflow)
       echo "$MF_PID" > "$MF_CG/cgroup.procs"
+      PERF_PID=
+      if [[ -n ${PERF_DATA:-} ]]; then
+        perf record -F 499 -g -o "$PERF_DATA.$size.$conc.$rep" -p "$MF_PID" > /dev/null 2>&1 &
+        PERF_PID=$!
+      fi
       line=$(RELAY_CGROUP=$MF_CG TIMEOUT=300 "$BENCH_DIR/relay-bench.sh" 127.0.0.1:$MF_PORT 2526 "$COUNT" "$size" "$conc" 2>/dev/null || true)
+      if [[ -n $PERF_PID ]]; then kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true; fi
       kill $MF_PID; wait $MF_PID 2>/dev/null || true
       rmdir "$MF_CG" 2>/dev/null || true
       printf 'mailflow-c%s\t%s\t%s\t%s\t%s\n' "$MF_CONNECTIONS" "$size" "$conc" "$rep" "$line"

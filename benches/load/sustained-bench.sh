@@ -9,7 +9,8 @@
 # can see whether memory stays flat while the deferral and NDR paths run.
 #
 # Usage: benches/load/sustained-bench.sh [SECONDS] [RATE]   (default 150 s at 100 msgs/s; run as root)
-# Env:   SESSIONS (8), SHARE_SOFT (10), SHARE_HARD (10): percent of copies to the 4xx and 5xx hops
+# Env:   SESSIONS (8), SHARE_SOFT (10), SHARE_HARD (10): percent of copies to the 4xx and 5xx hops,
+#        TRACE_RETENTION (90d): [trace] retention, pruned every TRACE_CHECKPOINT (60s)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -24,6 +25,8 @@ OK_PORT=2531
 SOFT_PORT=2532
 HARD_PORT=2533
 EXPIRATION=${EXPIRATION:-60}
+TRACE_RETENTION=${TRACE_RETENTION:-90d}
+TRACE_CHECKPOINT=${TRACE_CHECKPOINT:-60s}
 BENCH_DIR=${BENCH_DIR:-$ROOT/../shared/bench}
 
 cargo build --release -q -p mailflow-actors --bin mailflow
@@ -48,6 +51,9 @@ start_mailflow "$MF_PORT" connection,verdict,routing,delivery,journal <<TOML
 listen = "127.0.0.1:$ADMIN_PORT"
 [dns]
 nameservers = ["127.0.0.1:$DNS_PORT"]
+[trace]
+retention = "$TRACE_RETENTION"
+checkpoint_interval = "$TRACE_CHECKPOINT"
 [transport]
 retry_schedule = ["10s"]
 message_expiration = "${EXPIRATION}s"
@@ -132,16 +138,18 @@ print(json.dumps(counts))
 PY
 
 sample() { # elapsed
-  local rss depth ok
+  local rss metrics depth traced ok
   rss=$(awk '/^VmRSS/ {print $2}' /proc/$MF_PID/status)
-  depth=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^mailflow_queue_depth\{/ {s += $NF} END {print s + 0}')
+  metrics=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics")
+  depth=$(awk '/^mailflow_queue_depth\{/ {s += $NF} END {print s + 0}' <<< "$metrics")
+  traced=$(awk '/^mailflow_trace_messages / {print $NF}' <<< "$metrics")
   ok=$(sink_count_file "$WORK/ok.count")
-  printf 'sample\t%s\trss_kib=%s\tqueue_depth=%s\tdelivered_ok=%s\tndrs=%s\n' "$1" "$rss" "$depth" "$ok" \
-    "$(ls "$WORK/mf/mail/sender@bench.test/new" 2>/dev/null | wc -l)"
+  printf 'sample\t%s\trss_kib=%s\tqueue_depth=%s\ttrace_messages=%s\tdelivered_ok=%s\tndrs=%s\n' "$1" "$rss" "$depth" \
+    "${traced:-?}" "$ok" "$(ls "$WORK/mf/mail/sender@bench.test/new" 2>/dev/null | wc -l)"
 }
 
-printf 'sustained\tduration=%ss\trate=%s/s\tsessions=%s\tsoft=%s%%\thard=%s%%\texpiration=%ss\n' \
-  "$DURATION" "$RATE" "$SESSIONS" "$SHARE_SOFT" "$SHARE_HARD" "$EXPIRATION"
+printf 'sustained\tduration=%ss\trate=%s/s\tsessions=%s\tsoft=%s%%\thard=%s%%\texpiration=%ss\ttrace_retention=%s\n' \
+  "$DURATION" "$RATE" "$SESSIONS" "$SHARE_SOFT" "$SHARE_HARD" "$EXPIRATION" "$TRACE_RETENTION"
 python3 "$WORK/load.py" > "$WORK/load.json" &
 LOAD_PID=$!
 begin=$(date +%s)

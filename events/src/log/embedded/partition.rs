@@ -8,6 +8,20 @@
 //! new segment starts once the current one passes
 //! [`super::Options::segment_bytes`].
 //!
+//! Segment index files, `<base>.index`: the byte position of each record of
+//! a prefix of the segment, that prefix's length and a CRC-32
+//! ([`write_index`]). A sealed segment (one a newer segment follows) gets the
+//! index of all its records when the next segment starts; the segment being
+//! written gets one of its durable prefix every [`ACTIVE_INDEX_BYTES`]
+//! appended. Opening the partition takes a sealed segment's positions from
+//! its index instead of reading and checking every frame, and scans only the
+//! part of the last segment past its index (where a torn tail may be), so
+//! start-up does not read the whole log. An index that is missing, damaged or
+//! does not match its segment (its last frame must decode at the recorded
+//! position with the expected offset and end at the recorded length, and a
+//! sealed segment holds only zeros after it) is ignored: the segment is
+//! scanned, and a sealed one's index written again.
+//!
 //! Invariants:
 //! - only the writer thread writes; readers see a record only once its fsync
 //!   returned (`durable_end`), so nothing unacknowledged or torn is ever served;
@@ -41,6 +55,11 @@ pub const WRITER_QUEUE: usize = 4096;
 const ZERO_FILL_AHEAD: u64 = 1024 * 1024;
 /// Largest number of records one write + fsync covers.
 const MAX_BATCH: usize = 1024;
+/// First bytes of a segment index file (format version 1).
+const INDEX_MAGIC: &[u8; 8] = b"MFSEGIX1";
+/// Bytes appended to the segment being written between two writes of its
+/// index (a quarter of the segment size when that is less).
+pub const ACTIVE_INDEX_BYTES: u64 = 32 * 1024 * 1024;
 
 /// An append waiting for the writer thread.
 struct AppendRequest {
@@ -60,6 +79,8 @@ struct Segment {
     len: u64,
     /// Size of the file: zeros past `len`, written ahead (see [`ZERO_FILL_AHEAD`]).
     allocated: u64,
+    /// Length its index file covers (0: none).
+    indexed: u64,
 }
 
 impl Segment {
@@ -228,6 +249,10 @@ impl Partition {
         }
         for base in &removed {
             fs::remove_file(segment_path(&self.dir, *base)).map_err(LogError::from_io)?;
+            match fs::remove_file(index_path(&self.dir, *base)) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(LogError::from_io(err)),
+                _ => {}
+            }
         }
         sync_dir(&self.dir)
     }
@@ -331,6 +356,22 @@ impl Partition {
         segment.len = start + buf.len() as u64;
         segment.allocated = allocated;
         self.durable_end.store(first + batch.len() as u64, Ordering::Release);
+        let every = ACTIVE_INDEX_BYTES.min(self.segment_bytes / 4).max(1);
+        let due =
+            (segment.len - segment.indexed >= every).then(|| (segment.base, segment.positions.clone(), segment.len));
+        drop(segments);
+        if let Some((base, positions, len)) = due {
+            // Of durable records only, written without holding readers up; a
+            // failure costs only start-up time.
+            match write_index(&self.dir, base, &positions, len) {
+                Ok(()) => {
+                    if let Some(segment) = self.segments.write().map_err(|_| lock_error())?.last_mut() {
+                        segment.indexed = len;
+                    }
+                }
+                Err(err) => tracing::warn!(dir = %self.dir.display(), base, %err, "writing a segment index failed"),
+            }
+        }
         Ok(first)
     }
 
@@ -341,6 +382,15 @@ impl Partition {
             segments.last().is_some_and(|s| s.len >= self.segment_bytes)
         };
         if full {
+            {
+                let segments = self.segments.read().map_err(|_| std::io::Error::other("index lock poisoned"))?;
+                if let Some(sealed) = segments.last()
+                    && let Err(err) = write_index(&self.dir, sealed.base, &sealed.positions, sealed.len)
+                {
+                    // Only start-up speed depends on it: the segment is scanned instead.
+                    tracing::warn!(dir = %self.dir.display(), base = sealed.base, %err, "writing a segment index failed");
+                }
+            }
             let base = self.end_offset();
             let file = OpenOptions::new()
                 .read(true)
@@ -350,7 +400,7 @@ impl Partition {
                 .open(segment_path(&self.dir, base))?;
             sync_dir(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
             let mut segments = self.segments.write().map_err(|_| std::io::Error::other("index lock poisoned"))?;
-            segments.push(Segment { base, file, positions: Vec::new(), len: 0, allocated: 0 });
+            segments.push(Segment { base, file, positions: Vec::new(), len: 0, allocated: 0, indexed: 0 });
         }
         Ok(())
     }
@@ -385,6 +435,74 @@ fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.log"))
 }
 
+fn index_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.index"))
+}
+
+/// Writes the index of the sealed segment `base`: [`INDEX_MAGIC`], its length
+/// and record count (u64 LE), each record's byte position (u64 LE), then a
+/// CRC-32 of all of that. Written to a temporary file, synced, then renamed;
+/// the caller syncs the directory (the next segment's creation does).
+fn write_index(dir: &Path, base: u64, positions: &[u64], len: u64) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(INDEX_MAGIC.len() + 16 + positions.len() * 8 + 4);
+    buf.extend_from_slice(INDEX_MAGIC);
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&(positions.len() as u64).to_le_bytes());
+    for position in positions {
+        buf.extend_from_slice(&position.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&buf);
+    buf.extend_from_slice(&crc.to_le_bytes());
+    let temporary = dir.join(format!("{base:020}.index.tmp"));
+    let file = File::create(&temporary)?;
+    file.write_all_at(&buf, 0)?;
+    file.sync_data()?;
+    fs::rename(&temporary, index_path(dir, base))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The positions and length of the records of segment `base` (`file`,
+/// `size` bytes) that its index file lists, when there is one that checks
+/// out: magic and CRC, positions that start at 0 and rise, and a last frame
+/// that decodes at its position with the expected offset and ends at the
+/// recorded length; in a `sealed` segment followed by nothing but zeros.
+fn read_index(dir: &Path, base: u64, file: &File, size: u64, sealed: bool) -> Option<(Vec<u64>, u64)> {
+    let bytes = fs::read(index_path(dir, base)).ok()?;
+    let body = bytes.get(..bytes.len().checked_sub(4)?)?;
+    let crc = u32::from_le_bytes(bytes.get(body.len()..)?.try_into().ok()?);
+    if !body.starts_with(INDEX_MAGIC) || crc32fast::hash(body) != crc {
+        return None;
+    }
+    let (len, count) = (u64_at(body, 8)?, u64_at(body, 16)?);
+    let listed = body.get(24..)?;
+    if listed.len() as u64 != count.checked_mul(8)? || len > size {
+        return None;
+    }
+    let positions: Vec<u64> = (0..listed.len()).step_by(8).filter_map(|at| u64_at(listed, at)).collect();
+    let rising = positions.windows(2).all(|pair| pair[0] < pair[1]);
+    if !rising || positions.first().is_some_and(|&first| first != 0) {
+        return None;
+    }
+    let Some(&last) = positions.last() else { return (len == 0).then_some((positions, len)) };
+    let mut frame = vec![0; usize::try_from(len.checked_sub(last)?).ok()?];
+    file.read_exact_at(&mut frame, last).ok()?;
+    let (decoded, frame_len) = frame::decode(&frame).ok()?;
+    if decoded.offset != base + count - 1 || frame_len != frame.len() {
+        return None;
+    }
+    if !sealed {
+        return Some((positions, len));
+    }
+    // Past the last record a sealed segment holds only zeros written ahead:
+    // anything else means the index lists fewer records than the file.
+    let mut after = vec![0; usize::try_from((size - len).min(64)).ok()?];
+    file.read_exact_at(&mut after, len).ok()?;
+    after.iter().all(|&b| b == 0).then_some((positions, len))
+}
+
 /// Opens one segment and indexes its valid frames. A torn or corrupt tail of
 /// the last segment is truncated (it was never acknowledged); anywhere else it
 /// is an error, since acknowledged records would be lost.
@@ -407,17 +525,27 @@ fn load_segment(
         .open(&path)
         .map_err(LogError::from_io)?;
     let size = file.metadata().map_err(LogError::from_io)?.len();
-    let mut data = vec![0; size as usize];
-    file.read_exact_at(&mut data, 0).map_err(LogError::from_io)?;
-    let frame::Scan { positions, valid_len: at } = frame::scan(&data, base);
-    if at < data.len() {
-        let torn = data[at..].iter().any(|&b| b != 0);
+    // The records the index lists; the last segment is scanned past them.
+    let (mut positions, indexed) = match read_index(dir, base, &file, size, !is_last) {
+        Some((positions, len)) if !is_last => {
+            return Ok(Segment { base, file, positions, len, allocated: size, indexed: len });
+        }
+        Some(found) => found,
+        None => (Vec::new(), 0),
+    };
+    let mut data = vec![0; (size - indexed) as usize];
+    file.read_exact_at(&mut data, indexed).map_err(LogError::from_io)?;
+    let tail = frame::scan(&data, base + positions.len() as u64);
+    positions.extend(tail.positions.iter().map(|p| indexed + p));
+    let at = indexed as usize + tail.valid_len;
+    if tail.valid_len < data.len() {
+        let torn = data[tail.valid_len..].iter().any(|&b| b != 0);
         if torn && !is_last {
             return Err(LogError::Corrupt { path: path.display().to_string(), at: at as u64 });
         }
         if read_only {
             // The writer may be in the middle of this tail: serve the valid prefix, touch nothing.
-            return Ok(Segment { base, file, positions, len: at as u64, allocated: at as u64 });
+            return Ok(Segment { base, file, positions, len: at as u64, allocated: at as u64, indexed });
         }
         if torn {
             tracing::warn!(path = %path.display(), at, "truncating torn tail of the event log");
@@ -426,10 +554,152 @@ fn load_segment(
         file.set_len(at as u64).map_err(LogError::from_io)?;
         file.sync_all().map_err(LogError::from_io)?;
     }
-    Ok(Segment { base, file, positions, len: at as u64, allocated: at as u64 })
+    if !is_last && !read_only {
+        // Written before the index existed, or its index did not check out.
+        match write_index(dir, base, &positions, at as u64).and_then(|()| File::open(dir)?.sync_all()) {
+            Ok(()) => tracing::info!(path = %path.display(), records = positions.len(), "segment index written"),
+            Err(err) => tracing::warn!(path = %path.display(), %err, "writing a segment index failed"),
+        }
+    }
+    Ok(Segment { base, file, positions, len: at as u64, allocated: at as u64, indexed })
 }
 
 /// Makes a directory's entries (new files) durable.
 pub(super) fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(LogError::from_io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::embedded::{EmbeddedLog, Options};
+    use crate::log::{EventLog as _, TopicKind};
+
+    const RECORDS: u32 = 300;
+
+    fn value(n: u32) -> Vec<u8> {
+        format!("record {n} {}", "x".repeat((n % 50) as usize)).into_bytes()
+    }
+
+    /// Opens the log in `dir` with 4 KiB segments and reads every record of `t`/0.
+    async fn read_all(dir: &Path) -> Result<Vec<Vec<u8>>, LogError> {
+        let log = EmbeddedLog::open(dir, Options { segment_bytes: 4096 })?;
+        log.create_topic("t", 1, TopicKind::Events).await?;
+        Ok(log.read("t", 0, 0, 10_000).await?.into_iter().map(|r| r.value.to_vec()).collect())
+    }
+
+    /// Appends [`RECORDS`] records to `t`/0 of a log in `dir` with 4 KiB
+    /// segments; returns the partition directory and its segment bases.
+    async fn filled(dir: &Path) -> (PathBuf, Vec<u64>) {
+        let log = EmbeddedLog::open(dir, Options { segment_bytes: 4096 }).unwrap();
+        log.create_topic("t", 1, TopicKind::Events).await.unwrap();
+        for n in 0..RECORDS {
+            log.append_to("t", 0, b"k", &value(n)).await.unwrap();
+        }
+        drop(log);
+        let partition = dir.join("topics").join("t").join("0");
+        let mut bases: Vec<u64> = fs::read_dir(&partition)
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+            .collect();
+        bases.sort_unstable();
+        assert!(bases.len() >= 3, "several segments: {bases:?}");
+        (partition, bases)
+    }
+
+    fn index_checks_out(partition: &Path, base: u64) -> bool {
+        let file = File::open(segment_path(partition, base)).unwrap();
+        let size = file.metadata().unwrap().len();
+        read_index(partition, base, &file, size, true).is_some()
+    }
+
+    #[tokio::test]
+    async fn every_sealed_segment_gets_an_index_and_opening_takes_the_positions_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (partition, bases) = filled(dir.path()).await;
+        let (sealed, last) = bases.split_at(bases.len() - 1);
+        assert!(sealed.iter().all(|&base| index_checks_out(&partition, base)));
+        assert!(!index_checks_out(&partition, last[0]), "the segment being written has no index of a sealed one");
+        let expected: Vec<Vec<u8>> = (0..RECORDS).map(value).collect();
+        assert_eq!(read_all(dir.path()).await.unwrap(), expected);
+
+        // Damage the second record of the first segment: a scan at open would
+        // refuse the log; with the index the open does not read the frame, and
+        // the read that reaches it still refuses to serve it.
+        let path = segment_path(&partition, sealed[0]);
+        let mut bytes = fs::read(&path).unwrap();
+        let (_, first_len) = frame::decode(&bytes).unwrap();
+        bytes[first_len + 20] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let log = EmbeddedLog::open(dir.path(), Options { segment_bytes: 4096 }).unwrap();
+        log.create_topic("t", 1, TopicKind::Events).await.unwrap();
+        assert_eq!(log.read("t", 0, 0, 1).await.unwrap()[0].value.to_vec(), value(0));
+        assert!(matches!(log.read("t", 0, 1, 1).await, Err(LogError::Corrupt { .. })));
+    }
+
+    #[tokio::test]
+    async fn the_last_segment_is_scanned_only_past_its_index_and_a_torn_tail_there_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (partition, bases) = filled(dir.path()).await;
+        let last = *bases.last().unwrap();
+        let path = segment_path(&partition, last);
+        let file = File::open(&path).unwrap();
+        let size = file.metadata().unwrap().len();
+        let (positions, indexed) = read_index(&partition, last, &file, size, false).expect("an index of its prefix");
+        let all = read_all(dir.path()).await.unwrap();
+        let in_last = all.len() - (last as usize);
+        assert!(positions.len() >= 2 && positions.len() < in_last, "a prefix: {} of {in_last}", positions.len());
+
+        // A torn write past the durable records: cut at open, nothing lost.
+        let mut bytes = fs::read(&path).unwrap();
+        let end = bytes.len();
+        bytes.extend_from_slice(&[0x55; 40]);
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_all(dir.path()).await.unwrap(), all);
+        assert_eq!(fs::metadata(&path).unwrap().len(), end as u64, "the torn tail is truncated");
+
+        // Inside the indexed prefix the frames are not read at open; a damaged
+        // one is still refused when read.
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[positions[0] as usize + 20] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let log = EmbeddedLog::open(dir.path(), Options { segment_bytes: 4096 }).unwrap();
+        log.create_topic("t", 1, TopicKind::Events).await.unwrap();
+        assert!(matches!(log.read("t", 0, last, 1).await, Err(LogError::Corrupt { .. })));
+        let past_index = last + positions.len() as u64;
+        assert_eq!(log.read("t", 0, past_index, 1).await.unwrap()[0].value.to_vec(), all[past_index as usize]);
+        assert!(indexed < size);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_or_short_index_is_ignored_the_segment_scanned_and_the_index_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (partition, bases) = filled(dir.path()).await;
+        let expected: Vec<Vec<u8>> = (0..RECORDS).map(value).collect();
+
+        // One byte flipped: the CRC does not match.
+        let index = index_path(&partition, bases[0]);
+        let mut bytes = fs::read(&index).unwrap();
+        bytes[30] ^= 0x01;
+        fs::write(&index, &bytes).unwrap();
+        assert!(!index_checks_out(&partition, bases[0]));
+        assert_eq!(read_all(dir.path()).await.unwrap(), expected);
+        assert!(index_checks_out(&partition, bases[0]), "written again at open");
+
+        // A well-formed index that lists one record too few: the bytes past
+        // its length are a frame, not zeros.
+        let file = File::open(segment_path(&partition, bases[1])).unwrap();
+        let size = file.metadata().unwrap().len();
+        let (positions, _) = read_index(&partition, bases[1], &file, size, true).unwrap();
+        let short = &positions[..positions.len() - 1];
+        write_index(&partition, bases[1], short, positions[positions.len() - 1]).unwrap();
+        assert!(!index_checks_out(&partition, bases[1]));
+        assert_eq!(read_all(dir.path()).await.unwrap(), expected);
+        assert!(index_checks_out(&partition, bases[1]));
+
+        // No index at all (a log written before indexes existed).
+        fs::remove_file(index_path(&partition, bases[0])).unwrap();
+        assert_eq!(read_all(dir.path()).await.unwrap(), expected);
+        assert!(index_checks_out(&partition, bases[0]));
+    }
 }
