@@ -50,15 +50,8 @@ nameservers = ["127.0.0.1:$DNS_PORT"]
 retry_schedule = ["1h"]
 message_expiration = "2d"
 max_connections_per_destination = $CONNECTIONS
-[[accepted_domains]]
-name = "bench.test"
-type = "internal_relay"
-[[outbound_connectors]]
-name = "sink"
-kind = "on_premises"
-all_accepted_domains = true
-smart_hosts = ["127.0.0.1:$SINK_PORT"]
 TOML
+  sink_route "$SINK_PORT"
 }
 rss_mib() { awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$MF_PID/status"; }
 depth() { curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^mailflow_queue_depth\{/ {s += $NF} END {print s + 0}'; }

@@ -43,3 +43,19 @@ TOML
   for _ in $(seq 100); do grep -q '^ready' "$WORK/mf/out" 2>/dev/null && return; sleep 0.1; done
   echo "mailflow did not start" >&2; cat "$WORK/mf/out" >&2; exit 1
 }
+
+# sink_route PORT: configuration that makes bench.test an internal-relay
+# accepted domain whose mail goes through an on-premises outbound connector
+# to a smart host on 127.0.0.1:PORT, so every message runs every role.
+sink_route() {
+  cat <<TOML
+[[accepted_domains]]
+name = "bench.test"
+type = "internal_relay"
+[[outbound_connectors]]
+name = "sink"
+kind = "on_premises"
+all_accepted_domains = true
+smart_hosts = ["127.0.0.1:$1"]
+TOML
+}

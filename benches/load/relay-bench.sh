@@ -35,20 +35,11 @@ start_dns 'source.test. 300 IN TXT "v=spf1 ip4:127.0.0.1 -all"'
 # cg_create and friends (CPU accounting per relay).
 . "$BENCH_DIR/lib.sh"
 start_relaying() {
-  start_mailflow "$MF_PORT" connection,verdict,routing,delivery <<TOML
-[dns]
-nameservers = ["127.0.0.1:$DNS_PORT"]
-[transport]
-max_connections_per_destination = $MF_CONNECTIONS
-[[accepted_domains]]
-name = "bench.test"
-type = "internal_relay"
-[[outbound_connectors]]
-name = "sink"
-kind = "on_premises"
-all_accepted_domains = true
-smart_hosts = ["127.0.0.1:2526"]
-TOML
+  start_mailflow "$MF_PORT" connection,verdict,routing,delivery < <(
+    printf '[dns]\nnameservers = ["127.0.0.1:%s"]\n[transport]\nmax_connections_per_destination = %s\n' \
+      "$DNS_PORT" "$MF_CONNECTIONS"
+    sink_route 2526
+  )
 }
 
 printf 'server\tsize\tconc\trep\tresult\n'
