@@ -29,22 +29,19 @@ fn no_trace() -> HttpResponse {
 
 /// Admits one query, or answers 429 with the seconds until one is admitted.
 fn throttled(service: &TraceService) -> Option<HttpResponse> {
-    let wait = service.admit().err()?;
-    let (limit, window) = {
-        let throttle = service.throttle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        (throttle.limit(), throttle.window())
+    let (wait, limit, window) = {
+        let mut throttle = service.throttle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (throttle.admit(std::time::Instant::now()).err()?, throttle.limit(), throttle.window())
     };
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    Some(
-        HttpResponse::build(StatusCode::TOO_MANY_REQUESTS)
-            .insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()))
-            .json(serde_json::json!({
-                "error": format!(
-                    "more than {limit} trace queries in {} s ([trace] query_limit); try again in {seconds} s",
-                    window.as_secs()
-                )
-            })),
-    )
+    let message = format!(
+        "more than {limit} trace queries in {} s ([trace] query_limit); try again in {seconds} s",
+        window.as_secs()
+    );
+    let mut response = error(StatusCode::TOO_MANY_REQUESTS, message);
+    let retry_after = actix_web::http::header::HeaderValue::from(seconds);
+    response.headers_mut().insert(actix_web::http::header::RETRY_AFTER, retry_after);
+    Some(response)
 }
 
 fn read_index(service: &TraceService) -> std::sync::RwLockReadGuard<'_, crate::trace::TraceIndex> {

@@ -73,11 +73,6 @@ impl TraceService {
         tokio::spawn(follow::run(log, service.index.clone(), service.caught_up.clone(), settings));
         service
     }
-
-    /// Admits one query now, or says how long until one would be admitted.
-    pub fn admit(&self) -> Result<(), Duration> {
-        self.throttle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).admit(std::time::Instant::now())
-    }
 }
 
 /// `[trace]`: where the index is checkpointed and how long it keeps messages.

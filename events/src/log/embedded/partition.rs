@@ -361,15 +361,11 @@ impl Partition {
             (segment.len - segment.indexed >= every).then(|| (segment.base, segment.positions.clone(), segment.len));
         drop(segments);
         if let Some((base, positions, len)) = due {
-            // Of durable records only, written without holding readers up; a
-            // failure costs only start-up time.
-            match write_index(&self.dir, base, &positions, len) {
-                Ok(()) => {
-                    if let Some(segment) = self.segments.write().map_err(|_| lock_error())?.last_mut() {
-                        segment.indexed = len;
-                    }
-                }
-                Err(err) => tracing::warn!(dir = %self.dir.display(), base, %err, "writing a segment index failed"),
+            // Of durable records only, written without holding readers up.
+            if index_segment(&self.dir, base, &positions, len)
+                && let Some(segment) = self.segments.write().map_err(|_| lock_error())?.last_mut()
+            {
+                segment.indexed = len;
             }
         }
         Ok(first)
@@ -384,11 +380,8 @@ impl Partition {
         if full {
             {
                 let segments = self.segments.read().map_err(|_| std::io::Error::other("index lock poisoned"))?;
-                if let Some(sealed) = segments.last()
-                    && let Err(err) = write_index(&self.dir, sealed.base, &sealed.positions, sealed.len)
-                {
-                    // Only start-up speed depends on it: the segment is scanned instead.
-                    tracing::warn!(dir = %self.dir.display(), base = sealed.base, %err, "writing a segment index failed");
+                if let Some(sealed) = segments.last() {
+                    index_segment(&self.dir, sealed.base, &sealed.positions, sealed.len);
                 }
             }
             let base = self.end_offset();
@@ -439,10 +432,12 @@ fn index_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.index"))
 }
 
-/// Writes the index of the sealed segment `base`: [`INDEX_MAGIC`], its length
-/// and record count (u64 LE), each record's byte position (u64 LE), then a
-/// CRC-32 of all of that. Written to a temporary file, synced, then renamed;
-/// the caller syncs the directory (the next segment's creation does).
+/// Writes the index of the first `positions.len()` records (`len` bytes) of
+/// segment `base`: [`INDEX_MAGIC`], the length and record count (u64 LE),
+/// each record's byte position (u64 LE), then a CRC-32 of all of that.
+/// Written to a temporary file, synced, then renamed; the directory is synced
+/// by the next segment's creation or at the next open, and a rename lost
+/// before that only means a scan.
 fn write_index(dir: &Path, base: u64, positions: &[u64], len: u64) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(INDEX_MAGIC.len() + 16 + positions.len() * 8 + 4);
     buf.extend_from_slice(INDEX_MAGIC);
@@ -458,6 +453,18 @@ fn write_index(dir: &Path, base: u64, positions: &[u64], len: u64) -> std::io::R
     file.write_all_at(&buf, 0)?;
     file.sync_data()?;
     fs::rename(&temporary, index_path(dir, base))
+}
+
+/// [`write_index`], logging a failure, which costs only start-up time (the
+/// segment is scanned instead); whether it was written.
+fn index_segment(dir: &Path, base: u64, positions: &[u64], len: u64) -> bool {
+    match write_index(dir, base, positions, len) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(dir = %dir.display(), base, %err, "writing a segment index failed");
+            false
+        }
+    }
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
@@ -554,12 +561,10 @@ fn load_segment(
         file.set_len(at as u64).map_err(LogError::from_io)?;
         file.sync_all().map_err(LogError::from_io)?;
     }
-    if !is_last && !read_only {
-        // Written before the index existed, or its index did not check out.
-        match write_index(dir, base, &positions, at as u64).and_then(|()| File::open(dir)?.sync_all()) {
-            Ok(()) => tracing::info!(path = %path.display(), records = positions.len(), "segment index written"),
-            Err(err) => tracing::warn!(path = %path.display(), %err, "writing a segment index failed"),
-        }
+    // Written before the index existed, or its index did not check out; the
+    // caller syncs the directory once every segment is loaded.
+    if !is_last && !read_only && index_segment(dir, base, &positions, at as u64) {
+        tracing::info!(path = %path.display(), records = positions.len(), "segment index written");
     }
     Ok(Segment { base, file, positions, len: at as u64, allocated: at as u64, indexed })
 }
