@@ -388,6 +388,7 @@ async fn what_if_report(
 /// `mailflow serve`: logs and traces, the roles until SIGTERM and their drain,
 /// then the spans still batched.
 fn serve_command(format: LogFormat, config: Option<&PathBuf>, roles: Vec<Role>) -> anyhow::Result<()> {
+    let malloc = crate::memory::limit();
     let config = load(config)?;
     let names: Vec<String> = roles
         .iter()
@@ -395,6 +396,7 @@ fn serve_command(format: LogFormat, config: Option<&PathBuf>, roles: Vec<Role>) 
         .collect();
     let (telemetry, traces) = crate::telemetry::Telemetry::start(&config.telemetry, &names.join(","))?.unzip();
     init_logs(format, traces);
+    tracing::debug!(arenas = ?malloc.arenas, mmap_threshold = ?malloc.mmap_threshold, "malloc limits set");
     if let Some(telemetry) = &telemetry {
         tracing::info!(url = telemetry.url(), "exporting traces");
     }
@@ -637,6 +639,7 @@ impl Drop for RoleArbiters {
 async fn serve(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     let log = event_log::open(&config.event_log, "mailflow").await.context("opening the event log")?;
     let (drain, drained) = crate::drain::Drain::new();
+    actix_rt::spawn(crate::memory::trim_periodically());
     // One resolver, hence one DNS cache, for every role of the process.
     let resolver = crate::dns::resolver(&config.dns).context("building the DNS resolver")?;
     let authenticator = std::sync::Arc::new(mail_auth::MessageAuthenticator(resolver.clone()));

@@ -14,6 +14,7 @@ pub mod event_log;
 pub mod front_door;
 pub mod journal;
 pub mod mailbox;
+pub mod memory;
 pub mod metrics;
 pub mod ndr;
 pub mod policy;

@@ -18,6 +18,7 @@
 //! | `mailflow_delivery_replay_remaining` | gauge | `partition` (events still to fold before delivery resumes) |
 //! | `mailflow_trace_records_read_total` | counter | | (journal records the message-trace index read since start: all of them on a rebuild, only those after the checkpoint on a resume) |
 //! | `mailflow_trace_messages` | gauge | | (messages in the message-trace index) |
+//! | `mailflow_malloc_bytes` | gauge | `state` (`in_use`: allocated, `free`: freed and kept by glibc's malloc; absent with another C library) |
 //!
 //! Counters and histograms are updated where things happen; the queue, lag
 //! and replay gauges are computed when scraped, from the delivery state and
@@ -105,6 +106,13 @@ pub struct LagLabels {
     pub partition: u32,
 }
 
+/// `state` of the allocator's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct MallocLabels {
+    /// `in_use` or `free`.
+    pub state: String,
+}
+
 /// `partition`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct PartitionLabels {
@@ -144,6 +152,7 @@ pub struct Metrics {
     queue_oldest_age: Family<DestinationLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     consumer_lag: Family<LagLabels, Gauge>,
     replay_remaining: Family<PartitionLabels, Gauge>,
+    malloc_bytes: Family<MallocLabels, Gauge>,
     /// Each group member's position: `(group, topic, partition)` → next offset to handle.
     positions: Mutex<HashMap<(String, String, u32), u64>>,
     /// One scrape at a time refreshes the computed gauges.
@@ -228,6 +237,13 @@ impl Metrics {
             "Delivery events still to fold before the partition resumes delivering",
             replay_remaining.clone(),
         );
+        let malloc_bytes = Family::<MallocLabels, Gauge>::default();
+        registry.register_with_unit(
+            "malloc",
+            "Bytes of the C allocator: allocated (in_use) and freed but kept (free)",
+            Unit::Bytes,
+            malloc_bytes.clone(),
+        );
         Self {
             registry,
             sessions,
@@ -245,6 +261,7 @@ impl Metrics {
             queue_oldest_age,
             consumer_lag,
             replay_remaining,
+            malloc_bytes,
             positions: Mutex::new(HashMap::new()),
             scrape: tokio::sync::Mutex::new(()),
         }
@@ -322,6 +339,11 @@ impl Metrics {
                 tokio::time::timeout(Duration::from_secs(2), log.end_offset(&labels.topic, labels.partition)).await;
             if let Ok(Ok(end)) = end {
                 self.consumer_lag.get_or_create(&labels).set(end.saturating_sub(next) as i64);
+            }
+        }
+        if let Some(usage) = crate::memory::usage() {
+            for (state, bytes) in [("in_use", usage.in_use), ("free", usage.free)] {
+                self.malloc_bytes.get_or_create(&MallocLabels { state: state.to_string() }).set(bytes as i64);
             }
         }
         let mut text = String::new();

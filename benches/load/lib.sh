@@ -16,7 +16,9 @@ start_dns() {
 # start_mailflow PORT ROLES: starts the release binary on 127.0.0.1:PORT with
 # an embedded log under $WORK/mf, the bench's [server] settings and the extra
 # configuration read from stdin (routing, delivery, DNS...), runs ROLES, waits
-# until it is ready, and sets MF_PID.
+# until it is ready, and sets MF_PID. MF_EXEC (none) is put before the
+# binary: a command that execs it, so that MF_PID stays the router's pid, such
+# as `env LD_PRELOAD=… DUMP_HEAPTRACK_OUTPUT=…` for a heap profile or `taskset -c 1`.
 start_mailflow() {
   local port=$1 roles=$2
   rm -rf "$WORK/mf"; mkdir -p "$WORK/mf"
@@ -37,7 +39,7 @@ path = "$WORK/mf/mail"
 TOML
     cat
   } > "$WORK/mf/config.toml"
-  RUST_LOG=warn "$ROOT/target/release/mailflow" serve --config "$WORK/mf/config.toml" --roles "$roles" \
+  RUST_LOG=warn ${MF_EXEC:-} "$ROOT/target/release/mailflow" serve --config "$WORK/mf/config.toml" --roles "$roles" \
     > "$WORK/mf/out" 2>&1 &
   MF_PID=$!
   for _ in $(seq 100); do grep -q '^ready' "$WORK/mf/out" 2>/dev/null && return; sleep 0.1; done

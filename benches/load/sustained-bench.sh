@@ -5,8 +5,10 @@
 # every copy to it is deferred, retried and finally expires with an NDR
 # 4.4.7) and one that answers 5xx to RCPT (an NDR at once). The NDRs go back
 # into the pipeline and land in the sender's mailbox (Maildir). Samples
-# mailflow's resident set, queue depth and the sink's count every 5 s, so one
-# can see whether memory stays flat while the deferral and NDR paths run.
+# mailflow's resident set (all, and anonymous), the allocator's bytes in use
+# and kept free (mailflow_malloc_bytes), queue depth and the sink's count
+# every 5 s, so one can see whether memory stays flat while the deferral and
+# NDR paths run.
 #
 # Usage: benches/load/sustained-bench.sh [SECONDS] [RATE]   (default 150 s at 100 msgs/s; run as root)
 # Env:   SESSIONS (8), SHARE_SOFT (10), SHARE_HARD (10): percent of copies to the 4xx and 5xx hops,
@@ -138,14 +140,18 @@ print(json.dumps(counts))
 PY
 
 sample() { # elapsed
-  local rss metrics depth traced ok
+  local rss anon metrics depth traced in_use free ok
   rss=$(awk '/^VmRSS/ {print $2}' /proc/$MF_PID/status)
+  anon=$(awk '/^RssAnon/ {print $2}' /proc/$MF_PID/status)
   metrics=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics")
   depth=$(awk '/^mailflow_queue_depth\{/ {s += $NF} END {print s + 0}' <<< "$metrics")
   traced=$(awk '/^mailflow_trace_messages / {print $NF}' <<< "$metrics")
+  in_use=$(awk '/^mailflow_malloc_bytes\{state="in_use"\}/ {print int($NF / 1024)}' <<< "$metrics")
+  free=$(awk '/^mailflow_malloc_bytes\{state="free"\}/ {print int($NF / 1024)}' <<< "$metrics")
   ok=$(sink_count_file "$WORK/ok.count")
-  printf 'sample\t%s\trss_kib=%s\tqueue_depth=%s\ttrace_messages=%s\tdelivered_ok=%s\tndrs=%s\n' "$1" "$rss" "$depth" \
-    "${traced:-?}" "$ok" "$(ls "$WORK/mf/mail/sender@bench.test/new" 2>/dev/null | wc -l)"
+  printf 'sample\t%s\trss_kib=%s\tanon_kib=%s\tmalloc_in_use_kib=%s\tmalloc_free_kib=%s\tqueue_depth=%s\ttrace_messages=%s\tdelivered_ok=%s\tndrs=%s\n' \
+    "$1" "$rss" "$anon" "${in_use:-?}" "${free:-?}" "$depth" "${traced:-?}" "$ok" \
+    "$(ls "$WORK/mf/mail/sender@bench.test/new" 2>/dev/null | wc -l)"
 }
 
 printf 'sustained\tduration=%ss\trate=%s/s\tsessions=%s\tsoft=%s%%\thard=%s%%\texpiration=%ss\ttrace_retention=%s\n' \

@@ -112,7 +112,11 @@ pub async fn load(log: &dyn EventLog, message_id: &str, reference: &ContentRef) 
     let mut offset = reference.first_offset;
     // Chunks of other messages of the same partition may sit between ours.
     while next_index < reference.chunks {
-        let records = log.read(topic::CONTENT, reference.partition, offset, 16).await?;
+        // Ask for no more records than chunks still wanted: a read copies
+        // and checks every record it returns, and the records after a
+        // message's last chunk belong to other messages.
+        let wanted = (reference.chunks - next_index).min(16) as usize;
+        let records = log.read(topic::CONTENT, reference.partition, offset, wanted).await?;
         if records.is_empty() {
             return Err(mismatch(format!("chunk {next_index} of {} is missing", reference.chunks)));
         }

@@ -85,34 +85,35 @@ impl DataReceiver {
     }
 }
 
-/// Refuses bare CR, bare LF and NUL.
+/// Refuses bare CR, bare LF and NUL. Jumps from line break to line break
+/// (memchr) rather than looking at every byte.
 pub fn check_line_endings(content: &[u8]) -> Result<(), BodyProblem> {
-    let mut previous = 0u8;
-    for (i, &byte) in content.iter().enumerate() {
-        match byte {
-            0 => return Err(BodyProblem::InvalidCharacters),
-            b'\n' if previous != b'\r' => return Err(BodyProblem::InvalidCharacters),
-            b'\r' if content.get(i + 1) != Some(&b'\n') => return Err(BodyProblem::InvalidCharacters),
-            _ => {}
+    if memchr::memchr(0, content).is_some() {
+        return Err(BodyProblem::InvalidCharacters);
+    }
+    for at in memchr::memchr2_iter(b'\r', b'\n', content) {
+        let paired = match content[at] {
+            b'\r' => content.get(at + 1) == Some(&b'\n'),
+            _ => at > 0 && content[at - 1] == b'\r',
+        };
+        if !paired {
+            return Err(BodyProblem::InvalidCharacters);
         }
-        previous = byte;
     }
     Ok(())
 }
 
 /// Removes the first dot of every line that starts with one (RFC 5321
 /// §4.5.2: the sender doubled it; a lone single dot is deleted the same way).
+/// Copies the spans between such dots whole.
 fn unstuff(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len());
-    let mut line_start = true;
-    for &byte in raw {
-        if line_start && byte == b'.' {
-            line_start = false;
-            continue;
-        }
-        out.push(byte);
-        line_start = byte == b'\n';
+    let mut from = usize::from(raw.first() == Some(&b'.'));
+    for newline in memmem::find_iter(raw, b"\n.") {
+        out.extend_from_slice(&raw[from..=newline]);
+        from = newline + 2;
     }
+    out.extend_from_slice(&raw[from..]);
     out
 }
 
@@ -195,7 +196,49 @@ pub fn header_stats(content: &[u8]) -> HeaderStats {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The byte-by-byte definitions the memchr versions must agree with.
+    fn check_line_endings_bytewise(content: &[u8]) -> Result<(), BodyProblem> {
+        let mut previous = 0u8;
+        for (i, &byte) in content.iter().enumerate() {
+            match byte {
+                0 => return Err(BodyProblem::InvalidCharacters),
+                b'\n' if previous != b'\r' => return Err(BodyProblem::InvalidCharacters),
+                b'\r' if content.get(i + 1) != Some(&b'\n') => return Err(BodyProblem::InvalidCharacters),
+                _ => {}
+            }
+            previous = byte;
+        }
+        Ok(())
+    }
+
+    fn unstuff_bytewise(raw: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(raw.len());
+        let mut line_start = true;
+        for &byte in raw {
+            if line_start && byte == b'.' {
+                line_start = false;
+                continue;
+            }
+            out.push(byte);
+            line_start = byte == b'\n';
+        }
+        out
+    }
+
+    proptest! {
+        // Inputs drawn mostly from the bytes that matter: CR, LF, dot, NUL.
+        #[test]
+        fn line_checks_and_unstuffing_agree_with_their_bytewise_definitions(
+            raw in proptest::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(0u8), Just(b'a')], 0..64)
+        ) {
+            prop_assert_eq!(check_line_endings(&raw), check_line_endings_bytewise(&raw));
+            prop_assert_eq!(unstuff(&raw), unstuff_bytewise(&raw));
+        }
+    }
 
     fn receive(chunks: &[&[u8]]) -> (bool, Vec<u8>, DataReceiver) {
         let mut receiver = DataReceiver::new(1 << 20);

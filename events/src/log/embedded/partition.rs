@@ -55,6 +55,10 @@ pub const WRITER_QUEUE: usize = 4096;
 const ZERO_FILL_AHEAD: u64 = 1024 * 1024;
 /// Largest number of records one write + fsync covers.
 const MAX_BATCH: usize = 1024;
+/// The most a writer thread keeps of its batch buffer between batches: a
+/// batch of large records (1,024 appends of 100 KiB content is 100 MiB) must
+/// not stay allocated in each of the log's writer threads.
+const RETAINED_BUF_BYTES: usize = 1 << 20;
 /// First bytes of a segment index file (format version 1).
 const INDEX_MAGIC: &[u8; 8] = b"MFSEGIX1";
 /// Bytes appended to the segment being written between two writes of its
@@ -421,6 +425,9 @@ fn run_writer(partition: Weak<Partition>, mut requests: mpsc::Receiver<AppendReq
     while let Some(first) = requests.blocking_recv() {
         let Some(partition) = partition.upgrade() else { break };
         partition.commit_batch(&mut requests, &notify, first, &mut state);
+        if state.buf.capacity() > RETAINED_BUF_BYTES {
+            state.buf = Vec::new();
+        }
     }
 }
 
