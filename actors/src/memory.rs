@@ -60,8 +60,18 @@ pub fn limit() -> Limits {
 /// Gives the free memory of every arena back to the system (glibc's
 /// `malloc_trim`); true when some was. It takes each arena's lock in turn, so
 /// it belongs on a blocking thread.
+#[allow(unsafe_code)]
 pub fn trim() -> bool {
-    trim_arenas()
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim takes the allocator's locks itself and only
+        // releases memory no allocation holds.
+        unsafe { libc::malloc_trim(0) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
 }
 
 /// Trims every [`TRIM_INTERVAL`] for ever, on the blocking pool.
@@ -85,8 +95,18 @@ pub struct Usage {
 }
 
 /// The allocator's [`Usage`] (glibc's `mallinfo2`), or `None` with another C library.
+#[allow(unsafe_code)]
 pub fn usage() -> Option<Usage> {
-    allocator_usage()
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters, under its locks.
+        let info = unsafe { libc::mallinfo2() };
+        Some(Usage { in_use: (info.uordblks + info.hblkhd) as u64, free: info.fordblks as u64 })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
 }
 
 enum Param {
@@ -94,48 +114,25 @@ enum Param {
     MmapThreshold,
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Sets one of malloc's parameters (glibc's `mallopt`); true when it took.
 #[allow(unsafe_code)]
 fn set(param: Param, value: usize) -> bool {
-    let param = match param {
-        Param::ArenaMax => libc::M_ARENA_MAX,
-        Param::MmapThreshold => libc::M_MMAP_THRESHOLD,
-    };
-    let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
-    // SAFETY: mallopt only sets a parameter of glibc's allocator, under its
-    // own lock; both parameters apply to allocations made afterwards.
-    unsafe { libc::mallopt(param, value) == 1 }
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn trim_arenas() -> bool {
-    // SAFETY: malloc_trim takes the allocator's locks itself and only
-    // releases memory no allocation holds.
-    unsafe { libc::malloc_trim(0) == 1 }
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn allocator_usage() -> Option<Usage> {
-    // SAFETY: mallinfo2 only reads the allocator's counters, under its locks.
-    let info = unsafe { libc::mallinfo2() };
-    Some(Usage { in_use: (info.uordblks + info.hblkhd) as u64, free: info.fordblks as u64 })
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn allocator_usage() -> Option<Usage> {
-    None
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_arenas() -> bool {
-    false
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn set(_param: Param, _value: usize) -> bool {
-    false
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let param = match param {
+            Param::ArenaMax => libc::M_ARENA_MAX,
+            Param::MmapThreshold => libc::M_MMAP_THRESHOLD,
+        };
+        let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets a parameter of glibc's allocator, under its
+        // own lock; both parameters apply to allocations made afterwards.
+        unsafe { libc::mallopt(param, value) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = (param, value);
+        false
+    }
 }
 
 #[cfg(test)]
