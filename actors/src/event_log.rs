@@ -16,13 +16,13 @@ use crate::config::EventLogConfig;
 /// retention (events kept forever, snapshots compacted).
 pub async fn open(config: &EventLogConfig, client_id: &str) -> Result<Arc<dyn EventLog>, LogError> {
     let (log, partitions): (Arc<dyn EventLog>, u32) = match config {
-        EventLogConfig::Embedded { path, partitions } => {
-            let log = EmbeddedLog::open(path, Options::default())?;
+        EventLogConfig::Embedded { path, partitions, segment_bytes, .. } => {
+            let log = EmbeddedLog::open(path, Options { segment_bytes: *segment_bytes })?;
             log.open_all()?;
             (Arc::new(log), *partitions)
         }
         #[cfg(feature = "kafka")]
-        EventLogConfig::Kafka { brokers, topic_prefix, partitions, replication_factor, message_timeout } => {
+        EventLogConfig::Kafka { brokers, topic_prefix, partitions, replication_factor, message_timeout, .. } => {
             let options = KafkaOptions {
                 brokers: brokers.clone(),
                 topic_prefix: topic_prefix.clone(),

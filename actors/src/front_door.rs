@@ -78,6 +78,7 @@ pub async fn start(
         anti_spam: Arc::new(config.anti_spam.clone()),
         drain,
         drain_timeout: server.drain_timeout,
+        content_encoding: config.event_log.content_encoding(),
     };
     let limits = ConnectionLimits::new(server.max_connections, server.max_connections_per_ip);
     let cores = std::thread::available_parallelism().map_or(2, usize::from);

@@ -50,6 +50,8 @@ pub struct NdrPolicy {
     pub reporting_mta: String,
     remote_domains: Vec<RemoteDomainConfig>,
     accepted: std::sync::Arc<crate::policy::InboundPolicy>,
+    /// Form of the NDRs' content chunks.
+    content_encoding: content::ContentEncoding,
 }
 
 impl NdrPolicy {
@@ -64,6 +66,7 @@ impl NdrPolicy {
             reporting_mta: config.server.hostname.clone(),
             remote_domains: config.remote_domains.clone(),
             accepted,
+            content_encoding: config.event_log.content_encoding(),
         }
     }
 
@@ -386,7 +389,7 @@ pub async fn submit(
         action,
     };
     let ndr = render(policy, &report, &id, now);
-    let reference = content::store(log, &id, producer, &ndr).await?;
+    let reference = content::store(log, &id, producer, &ndr, policy.content_encoding).await?;
     let event = ReceivedEvent::MessageReceived(MessageReceived {
         session: SmtpSession {
             session_id: uuid::Uuid::now_v7(),

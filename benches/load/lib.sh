@@ -19,6 +19,8 @@ start_dns() {
 # until it is ready, and sets MF_PID. MF_EXEC (none) is put before the
 # binary: a command that execs it, so that MF_PID stays the router's pid, such
 # as `env LD_PRELOAD=… DUMP_HEAPTRACK_OUTPUT=…` for a heap profile or `taskset -c 1`.
+# MF_BIN (target/release/mailflow) is the binary: a copy keeps a long run on
+# one build while the tree is rebuilt.
 start_mailflow() {
   local port=$1 roles=$2
   rm -rf "$WORK/mf"; mkdir -p "$WORK/mf"
@@ -39,7 +41,7 @@ path = "$WORK/mf/mail"
 TOML
     cat
   } > "$WORK/mf/config.toml"
-  RUST_LOG=warn ${MF_EXEC:-} "$ROOT/target/release/mailflow" serve --config "$WORK/mf/config.toml" --roles "$roles" \
+  RUST_LOG=warn ${MF_EXEC:-} "${MF_BIN:-$ROOT/target/release/mailflow}" serve --config "$WORK/mf/config.toml" --roles "$roles" \
     > "$WORK/mf/out" 2>&1 &
   MF_PID=$!
   for _ in $(seq 100); do grep -q '^ready' "$WORK/mf/out" 2>/dev/null && return; sleep 0.1; done

@@ -8,6 +8,17 @@
 //! Chunks are appended concurrently and each is acknowledged only when durable;
 //! the content is complete once every chunk is acknowledged, which the
 //! connection actor waits for before it appends `MessageReceived`.
+//!
+//! A chunk has two wire forms ([`ContentEncoding`]); readers take both.
+//!
+//! - **JSON**, like every other topic: the envelope with the chunk's bytes in
+//!   base64 in `data`.
+//! - **Binary**, written by default since base64 and JSON escaping were the
+//!   largest cost left in relaying 100 KiB messages (`benches/README.md`):
+//!   [`BINARY_MAGIC`], the length of a header as a big-endian `u32`, the
+//!   header, then the chunk's bytes as they are. The header is the JSON form
+//!   without `data`, so the published schema describes it too. A record
+//!   cannot be both: JSON text never starts with a NUL byte.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::Utc;
@@ -21,6 +32,22 @@ use crate::topic;
 /// Largest chunk of content in one event: 512 KiB.
 pub const CHUNK_SIZE: usize = 512 * 1024;
 
+/// First bytes of a chunk in the binary form.
+pub const BINARY_MAGIC: [u8; 4] = *b"\0mfc";
+
+/// Which form [`store`] writes chunks in (`[event_log] content_encoding`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentEncoding {
+    /// Header and raw bytes (the default).
+    #[default]
+    Binary,
+    /// One JSON object, the chunk in base64: what builds before the binary
+    /// form read, so a rolling upgrade writes it until every instance runs a
+    /// build that reads both.
+    Json,
+}
+
 /// Events of `mailflow.content`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
@@ -32,8 +59,10 @@ pub enum ContentEvent {
         index: u32,
         /// Number of chunks of the message.
         count: u32,
-        /// The chunk's bytes, base64 (RFC 4648) in JSON.
-        #[serde(with = "base64_bytes")]
+        /// The chunk's bytes, base64 (RFC 4648) in the JSON form. Absent from
+        /// the header of the binary form, which the bytes follow, and from an
+        /// empty chunk.
+        #[serde(default, with = "base64_bytes", skip_serializing_if = "Vec::is_empty")]
         #[schemars(with = "String")]
         data: Vec<u8>,
     },
@@ -73,13 +102,14 @@ pub enum ContentError {
     },
 }
 
-/// Stores `body` as chunk events of message `message_id`; returns once every
-/// chunk is durable.
+/// Stores `body` as chunk events of message `message_id`, in `encoding`;
+/// returns once every chunk is durable.
 pub async fn store(
     log: &dyn EventLog,
     message_id: &str,
     producer: &str,
     body: &[u8],
+    encoding: ContentEncoding,
 ) -> Result<ContentRef, ContentError> {
     let partition = crate::log::partition_for(message_id.as_bytes(), log.partitions(topic::CONTENT)?);
     let chunks: Vec<&[u8]> = if body.is_empty() { vec![&[][..]] } else { body.chunks(CHUNK_SIZE).collect() };
@@ -89,9 +119,8 @@ pub async fn store(
     // the next chunk may only follow the previous one's acknowledgement so that a
     // crash never leaves chunk n+1 without chunk n.
     for (index, data) in chunks.into_iter().enumerate() {
-        let event = ContentEvent::ChunkStored { index: index as u32, count, data: data.to_vec() };
-        let envelope = Envelope::new(message_id, producer, Utc::now(), event);
-        let position = log.append_to(topic::CONTENT, partition, message_id.as_bytes(), &envelope.to_json()).await?;
+        let value = encode_chunk(message_id, producer, index as u32, count, data, encoding);
+        let position = log.append_to(topic::CONTENT, partition, message_id.as_bytes(), &value).await?;
         first.get_or_insert(position);
     }
     let first = first.expect("at least one chunk is stored");
@@ -125,13 +154,13 @@ pub async fn load(log: &dyn EventLog, message_id: &str, reference: &ContentRef) 
             if record.key != message_id.as_bytes() {
                 continue;
             }
-            let envelope: Envelope<ContentEvent> = Envelope::from_json(&record.value)?;
+            let (envelope, raw) = split(&record.value)?;
             let ContentEvent::ChunkStored { index, count, data } = envelope.event;
             if index != next_index || count != reference.chunks {
                 // An earlier, abandoned attempt to store the same message id.
                 continue;
             }
-            body.extend_from_slice(&data);
+            body.extend_from_slice(raw.unwrap_or(&data));
             next_index += 1;
             if next_index == reference.chunks {
                 break;
@@ -145,6 +174,83 @@ pub async fn load(log: &dyn EventLog, message_id: &str, reference: &ContentRef) 
         return Err(mismatch("CRC-32 differs".to_string()));
     }
     Ok(body)
+}
+
+/// The record value of `chunk` in `encoding`.
+pub fn encode(mut chunk: Envelope<ContentEvent>, encoding: ContentEncoding) -> Vec<u8> {
+    match encoding {
+        ContentEncoding::Json => chunk.to_json(),
+        ContentEncoding::Binary => {
+            let ContentEvent::ChunkStored { data, .. } = &mut chunk.event;
+            let data = std::mem::take(data);
+            binary(&chunk, &data)
+        }
+    }
+}
+
+/// The record value of chunk `index` of `count` of message `message_id`,
+/// holding `data`.
+fn encode_chunk(
+    message_id: &str,
+    producer: &str,
+    index: u32,
+    count: u32,
+    data: &[u8],
+    encoding: ContentEncoding,
+) -> Vec<u8> {
+    let chunk = |data: Vec<u8>| {
+        Envelope::new(message_id, producer, Utc::now(), ContentEvent::ChunkStored { index, count, data })
+    };
+    match encoding {
+        ContentEncoding::Json => chunk(data.to_vec()).to_json(),
+        // The header's event holds no data, so the bytes are copied once.
+        ContentEncoding::Binary => binary(&chunk(Vec::new()), data),
+    }
+}
+
+/// The binary form of `data` under `header`, whose event holds no data.
+fn binary(header: &Envelope<ContentEvent>, data: &[u8]) -> Vec<u8> {
+    let header = header.to_json();
+    let mut value = Vec::with_capacity(BINARY_MAGIC.len() + 4 + header.len() + data.len());
+    value.extend_from_slice(&BINARY_MAGIC);
+    // A header is a few hundred bytes: far below u32::MAX.
+    value.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    value.extend_from_slice(&header);
+    value.extend_from_slice(data);
+    value
+}
+
+/// Decodes a record value of `mailflow.content` in either form; the chunk's
+/// bytes are in `data`.
+pub fn decode(value: &[u8]) -> Result<Envelope<ContentEvent>, DecodeError> {
+    let (mut envelope, raw) = split(value)?;
+    if let Some(raw) = raw {
+        let ContentEvent::ChunkStored { data, .. } = &mut envelope.event;
+        *data = raw.to_vec();
+    }
+    Ok(envelope)
+}
+
+/// A record value's envelope and, in the binary form, the chunk's bytes
+/// (borrowed, so a load copies them once, into the body).
+fn split(value: &[u8]) -> Result<(Envelope<ContentEvent>, Option<&[u8]>), DecodeError> {
+    let Some(rest) = value.strip_prefix(&BINARY_MAGIC) else {
+        return Ok((Envelope::from_json(value)?, None));
+    };
+    let malformed =
+        |what: &str| DecodeError::Malformed(serde::de::Error::custom(format!("binary content chunk: {what}")));
+    let (length, rest) = rest.split_first_chunk::<4>().ok_or_else(|| malformed("no header length"))?;
+    let length = u32::from_be_bytes(*length) as usize;
+    if length > rest.len() {
+        return Err(malformed("header longer than the record"));
+    }
+    let (header, raw) = rest.split_at(length);
+    let envelope: Envelope<ContentEvent> = Envelope::from_json(header)?;
+    let ContentEvent::ChunkStored { data, .. } = &envelope.event;
+    if !data.is_empty() {
+        return Err(malformed("header carries data"));
+    }
+    Ok((envelope, Some(raw)))
 }
 
 mod base64_bytes {
@@ -187,6 +293,89 @@ impl crate::envelope::TaggedEvent for ContentEvent {
 struct ChunkStoredFields {
     index: u32,
     count: u32,
-    #[serde(deserialize_with = "base64_bytes::deserialize")]
+    #[serde(default, deserialize_with = "base64_bytes::deserialize")]
     data: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn fixture(path: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(path);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    fn data(envelope: &Envelope<ContentEvent>) -> &[u8] {
+        let ContentEvent::ChunkStored { data, .. } = &envelope.event;
+        data
+    }
+
+    #[test]
+    fn the_binary_fixture_is_the_json_fixture_in_the_binary_form() {
+        let json = decode(&fixture("fixtures/v1/content.ContentChunkStored.json")).expect("the JSON fixture decodes");
+        let binary = decode(&fixture("binary/v1/content.ContentChunkStored.bin")).expect("the binary fixture decodes");
+        assert_eq!(binary, json);
+        assert!(data(&binary).starts_with(b"Received: from mail.example.com"), "the chunk's bytes are raw");
+    }
+
+    #[test]
+    fn both_forms_round_trip_every_byte() {
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(3 * 1024 + 7).collect();
+        for data in [bytes, Vec::new()] {
+            let chunk = Envelope::new("m1", "test", Utc::now(), ContentEvent::ChunkStored { index: 2, count: 3, data });
+            let binary = encode(chunk.clone(), ContentEncoding::Binary);
+            let json = encode(chunk.clone(), ContentEncoding::Json);
+            assert!(binary.starts_with(&BINARY_MAGIC) && json.starts_with(b"{"));
+            assert_eq!(decode(&binary).expect("binary decodes"), chunk);
+            assert_eq!(decode(&json).expect("JSON decodes"), chunk);
+        }
+    }
+
+    #[test]
+    fn the_binary_form_is_smaller_than_base64_and_its_header_is_the_json_form_without_data() {
+        let data = vec![b'x'; 100 * 1024];
+        let chunk = Envelope::new("m1", "test", Utc::now(), ContentEvent::ChunkStored { index: 0, count: 1, data });
+        let binary = encode(chunk.clone(), ContentEncoding::Binary);
+        let json = encode(chunk, ContentEncoding::Json);
+        assert!(binary.len() < 100 * 1024 + 400, "{} bytes", binary.len());
+        assert!(json.len() > 100 * 1024 * 4 / 3, "{} bytes", json.len());
+        let length = u32::from_be_bytes(binary[4..8].try_into().expect("four bytes")) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&binary[8..8 + length]).expect("the header is JSON");
+        let mut whole: serde_json::Value = serde_json::from_slice(&json).expect("JSON");
+        whole.as_object_mut().expect("an object").remove("data");
+        assert_eq!(header, whole);
+    }
+
+    #[test]
+    fn a_malformed_binary_chunk_is_a_decode_error() {
+        let chunk = Envelope::new(
+            "m1",
+            "test",
+            Utc::now(),
+            ContentEvent::ChunkStored { index: 0, count: 1, data: b"hello".to_vec() },
+        );
+        let good = encode(chunk.clone(), ContentEncoding::Binary);
+        let length = u32::from_be_bytes(good[4..8].try_into().expect("four bytes")) as usize;
+        let mut too_long = good.clone();
+        too_long[4..8].copy_from_slice(&(good.len() as u32).to_be_bytes());
+        let mut not_json = good.clone();
+        not_json[8] = b'[';
+        // A header that carries the data as well: which copy would be meant?
+        let header_with_data = binary(&chunk, b"hello");
+        let cases: [(&str, &[u8]); 5] = [
+            ("magic only", &BINARY_MAGIC),
+            ("no full length", &good[..6]),
+            ("header cut short", &good[..8 + length - 1]),
+            ("length past the end", &too_long),
+            ("header not an object", &not_json),
+        ];
+        for (case, value) in cases {
+            assert!(matches!(decode(value), Err(DecodeError::Malformed(_))), "{case}");
+        }
+        assert!(matches!(decode(&header_with_data), Err(DecodeError::Malformed(_))), "header with data");
+        assert_eq!(decode(&good).expect("the untouched chunk decodes"), chunk);
+    }
 }

@@ -15,7 +15,7 @@ use std::fmt::Debug;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use mailflow_events::content::ContentEvent;
+use mailflow_events::content::{self, ContentEvent};
 use mailflow_events::delivery::DeliveryEvent;
 use mailflow_events::envelope::{DecodeError, TaggedEvent};
 use mailflow_events::journal::JournalEvent;
@@ -352,6 +352,34 @@ fn a_reason_added_by_a_newer_writer_reads_as_other() {
         panic!("decoded {:?}", decoded.event);
     };
     assert_eq!(rejected.reason, RejectReason::Other);
+}
+
+/// `binary/v<N>/content.ContentChunkStored*.bin`: chunks in the binary form
+/// of `mailflow.content` (`mailflow_events::content`), kept forever like the
+/// JSON fixtures. Each decodes, and its header validates against the content
+/// schema of its version.
+#[test]
+fn binary_content_fixtures_decode_and_their_headers_validate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/binary");
+    let mut checked = 0;
+    for dir in fs::read_dir(&root).expect("tests/binary exists") {
+        let dir = dir.expect("directory entry").path();
+        let name = dir.file_name().and_then(|name| name.to_str()).unwrap_or_default().to_string();
+        let version = name.strip_prefix('v').and_then(|n| n.parse::<u32>().ok()).expect("a v<N> directory");
+        let schema = schema_of_version("content", version).expect("the schema of the fixture's version");
+        for file in fs::read_dir(&dir).expect("fixture directory is readable") {
+            let path = file.expect("directory entry").path();
+            let bytes = fs::read(&path).expect("fixture is readable");
+            let decoded = content::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(decoded.schema_version, version, "{}", path.display());
+            let rest = bytes.strip_prefix(&content::BINARY_MAGIC).expect("the binary form");
+            let length = u32::from_be_bytes(rest[..4].try_into().expect("a length")) as usize;
+            let header: Value = serde_json::from_slice(&rest[4..4 + length]).expect("the header is JSON");
+            validate::validate(&schema, &header).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no binary fixtures");
 }
 
 fn read_fixture(name: &str) -> Value {

@@ -3,13 +3,16 @@
 //!
 //! Input: byte 0 modulo 6 picks what the rest is. 0–4: the JSON of an event
 //! envelope of `mailflow.received`, `.content`, `.verdicts`, `.delivery` or
-//! `.journal`. 5: the bytes of a segment file, scanned as the log does on
-//! open; the value of every valid record is then decoded as an event of each
-//! topic.
+//! `.journal`; for `.content` also a record value in either of its forms
+//! (JSON or binary). 5: the bytes of a segment file, scanned as the log does
+//! on open; the value of every valid record is then decoded as an event of
+//! each topic.
 //!
 //! Checked: no panic. An envelope that decodes re-encodes to JSON that
 //! decodes to the same value and re-encodes to the same bytes, and serde's
 //! `Deserialize` path reads valid UTF-8 the same as `Envelope::from_json`. A
+//! content record that decodes encodes in both forms to values that decode
+//! to the same chunk. A
 //! frame that decodes re-encodes to exactly the bytes it was read from, and a
 //! scan indexes consecutive frames with consecutive offsets, never past the
 //! end of the data.
@@ -20,7 +23,7 @@ use std::fmt::Debug;
 
 use libfuzzer_sys::fuzz_target;
 use mailflow_events::Envelope;
-use mailflow_events::content::ContentEvent;
+use mailflow_events::content::{self, ContentEncoding, ContentEvent};
 use mailflow_events::delivery::DeliveryEvent;
 use mailflow_events::envelope::TaggedEvent;
 use mailflow_events::journal::JournalEvent;
@@ -33,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
     let [topic, rest @ ..] = data else { return };
     match topic % 6 {
         0 => envelope::<ReceivedEvent>(rest),
-        1 => envelope::<ContentEvent>(rest),
+        1 => {
+            envelope::<ContentEvent>(rest);
+            content_record(rest);
+        }
         2 => envelope::<VerdictEvent>(rest),
         3 => envelope::<DeliveryEvent>(rest),
         4 => envelope::<JournalEvent>(rest),
@@ -61,6 +67,17 @@ fn envelope<E: TaggedEvent + Serialize + PartialEq + Debug>(bytes: &[u8]) {
     assert_eq!(again.to_json(), json, "the encoding is not stable");
 }
 
+fn content_record(value: &[u8]) {
+    let Ok(chunk) = content::decode(value) else { return };
+    for encoding in [ContentEncoding::Binary, ContentEncoding::Json] {
+        let encoded = content::encode(chunk.clone(), encoding);
+        match content::decode(&encoded) {
+            Ok(again) => assert_eq!(again, chunk, "decode(encode(x)) != x in {encoding:?}"),
+            Err(err) => panic!("a re-encoded chunk ({encoding:?}) does not decode: {err}"),
+        }
+    }
+}
+
 fn segment(data: &[u8]) {
     if let Ok((first, len)) = frame::decode(data) {
         let mut encoded = Vec::new();
@@ -80,6 +97,7 @@ fn segment(data: &[u8]) {
         at += len;
         envelope::<ReceivedEvent>(record.value);
         envelope::<ContentEvent>(record.value);
+        content_record(record.value);
         envelope::<VerdictEvent>(record.value);
         envelope::<DeliveryEvent>(record.value);
         envelope::<JournalEvent>(record.value);

@@ -264,3 +264,79 @@ print(json.dumps("sent"))
     assert_eq!(notices.len(), 2, "no notice again after the restart: {notices:?}");
     Ok(())
 }
+
+/// A rolling upgrade to binary content chunks (`[event_log]
+/// content_encoding`): content one run wrote as JSON chunks is read back by
+/// the next run, which writes binary chunks, and by `mailflow archive`; one
+/// log holds both forms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_content_chunks_of_an_earlier_run_are_read_next_to_binary_ones() -> anyhow::Result<()> {
+    use mailflow_events::content::{self, BINARY_MAGIC};
+    use mailflow_events::log::EventLog as _;
+    use mailflow_events::log::embedded::EmbeddedLog;
+
+    let dns = DnsServer::start("")?;
+    let dir = tempfile::tempdir()?;
+    let log_path = dir.path().join("log").display().to_string();
+    let config = |encoding: &str| {
+        format!(
+            "{BASE_CONFIG}\n[dns]\nnameservers = [\"{}\"]\n[event_log]\nkind = \"embedded\"\npath = {log_path:?}\n\
+             content_encoding = \"{encoding}\"\n",
+            dns.address
+        )
+    };
+    let mut router = Router::start_in(dir, &config("json"))?;
+    let mail = router.dir.path().join("mail");
+    send(&router, "news@example.net", &["alice@contoso.com"], "written-as-json", "first")?;
+    wait_for_mail(&mail, "alice@contoso.com", "", 1)?;
+    router.terminate(Duration::from_secs(30))?;
+
+    let router = Router::start_in(router.into_dir(), &config("binary"))?;
+    send(&router, "news@example.net", &["alice@contoso.com"], "written-as-binary", "second")?;
+    let copies = wait_for_mail(&mail, "alice@contoso.com", "", 2)?;
+    for subject in ["written-as-json", "written-as-binary"] {
+        assert!(copies.iter().any(|copy| copy.contains(&format!("Subject: {subject}\r\n"))), "{copies:?}");
+    }
+
+    // The archive, a reader that started after both, takes either form.
+    let out = router.dir.path().join("archive");
+    let run = mailflow_tests::router::cli(&[
+        "archive",
+        "--json",
+        "--config",
+        &router.config_path().display().to_string(),
+        "--out",
+        &out.display().to_string(),
+    ])?;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let mut archived = Vec::new();
+    for entry in std::fs::read_dir(&out)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "eml") {
+            archived.push(std::fs::read_to_string(path)?);
+        }
+    }
+    for (subject, body) in [("written-as-json", "first"), ("written-as-binary", "second")] {
+        assert!(
+            archived
+                .iter()
+                .any(|eml| eml.contains(&format!("Subject: {subject}\r\n"))
+                    && eml.ends_with(&format!("\r\n\r\n{body}\r\n"))),
+            "{subject} archived whole: {archived:?}"
+        );
+    }
+
+    // The log: one JSON chunk, then one binary chunk, each decoding.
+    let log = EmbeddedLog::open_read_only(&log_path)?;
+    let mut forms = Vec::new();
+    for partition in 0..log.partitions(mailflow_events::topic::CONTENT)? {
+        for record in log.read(mailflow_events::topic::CONTENT, partition, 0, 100).await? {
+            let chunk = content::decode(&record.value)?;
+            forms.push((chunk.occurred_at, record.value.starts_with(&BINARY_MAGIC)));
+        }
+    }
+    forms.sort();
+    let binary: Vec<bool> = forms.into_iter().map(|(_, binary)| binary).collect();
+    assert_eq!(binary, [false, true], "the first run wrote JSON, the second binary");
+    Ok(())
+}

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mailflow_events::content::ContentEncoding;
 use serde::Deserialize;
 
 pub use policy::{
@@ -85,6 +86,15 @@ pub enum EventLogConfig {
         /// Partitions per topic, fixed when a topic is created (default 12).
         #[serde(default = "default_partitions")]
         partitions: u32,
+        /// Bytes after which a partition starts a new segment file (default
+        /// 256 MiB, at least 1 MiB). Positions of the records of a sealed
+        /// segment are read from its index file; those of the segment being
+        /// written are in memory, 8 bytes a record.
+        #[serde(default = "default_segment_bytes")]
+        segment_bytes: u64,
+        /// Form of the chunks written to `mailflow.content` (default `binary`).
+        #[serde(default)]
+        content_encoding: ContentEncoding,
     },
     /// Kafka (or any Kafka-protocol broker).
     Kafka {
@@ -102,12 +112,32 @@ pub enum EventLogConfig {
         /// How long an append may wait for the brokers before SMTP answers 4xx (default 10m).
         #[serde(default = "default_message_timeout", with = "humane")]
         message_timeout: Duration,
+        /// Form of the chunks written to `mailflow.content` (default `binary`).
+        #[serde(default)]
+        content_encoding: ContentEncoding,
     },
 }
 
 impl Default for EventLogConfig {
     fn default() -> Self {
-        EventLogConfig::Embedded { path: default_log_path(), partitions: default_partitions() }
+        EventLogConfig::Embedded {
+            path: default_log_path(),
+            partitions: default_partitions(),
+            segment_bytes: default_segment_bytes(),
+            content_encoding: ContentEncoding::default(),
+        }
+    }
+}
+
+impl EventLogConfig {
+    /// `content_encoding`: `binary`, or `json` while instances of a build
+    /// that reads only JSON chunks still run (a rolling upgrade).
+    pub fn content_encoding(&self) -> ContentEncoding {
+        match self {
+            EventLogConfig::Embedded { content_encoding, .. } | EventLogConfig::Kafka { content_encoding, .. } => {
+                *content_encoding
+            }
+        }
     }
 }
 
@@ -116,6 +146,9 @@ fn default_log_path() -> PathBuf {
 }
 fn default_partitions() -> u32 {
     mailflow_events::log::DEFAULT_PARTITIONS
+}
+fn default_segment_bytes() -> u64 {
+    mailflow_events::log::embedded::Options::default().segment_bytes
 }
 fn default_replication() -> i32 {
     3
@@ -227,6 +260,11 @@ impl Config {
                     problems.push(format!("event_log.partitions must be 1..=1024, not {partitions}"));
                 }
             }
+        }
+        if let EventLogConfig::Embedded { segment_bytes, .. } = &self.event_log
+            && *segment_bytes < 1024 * 1024
+        {
+            problems.push(format!("event_log.segment_bytes must be at least 1048576 (1 MiB), not {segment_bytes}"));
         }
         if let EventLogConfig::Kafka { brokers, replication_factor, .. } = &self.event_log {
             if brokers.trim().is_empty() {
@@ -527,7 +565,31 @@ mod tests {
     fn the_default_is_the_embedded_log_under_var() {
         let config: Config = toml::from_str("").expect("empty file is the default");
         assert!(
-            matches!(config.event_log, EventLogConfig::Embedded { ref path, partitions: 12 } if path.ends_with("var/log"))
+            matches!(config.event_log, EventLogConfig::Embedded { ref path, partitions: 12, segment_bytes: 268_435_456, content_encoding: ContentEncoding::Binary } if path.ends_with("var/log"))
         );
+    }
+
+    #[test]
+    fn a_segment_under_1_mib_is_refused() {
+        let config: Config =
+            toml::from_str("[event_log]\nkind = \"embedded\"\nsegment_bytes = 4096\n").expect("parses");
+        let Err(ConfigError::Invalid(problems)) = config.validate() else { panic!("must be invalid") };
+        assert_eq!(problems, ["event_log.segment_bytes must be at least 1048576 (1 MiB), not 4096"]);
+    }
+
+    #[test]
+    fn content_encoding_is_binary_unless_json_is_asked_for_and_nothing_else_is_taken() {
+        let encoding = |toml: &str| toml::from_str::<Config>(toml).map(|config| config.event_log.content_encoding());
+        assert_eq!(
+            encoding("[event_log]\nkind = \"kafka\"\nbrokers = \"k:9092\"").expect("parses"),
+            ContentEncoding::Binary
+        );
+        assert_eq!(
+            encoding("[event_log]\nkind = \"embedded\"\ncontent_encoding = \"json\"").expect("parses"),
+            ContentEncoding::Json
+        );
+        let wrong = encoding("[event_log]\nkind = \"embedded\"\ncontent_encoding = \"base64\"")
+            .expect_err("an unknown form is refused");
+        assert!(wrong.to_string().contains("unknown variant `base64`"), "{wrong}");
     }
 }

@@ -2,6 +2,7 @@
 //! by the log before the session may answer `250`.
 
 use chrono::Utc;
+use mailflow_events::content::ContentEncoding;
 use mailflow_events::log::{EventLog, LogError};
 use mailflow_events::received::{MessageReceived, ReceivedEvent};
 use mailflow_events::verdicts::Authentication;
@@ -15,13 +16,14 @@ use super::session::{Incoming, StoreOutcome};
 pub async fn store(
     log: &dyn EventLog,
     producer: &str,
+    encoding: ContentEncoding,
     incoming: Incoming,
     inline_checks: Option<Authentication>,
     trace: Option<TraceContext>,
 ) -> StoreOutcome {
     let listener = crate::metrics::ListenerLabels { listener: incoming.session.listener.clone() };
     let message_id = incoming.id.clone();
-    match try_store(log, producer, incoming, inline_checks, trace).await {
+    match try_store(log, producer, encoding, incoming, inline_checks, trace).await {
         Ok(()) => {
             tracing::info!(%message_id, listener = %listener.listener, "accepted");
             crate::metrics::metrics().accepted.get_or_create(&listener).inc();
@@ -40,11 +42,12 @@ pub async fn store(
 async fn try_store(
     log: &dyn EventLog,
     producer: &str,
+    encoding: ContentEncoding,
     incoming: Incoming,
     inline_checks: Option<Authentication>,
     trace: Option<TraceContext>,
 ) -> Result<(), content::ContentError> {
-    let reference = content::store(log, &incoming.id, producer, &incoming.content).await?;
+    let reference = content::store(log, &incoming.id, producer, &incoming.content, encoding).await?;
     let Summary { internet_message_id, subject, header_from, auto_submitted } = summary(&incoming.content);
     let event = ReceivedEvent::MessageReceived(MessageReceived {
         session: incoming.session,

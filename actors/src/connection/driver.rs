@@ -48,6 +48,8 @@ pub struct Shared {
     pub drain: crate::drain::Drain,
     /// How long a session inside a transaction may go on once the drain began.
     pub drain_timeout: Duration,
+    /// Form of the content chunks it writes.
+    pub content_encoding: mailflow_events::content::ContentEncoding,
 }
 
 impl std::fmt::Debug for Shared {
@@ -343,7 +345,7 @@ async fn accept_message(
             ),
         }
     }
-    accept::store(shared.log.as_ref(), &shared.producer, incoming, inline_checks, trace).await
+    accept::store(shared.log.as_ref(), &shared.producer, shared.content_encoding, incoming, inline_checks, trace).await
 }
 
 async fn start_tls(shared: &Shared, session: &mut Session, stream: &mut Stream) -> Vec<Step> {
@@ -391,7 +393,12 @@ mod tests {
         min_data_rate: u64,
     ) -> std::net::SocketAddr {
         let config = Config::builtin();
-        let log_config = crate::config::EventLogConfig::Embedded { path: dir.to_path_buf(), partitions: 1 };
+        let log_config = crate::config::EventLogConfig::Embedded {
+            path: dir.to_path_buf(),
+            partitions: 1,
+            segment_bytes: mailflow_events::log::embedded::Options::default().segment_bytes,
+            content_encoding: Default::default(),
+        };
         let log = crate::event_log::open(&log_config, "test").await.expect("log");
         let resolver = crate::dns::resolver(&crate::dns::DnsConfig {
             // Nothing answers there; the tests send nothing that needs DNS.
@@ -414,6 +421,7 @@ mod tests {
             anti_spam: Arc::new(anti_spam),
             drain: crate::drain::Drain::new().0,
             drain_timeout: Duration::from_secs(25),
+            content_encoding: Default::default(),
         };
         let session_config = Arc::new(SessionConfig::new(&config.server, "test", ListenerKind::Smtp));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -22,10 +22,17 @@
 //! sealed segment holds only zeros after it) is ignored: the segment is
 //! scanned, and a sealed one's index written again.
 //!
+//! A sealed segment whose index checked out at open, or was written when it
+//! was sealed, keeps no positions in memory: a read takes the two it needs
+//! from the index file ([`Positions::File`]). Memory for the index is then
+//! bounded by the segments being written (8 bytes a record), not by the
+//! length of the log, which is kept forever.
+//!
 //! Invariants:
 //! - only the writer thread writes; readers see a record only once its fsync
 //!   returned (`durable_end`), so nothing unacknowledged or torn is ever served;
-//! - the in-memory index holds the file position of every durable record;
+//! - the index (in memory, or in a sealed segment's index file) holds the file
+//!   position of every durable record;
 //! - after a failed fsync the partition is *poisoned*: it refuses appends until
 //!   reopened, because the kernel may have dropped the dirty pages and a later
 //!   successful fsync would not mean the earlier data is on disk. A failed
@@ -72,13 +79,49 @@ struct AppendRequest {
     reply: oneshot::Sender<Result<u64, LogError>>,
 }
 
+/// Where the file positions of a segment's records are.
+#[derive(Debug)]
+enum Positions {
+    /// In memory: the segment being written, or a sealed one whose index
+    /// file could not be written.
+    Memory(Vec<u64>),
+    /// In the index file of a sealed segment (see [`write_index`]), which
+    /// checked out when it was opened: `count` positions after the header.
+    File { index: File, count: u64 },
+}
+
+/// Bytes before the first position in an index file: magic, length, count.
+const INDEX_HEADER: u64 = 24;
+
+impl Positions {
+    fn len(&self) -> u64 {
+        match self {
+            Positions::Memory(positions) => positions.len() as u64,
+            Positions::File { count, .. } => *count,
+        }
+    }
+
+    /// File position of the segment's record `i`, `None` past the last one.
+    fn get(&self, i: u64) -> std::io::Result<Option<u64>> {
+        match self {
+            Positions::Memory(positions) => Ok(usize::try_from(i).ok().and_then(|i| positions.get(i)).copied()),
+            Positions::File { count, .. } if i >= *count => Ok(None),
+            Positions::File { index, .. } => {
+                let mut bytes = [0; 8];
+                index.read_exact_at(&mut bytes, INDEX_HEADER + i * 8)?;
+                Ok(Some(u64::from_le_bytes(bytes)))
+            }
+        }
+    }
+}
+
 /// One segment file and the positions of its durable records.
 #[derive(Debug)]
 struct Segment {
     base: u64,
     file: File,
     /// File position of record `base + i`.
-    positions: Vec<u64>,
+    positions: Positions,
     /// Bytes of durable records in the file.
     len: u64,
     /// Size of the file: zeros past `len`, written ahead (see [`ZERO_FILL_AHEAD`]).
@@ -89,7 +132,7 @@ struct Segment {
 
 impl Segment {
     fn end(&self) -> u64 {
-        self.base + self.positions.len() as u64
+        self.base + self.positions.len()
     }
 }
 
@@ -201,11 +244,9 @@ impl Partition {
                 break;
             }
             let last = end.min(segment.end());
-            let from = segment.positions[(next - segment.base) as usize];
-            let to = match segment.positions.get((last - segment.base) as usize) {
-                Some(&position) => position,
-                None => segment.len,
-            };
+            let position = |offset: u64| segment.positions.get(offset - segment.base).map_err(LogError::from_io);
+            let from = position(next)?.ok_or_else(|| self.corrupt(segment.base, 0))?;
+            let to = position(last)?.unwrap_or(segment.len);
             let mut buf = vec![0; (to - from) as usize];
             segment.file.read_exact_at(&mut buf, from).map_err(LogError::from_io)?;
             // Every record's key and value are slices of this one buffer.
@@ -356,13 +397,14 @@ impl Partition {
         };
         let mut segments = self.segments.write().map_err(|_| lock_error())?;
         let segment = segments.last_mut().ok_or_else(lock_error)?;
-        segment.positions.extend(relative.iter().map(|r| start + r));
+        // The segment being written keeps its positions in memory (see `roll_if_full`).
+        let Positions::Memory(positions) = &mut segment.positions else { return Err(lock_error()) };
+        positions.extend(relative.iter().map(|r| start + r));
         segment.len = start + buf.len() as u64;
         segment.allocated = allocated;
         self.durable_end.store(first + batch.len() as u64, Ordering::Release);
         let every = ACTIVE_INDEX_BYTES.min(self.segment_bytes / 4).max(1);
-        let due =
-            (segment.len - segment.indexed >= every).then(|| (segment.base, segment.positions.clone(), segment.len));
+        let due = (segment.len - segment.indexed >= every).then(|| (segment.base, positions.clone(), segment.len));
         drop(segments);
         if let Some((base, positions, len)) = due {
             // Of durable records only, written without holding readers up.
@@ -382,12 +424,20 @@ impl Partition {
             segments.last().is_some_and(|s| s.len >= self.segment_bytes)
         };
         if full {
-            {
+            // Its index written, the sealed segment's positions leave memory.
+            let indexed = {
                 let segments = self.segments.read().map_err(|_| std::io::Error::other("index lock poisoned"))?;
-                if let Some(sealed) = segments.last() {
-                    index_segment(&self.dir, sealed.base, &sealed.positions, sealed.len);
+                match segments.last() {
+                    Some(Segment { base, positions: Positions::Memory(positions), len, .. })
+                        if index_segment(&self.dir, *base, positions, *len) =>
+                    {
+                        File::open(index_path(&self.dir, *base))
+                            .map(|index| Positions::File { index, count: positions.len() as u64 })
+                            .ok()
+                    }
+                    _ => None,
                 }
-            }
+            };
             let base = self.end_offset();
             let file = OpenOptions::new()
                 .read(true)
@@ -397,7 +447,17 @@ impl Partition {
                 .open(segment_path(&self.dir, base))?;
             sync_dir(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
             let mut segments = self.segments.write().map_err(|_| std::io::Error::other("index lock poisoned"))?;
-            segments.push(Segment { base, file, positions: Vec::new(), len: 0, allocated: 0, indexed: 0 });
+            if let (Some(sealed), Some(indexed)) = (segments.last_mut(), indexed) {
+                sealed.positions = indexed;
+            }
+            segments.push(Segment {
+                base,
+                file,
+                positions: Positions::Memory(Vec::new()),
+                len: 0,
+                allocated: 0,
+                indexed: 0,
+            });
         }
         Ok(())
     }
@@ -542,6 +602,11 @@ fn load_segment(
     // The records the index lists; the last segment is scanned past them.
     let (mut positions, indexed) = match read_index(dir, base, &file, size, !is_last) {
         Some((positions, len)) if !is_last => {
+            // Checked out: reads take the positions from the file from now on.
+            let positions = match File::open(index_path(dir, base)) {
+                Ok(index) => Positions::File { index, count: positions.len() as u64 },
+                Err(_) => Positions::Memory(positions),
+            };
             return Ok(Segment { base, file, positions, len, allocated: size, indexed: len });
         }
         Some(found) => found,
@@ -559,6 +624,7 @@ fn load_segment(
         }
         if read_only {
             // The writer may be in the middle of this tail: serve the valid prefix, touch nothing.
+            let positions = Positions::Memory(positions);
             return Ok(Segment { base, file, positions, len: at as u64, allocated: at as u64, indexed });
         }
         if torn {
@@ -570,8 +636,16 @@ fn load_segment(
     }
     // Written before the index existed, or its index did not check out; the
     // caller syncs the directory once every segment is loaded.
-    if !is_last && !read_only && index_segment(dir, base, &positions, at as u64) {
-        tracing::info!(path = %path.display(), records = positions.len(), "segment index written");
+    let mut positions = Positions::Memory(positions);
+    if let Positions::Memory(listed) = &positions
+        && !is_last
+        && !read_only
+        && index_segment(dir, base, listed, at as u64)
+    {
+        tracing::info!(path = %path.display(), records = listed.len(), "segment index written");
+        if let Ok(index) = File::open(index_path(dir, base)) {
+            positions = Positions::File { index, count: listed.len() as u64 };
+        }
     }
     Ok(Segment { base, file, positions, len: at as u64, allocated: at as u64, indexed })
 }
@@ -623,6 +697,43 @@ mod tests {
         let file = File::open(segment_path(partition, base)).unwrap();
         let size = file.metadata().unwrap().len();
         read_index(partition, base, &file, size, true).is_some()
+    }
+
+    /// Whether every sealed segment of `partition` reads its positions from
+    /// its index file and the one being written holds them in memory.
+    fn sealed_positions_are_on_disk(partition: &Partition) -> bool {
+        let segments = partition.segments.read().unwrap();
+        let Some((last, sealed)) = segments.split_last() else { return false };
+        sealed.len() >= 3
+            && sealed.iter().all(|s| matches!(s.positions, Positions::File { .. }))
+            && matches!(last.positions, Positions::Memory(_))
+    }
+
+    #[tokio::test]
+    async fn sealed_segments_keep_their_positions_in_their_index_files_and_every_record_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        let open = || Partition::open("t", 0, path.clone(), 4096, watch::channel(0).0, false).unwrap();
+        let partition = open();
+        for n in 0..RECORDS {
+            partition.append(b"k", &value(n)).await.unwrap();
+        }
+        let check = |partition: &Partition| {
+            assert!(sealed_positions_are_on_disk(partition));
+            let all: Vec<Vec<u8>> = partition.read(0, 10_000).unwrap().iter().map(|r| r.value.to_vec()).collect();
+            assert_eq!(all, (0..RECORDS).map(value).collect::<Vec<_>>());
+            // Each record alone: its position and the next one's, from any segment.
+            for n in 0..RECORDS {
+                let one = partition.read(u64::from(n), 1).unwrap();
+                assert_eq!((one.len(), one[0].value.to_vec()), (1, value(n)), "record {n}");
+            }
+            let two = partition.read(u64::from(RECORDS) - 2, 5).unwrap();
+            assert_eq!(two.len(), 2, "a read stops at the durable end");
+        };
+        // Sealed while running, and again after a reopen that checks the indexes.
+        check(&partition);
+        drop(partition);
+        check(&open());
     }
 
     #[tokio::test]
