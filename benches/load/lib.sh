@@ -20,7 +20,8 @@ start_dns() {
 # binary: a command that execs it, so that MF_PID stays the router's pid, such
 # as `env LD_PRELOAD=… DUMP_HEAPTRACK_OUTPUT=…` for a heap profile or `taskset -c 1`.
 # MF_BIN (target/release/mailflow) is the binary: a copy keeps a long run on
-# one build while the tree is rebuilt.
+# one build while the tree is rebuilt. SEGMENT_BYTES (256 MiB): the log's
+# segment_bytes.
 start_mailflow() {
   local port=$1 roles=$2
   rm -rf "$WORK/mf"; mkdir -p "$WORK/mf"
@@ -35,6 +36,7 @@ address = "127.0.0.1:$port"
 [event_log]
 kind = "embedded"
 path = "$WORK/mf/log"
+segment_bytes = ${SEGMENT_BYTES:-268435456}
 [mailbox_store]
 kind = "maildir"
 path = "$WORK/mf/mail"
