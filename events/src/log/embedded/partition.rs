@@ -247,6 +247,10 @@ impl Partition {
             let position = |offset: u64| segment.positions.get(offset - segment.base).map_err(LogError::from_io);
             let from = position(next)?.ok_or_else(|| self.corrupt(segment.base, 0))?;
             let to = position(last)?.unwrap_or(segment.len);
+            if from > to || to > segment.len {
+                // Only an index file altered after it checked out can say so.
+                return Err(self.corrupt(segment.base, from));
+            }
             let mut buf = vec![0; (to - from) as usize];
             segment.file.read_exact_at(&mut buf, from).map_err(LogError::from_io)?;
             // Every record's key and value are slices of this one buffer.
@@ -734,6 +738,23 @@ mod tests {
         check(&partition);
         drop(partition);
         check(&open());
+    }
+
+    #[tokio::test]
+    async fn an_index_file_altered_after_it_checked_out_is_a_corrupt_read_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        let partition = Partition::open("t", 0, path.clone(), 4096, watch::channel(0).0, false).unwrap();
+        for n in 0..RECORDS {
+            partition.append(b"k", &value(n)).await.unwrap();
+        }
+        assert!(sealed_positions_are_on_disk(&partition));
+        // Record 1's position, in place: past the segment's end.
+        let index = OpenOptions::new().write(true).open(index_path(&path, 0)).unwrap();
+        index.write_all_at(&u64::MAX.to_le_bytes(), INDEX_HEADER + 8).unwrap();
+        assert!(matches!(partition.read(1, 1), Err(LogError::Corrupt { .. })));
+        assert!(matches!(partition.read(0, 1), Err(LogError::Corrupt { .. })), "record 0 ends where record 1 starts");
+        assert_eq!(partition.read(2, 1).unwrap()[0].value.to_vec(), value(2), "the rest still reads");
     }
 
     #[tokio::test]
