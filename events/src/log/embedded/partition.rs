@@ -94,6 +94,13 @@ enum Positions {
 const INDEX_HEADER: u64 = 24;
 
 impl Positions {
+    /// The `count` positions of sealed segment `base` in its index file, once
+    /// that file checked out or was written; `None` when it cannot be opened.
+    fn on_disk(dir: &Path, base: u64, count: usize) -> Option<Positions> {
+        let index = File::open(index_path(dir, base)).ok()?;
+        Some(Positions::File { index, count: count as u64 })
+    }
+
     fn len(&self) -> u64 {
         match self {
             Positions::Memory(positions) => positions.len() as u64,
@@ -435,9 +442,7 @@ impl Partition {
                     Some(Segment { base, positions: Positions::Memory(positions), len, .. })
                         if index_segment(&self.dir, *base, positions, *len) =>
                     {
-                        File::open(index_path(&self.dir, *base))
-                            .map(|index| Positions::File { index, count: positions.len() as u64 })
-                            .ok()
+                        Positions::on_disk(&self.dir, *base, positions.len())
                     }
                     _ => None,
                 }
@@ -607,10 +612,7 @@ fn load_segment(
     let (mut positions, indexed) = match read_index(dir, base, &file, size, !is_last) {
         Some((positions, len)) if !is_last => {
             // Checked out: reads take the positions from the file from now on.
-            let positions = match File::open(index_path(dir, base)) {
-                Ok(index) => Positions::File { index, count: positions.len() as u64 },
-                Err(_) => Positions::Memory(positions),
-            };
+            let positions = Positions::on_disk(dir, base, positions.len()).unwrap_or(Positions::Memory(positions));
             return Ok(Segment { base, file, positions, len, allocated: size, indexed: len });
         }
         Some(found) => found,
@@ -640,17 +642,13 @@ fn load_segment(
     }
     // Written before the index existed, or its index did not check out; the
     // caller syncs the directory once every segment is loaded.
-    let mut positions = Positions::Memory(positions);
-    if let Positions::Memory(listed) = &positions
-        && !is_last
-        && !read_only
-        && index_segment(dir, base, listed, at as u64)
-    {
-        tracing::info!(path = %path.display(), records = listed.len(), "segment index written");
-        if let Ok(index) = File::open(index_path(dir, base)) {
-            positions = Positions::File { index, count: listed.len() as u64 };
-        }
-    }
+    let on_disk = (!is_last && !read_only && index_segment(dir, base, &positions, at as u64))
+        .then(|| {
+            tracing::info!(path = %path.display(), records = positions.len(), "segment index written");
+            Positions::on_disk(dir, base, positions.len())
+        })
+        .flatten();
+    let positions = on_disk.unwrap_or(Positions::Memory(positions));
     Ok(Segment { base, file, positions, len: at as u64, allocated: at as u64, indexed })
 }
 
